@@ -13,7 +13,8 @@ are the course's, the ids are random.
 It prints, side by side:
 - extraction of all-layer response means: the naive loop (one example at a time,
   `output_hidden_states`), plain length-sorted batching with hooks (the course's first version:
-  attention mask, one host copy per block), and the course's path (`utils.activations.span_means`);
+  attention mask, one host copy per block), and the course's path (`utils.activations.span_means`)
+  with right-padded batches and with packed rows (variable-length attention), eager and compiled;
   tokens/s, model FLOP/s as a fraction of the bf16 peak, peak memory above the weights, and the
   largest relative difference from the naive loop;
 - steered generation at batch 64: `model.generate` one prompt at a time and in a batch, and the
@@ -224,8 +225,12 @@ def bench_extraction(model, args, peak, weights, report):
 
     ref = run("naive: one at a time, output_hidden_states", lambda i, s: naive_means(model, i, s), sub)
     plain = run("plain length-sorted batches + hooks (v0)", lambda i, s: plain_batched_means(model, i, s), slice(None))
-    course = run("course: span_means, eager", lambda i, s: span_means(model, i, s, layers, compiled=False), slice(None))
-    fused = run("course: span_means, compiled blocks", lambda i, s: span_means(model, i, s, layers, compiled=torch.cuda.is_available()), slice(None), warm=64)
+    gpu = torch.cuda.is_available()
+    padded = run("course: padded batches, eager", lambda i, s: span_means(model, i, s, layers, compiled=False, packed=False), slice(None))
+    padded_c = run("course: padded batches, compiled", lambda i, s: span_means(model, i, s, layers, compiled=gpu, packed=False), slice(None), warm=64)
+    course = run("course: packed, eager", lambda i, s: span_means(model, i, s, layers, compiled=False, packed=True), slice(None))
+    fused = run("course: packed, compiled (default)", lambda i, s: span_means(model, i, s, layers, compiled=gpu, packed=True), slice(None), warm=64)
+    pads = sum(len(b) * max(lengths[i] for i in b) for b in length_batches(lengths, budget)) / sum(lengths) - 1
     # stop after block L: only the first half of the blocks
     half = n_layers // 2 - 1
     _, dt_half = timed(lambda: span_means(model, ids, spans, [half], compiled=False))
@@ -235,12 +240,14 @@ def bench_extraction(model, args, peak, weights, report):
         report(f"{name:46s} {n:8d} {tps:10.0f} {fps / 1e12:8.1f} {100 * fps / DATASHEET_BF16:6.1f}% {100 * fps / peak:5.1f}% {ma:9.2f} {mr:6.2f}")
     report(f"(% peak: of the datasheet's dense bf16 {DATASHEET_BF16 / 1e12:.0f} TFLOP/s; % mm: of the measured matmul rate; "
            f"mem+ / resv+: peak allocated / reserved GPU memory above the weights; compiled blocks: first call with "
-           f"compilation took {rows[3][6]:.1f} s for 64 chats)")
-    report(f"layers=[{half}] only (StopForward after block {half}): {dt_half:.2f} s vs {rows[2][4]:.2f} s for all {n_layers} blocks")
+           f"compilation took {rows[3][6]:.1f} s (padded) and {rows[5][6]:.1f} s (packed) for 64 chats; padded batches spend {100 * pads:.1f}% more tokens than the chats have, "
+           f"packed rows none)")
+    report(f"layers=[{half}] only (StopForward after block {half}, packed, eager): {dt_half:.2f} s vs {rows[4][4]:.2f} s for all {n_layers} blocks")
     # accuracy: every bf16 path against a float32 run of the same weights (one at a time)
     n32 = min(args.n_fp32, args.n_naive)
-    errs = {"naive bf16": rel_errs(ref[:n32], None), "v0": rel_errs(plain[:n32], None),
-            "course eager": rel_errs(course[:n32], None), "course compiled": rel_errs(fused[:n32], None)}
+    paths = (("naive bf16", ref), ("v0", plain), ("padded eager", padded), ("padded compiled", padded_c),
+             ("packed eager", course), ("packed compiled", fused))
+    errs = {key: rel_errs(got[:n32], None) for key, got in paths}
     if torch.cuda.is_available() and args.n_fp32 > 0:
         import copy
 
@@ -248,13 +255,13 @@ def bench_extraction(model, args, peak, weights, report):
         ref32 = naive_means(model32, ids[:n32], spans[:n32])
         del model32
         torch.cuda.empty_cache()
-        for key, got in (("naive bf16", ref), ("v0", plain), ("course eager", course), ("course compiled", fused)):
+        for key, got in paths:
             errs[key] = rel_errs(got[:n32], ref32)
         report(f"relative difference ||a - b|| / ||b|| per chat and block against a float32 run of the same weights "
                f"({n32} chats x {n_layers} blocks): median / max")
         for key, (med, mx) in errs.items():
             report(f"  {key:16s} {med:.2e} / {mx:.2e}")
-    for key, got in (("v0", plain), ("course eager", course), ("course compiled", fused)):
+    for key, got in paths[1:]:
         med, mx = rel_errs(got[sub], ref)
         report(f"  {key:16s} against the naive bf16 loop ({len(ref)} chats): median {med:.2e}, max {mx:.2e}")
     return ids, spans, rows
@@ -368,6 +375,13 @@ def check_tiny_models(report):
         err = max(float((b - s).abs().max()) for b, s in zip(batched, single))
         report(f"{name} fp32 on {model.device.type}: fast vs plain greedy tokens (48 new, 4 left-padded prompts): "
                f"{', '.join(same)}; batched vs single extraction max |diff| {err:.1e}")
+        if name == "tiny-qwen2" and torch.cuda.is_available():  # packed rows through the flash kernel (bf16 only)
+            model.to(torch.bfloat16)
+            padded = span_means(model, xs, sp, [0, 3], packed=False)
+            packed = span_means(model, xs, sp, [0, 3], packed=True)
+            rel = max(float((a - b).norm() / b.norm()) for a, b in zip(packed, padded))
+            report(f"{name} bf16 on cuda: packed rows (flash variable-length attention) vs padded batches: "
+                   f"largest relative difference {rel:.1e}")
 
 
 def bench_extras(model, args, peak, weights, report):

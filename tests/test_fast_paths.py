@@ -307,3 +307,47 @@ def test_steerer_delta_is_computed_once_per_device_and_dtype():
     assert s.delta(h.double()).dtype == torch.float64
     s.coeff = 3.0
     assert s.delta(h)[0] == 3.0
+
+
+# ------------------------------------------------------------------------------------- packing
+
+
+def test_packed_extraction_equals_one_at_a_time():
+    """Packed rows (examples end to end, positions restarting, attention kept inside each example)
+    give each example's one-at-a-time means: a token seeing its neighbour's tokens, or a position
+    counted from the row's start, would change them."""
+    from utils.packing import can_pack
+
+    model, _ = tiny("tiny-qwen2")
+    assert can_pack(model)
+    ids, spans = random_examples(model.config.vocab_size, [5, 40, 7, 81, 33, 12, 60, 2, 19, 70])
+    layers = [0, 3, 1]
+    ref = one_at_a_time(model, ids, spans, layers)
+    before = model.config._attn_implementation
+    for budget in (1, 100, 400, 10_000):
+        got = span_means(model, ids, spans, layers, token_budget=budget, packed=True)
+        for r, g in zip(ref, got):
+            torch.testing.assert_close(g, r, atol=2e-5, rtol=1e-5)
+    assert model.config._attn_implementation == before  # the model's own attention is back
+    assert count_hooks(model) == 0
+
+
+def test_packed_batches_fill_the_budget_with_real_tokens():
+    lengths = [50, 10, 30, 20, 40]
+    assert activations.length_batches(lengths, 60, packed=True) == [[0], [4], [2, 3, 1]]  # 30 + 20 + 10 real tokens
+    assert activations.length_batches(lengths, 60) == [[0], [4], [2, 3], [1]]  # padded: 3 rows x 30 > 60
+
+
+def test_packing_refused_where_attention_is_not_plain_causal():
+    from utils.packing import can_pack, varlen_attention_on
+
+    model, _ = tiny("tiny-gemma2")  # soft-capped logits and sliding windows
+    assert not can_pack(model)
+    ids, spans = random_examples(model.config.vocab_size, [9, 14])
+    with pytest.raises(ValueError, match="soft-capped"):
+        span_means(model, ids, spans, [1], packed=True)
+    qwen, _ = tiny("tiny-qwen2")
+    before = qwen.config._attn_implementation
+    with pytest.raises(RuntimeError), varlen_attention_on(qwen):
+        raise RuntimeError("boom")
+    assert qwen.config._attn_implementation == before  # restored even when the block fails

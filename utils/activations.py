@@ -4,10 +4,14 @@ The course's fast path (SPEC §3 conventions):
 - hooks on the blocks (never `output_hidden_states`, whose last entry has the final norm applied);
 - the decoder alone is run (no LM head: its logits would cost memory and FLOPs for nothing), and the
   forward pass stops after the deepest block we need (`StopForward`);
-- examples are sorted by length and packed into **right-padded** batches under a token budget. Pad
-  tokens then sit after every real token, and under causal attention no real token can see them:
-  the batch runs with no attention mask at all, which lets SDPA use its fused causal (flash)
-  kernel instead of a masked one, and gives exactly what each example gives alone;
+- examples are sorted by length and grouped into batches under a token budget. On a GPU in half
+  precision, for models with plain causal attention (`utils.packing.can_pack`: Qwen2, Llama, ...),
+  a batch is **packed**: its examples end to end in one row, positions restarting for each, and
+  FlashAttention's variable-length kernel keeping each example's attention to itself; no FLOPs
+  go to pads. Otherwise (CPU, float32, Gemma 2's soft-capped and sliding-window attention) a batch
+  is **right-padded**: pads sit after every real token, and under causal attention no real token
+  can see them, so the batch runs with no attention mask at all, which lets SDPA use its fused
+  causal kernel. Either way each example gets exactly what it gets alone;
 - span means are taken on the device by one batched matrix product per hooked block, kept there,
   and copied to the CPU once per batch (no per-block synchronisation);
 - the token budget is chosen from free GPU memory and the model's sizes (`auto_token_budget`), so
@@ -34,6 +38,7 @@ import torch
 from utils.chat import Message, assistant_turn_spans, format_chat
 from utils.hooks import StopForward, check_layer, get_blocks, hidden_of, hooks
 from utils.models import input_device
+from utils.packing import HALF, can_pack, varlen_attention_on
 
 DEFAULT_TOKEN_BUDGET = 16384  # tokens per batch (padded) where no GPU memory figure applies (CPU)
 DEFAULT_ACTIVATION_MEMORY = 4 * 2**30  # bytes of activations allowed on top of the weights (GPU)
@@ -45,16 +50,19 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def length_batches(lengths: Sequence[int], token_budget: int, max_batch: int | None = None) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded size fits `token_budget`."""
+def length_batches(lengths: Sequence[int], token_budget: int, max_batch: int | None = None, packed: bool = False) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose padded size (`packed`: total length)
+    fits `token_budget`; an example longer than the budget makes a batch of its own."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    batches, current = [], []
+    batches, current, total = [], [], 0
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        if current and ((len(current) + 1) * longest > token_budget or (max_batch and len(current) >= max_batch)):
+        size = total + lengths[i] if packed else (len(current) + 1) * longest
+        if current and (size > token_budget or (max_batch and len(current) >= max_batch)):
             batches.append(current)
-            current = []
+            current, total = [], 0
         current.append(i)
+        total += lengths[i]
     if current:
         batches.append(current)
     return batches
@@ -149,22 +157,34 @@ def compiled_blocks(model):
 
 
 @torch.inference_mode()
-def _span_means_batch(model, ids: list[list[int]], spans: list[list[tuple[int, int]]], layers: list[int]) -> list[torch.Tensor]:
-    """One right-padded forward with no attention mask (pads come after every real token, so causal
-    attention keeps them out of every real token's view); returns per example a
-    [num_spans, len(layers), d] float32 CPU tensor."""
+def _span_means_batch(model, ids: list[list[int]], spans: list[list[tuple[int, int]]], layers: list[int], packed: bool = False) -> list[torch.Tensor]:
+    """One forward over a batch; returns per example a [num_spans, len(layers), d] float32 CPU tensor.
+
+    Padded: a right-padded [B, T] batch with no attention mask (pads come after every real token,
+    so causal attention keeps them out of every real token's view). Packed: the examples laid end
+    to end in one [1, N] row, positions restarting at 0 for each, attention kept inside each
+    example by `varlen_attention` (no pads at all)."""
     device = input_device(model)
-    B, T = len(ids), max(len(x) for x in ids)
-    input_ids = torch.zeros((B, T), dtype=torch.long)
-    for b, x in enumerate(ids):
-        input_ids[b, : len(x)] = torch.tensor(x)
+    lengths = [len(x) for x in ids]
+    if packed:
+        T = sum(lengths)
+        input_ids = torch.tensor([t for x in ids for t in x], dtype=torch.long)[None]
+        offsets = torch.tensor([0] + lengths[:-1]).cumsum(0)  # where each example starts in the row
+        position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    else:
+        B, T = len(ids), max(lengths)
+        input_ids = torch.zeros((B, T), dtype=torch.long)
+        for b, x in enumerate(ids):
+            input_ids[b, : len(x)] = torch.tensor(x)
+        offsets = torch.arange(B) * T
     rows = torch.tensor([b for b, sp in enumerate(spans) for _ in sp], dtype=torch.long)
     flat = [s for sp in spans for s in sp]
     K = len(flat)
     bounds = torch.tensor(flat, dtype=torch.long)  # [K, 2]
     lens = (bounds[:, 1] - bounds[:, 0]).to(torch.float32)
-    t = torch.arange(B * T)
-    start = (rows * T + bounds[:, 0])[:, None]
+    t = torch.arange(input_ids.numel())
+    start = (offsets[rows] + bounds[:, 0])[:, None]
     weights_cpu = (t >= start) & (t < start + (bounds[:, 1] - bounds[:, 0])[:, None])  # [K, B*T], exact 0/1
     weights_cache: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
     d_model = model.config.get_text_config().hidden_size
@@ -188,9 +208,16 @@ def _span_means_batch(model, ids: list[list[int]], spans: list[list[tuple[int, i
 
         return hook
 
+    kwargs: dict = {}
+    if packed:
+        # an attention mask per layer type, given as None: the model builds no [N, N] mask
+        types_ = set(getattr(model.config.get_text_config(), "layer_types", None) or ["full_attention"])
+        max_len = _round_up(max(lengths))  # one value per size class: no recompilation per batch
+        kwargs = dict(attention_mask={k: None for k in types_}, position_ids=position_ids.to(device),
+                      cu_seq_lens_q=cu.to(device), cu_seq_lens_k=cu.to(device), max_length_q=max_len, max_length_k=max_len)
     try:
-        with hooks(model, {layer: make_hook(layer) for layer in slots}):
-            _decoder(model)(input_ids=input_ids.to(device), use_cache=False)
+        with hooks(model, {layer: make_hook(layer) for layer in slots}), (varlen_attention_on(model) if packed else contextlib.nullcontext()):
+            _decoder(model)(input_ids=input_ids.to(device), use_cache=False, **kwargs)
     except StopForward:
         pass
     out = sums.cpu() / lens[:, None, None]
@@ -199,6 +226,11 @@ def _span_means_batch(model, ids: list[list[int]], spans: list[list[tuple[int, i
         result.append(out[k : k + len(sp)])
         k += len(sp)
     return result
+
+
+def _round_up(n: int) -> int:
+    """n rounded up to a power of two (at least 128)."""
+    return max(128, 1 << (n - 1).bit_length())
 
 
 def span_means(
@@ -211,6 +243,7 @@ def span_means(
     progress: bool = False,
     activation_memory: int = DEFAULT_ACTIVATION_MEMORY,
     compiled: bool | None = None,
+    packed: bool | None = None,
 ) -> list[torch.Tensor]:
     """Mean block output over each token span, for each example.
 
@@ -219,7 +252,10 @@ def span_means(
     `token_budget` (padded tokens per batch) defaults to `auto_token_budget(model, ...)`: on a GPU,
     what keeps activations under `activation_memory` bytes. An out-of-memory error halves it.
     `compiled` runs the blocks through `torch.compile` (None: on a GPU from `COMPILE_MIN_TOKENS`
-    tokens; see the module docstring).
+    tokens; see the module docstring). `packed` lays each batch's examples end to end in one row
+    with variable-length attention, so no FLOPs go to pads (None: on a GPU, for models where
+    `utils.packing.can_pack` holds, in half precision; True on the CPU or in float32 runs the same
+    layout with per-example SDPA).
     """
     if len(input_ids) != len(spans):
         raise ValueError(f"got {len(input_ids)} examples but {len(spans)} span lists")
@@ -239,35 +275,42 @@ def span_means(
         bar = tqdm(total=len(input_ids), desc="activations")
     if compiled is None:
         compiled = input_device(model).type == "cuda" and sum(lengths) >= COMPILE_MIN_TOKENS
+    if packed is None:
+        packed = input_device(model).type == "cuda" and next(model.parameters()).dtype in HALF and can_pack(model)
+    elif packed and not can_pack(model):
+        raise ValueError(f"packed=True: {type(model).__name__} uses sliding windows or soft-capped attention logits, which "
+                         "variable-length attention does not do; use packed=False")
     if compiled:
         try:
             with compiled_blocks(model):
-                token_budget = _run_batches(model, input_ids, spans, layers, lengths, token_budget, max_batch, results, bar)
+                token_budget = _run_batches(model, input_ids, spans, layers, lengths, token_budget, max_batch, results, bar, packed)
         except Exception as err:
             if is_oom(err):
                 raise
             warnings.warn(f"compiled blocks failed ({type(err).__name__}: {err}); continuing without torch.compile", stacklevel=2)
-    _run_batches(model, input_ids, spans, layers, lengths, token_budget, max_batch, results, bar)
+    _run_batches(model, input_ids, spans, layers, lengths, token_budget, max_batch, results, bar, packed)
     if bar is not None:
         bar.close()
     return results  # type: ignore[return-value]
 
 
-def _run_batches(model, input_ids, spans, layers, lengths, token_budget, max_batch, results, bar) -> int:
+def _run_batches(model, input_ids, spans, layers, lengths, token_budget, max_batch, results, bar, packed=False) -> int:
     """Fill the missing entries of `results`; returns the token budget it ended with."""
     left = [i for i, r in enumerate(results) if r is None]
     while left:
-        plan = length_batches([lengths[i] for i in left], token_budget, max_batch)
+        plan = length_batches([lengths[i] for i in left], token_budget, max_batch, packed)
         batch = [left[j] for j in plan[0]]
         try:
-            outs = _span_means_batch(model, [input_ids[i] for i in batch], [spans[i] for i in batch], layers)
+            args = (model, [input_ids[i] for i in batch], [spans[i] for i in batch], layers)
+            outs = _span_means_batch(*args, packed=True) if packed else _span_means_batch(*args)
         except Exception as err:  # back off on out-of-memory, re-raise anything else
             if not is_oom(err) or len(batch) == 1:
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            # halve the batch: a budget that fits half of it at its length, for this batch and the rest
-            token_budget = max(1, (len(batch) // 2) * max(lengths[i] for i in batch))
+            # halve the batch: a budget that fits half of it, for this batch and the rest
+            size = sum(lengths[i] for i in batch) if packed else len(batch) * max(lengths[i] for i in batch)
+            token_budget = max(1, size // 2)
             warnings.warn(f"out of memory on {len(batch)} examples; token budget lowered to {token_budget}", stacklevel=2)
             continue
         for i, o in zip(batch, outs):
