@@ -27,6 +27,7 @@ It prints, side by side:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import sys
@@ -385,7 +386,7 @@ def check_tiny_models(report):
 
 
 def bench_extras(model, args, peak, weights, report):
-    """Where the compiled extraction's GPU time goes (profiler), the allocator with expandable
+    """Where the compiled extraction's GPU time goes (profiler), the allocator without expandable
     segments (reserved memory), and optionally inductor's max-autotune (GEMM epilogue fusion)."""
     import utils.activations as acts
 
@@ -416,21 +417,22 @@ def bench_extras(model, args, peak, weights, report):
         busy = sum(cats.values())
         report(f"profile, compiled extraction of {sub.stop} chats: wall {wall:.2f} s, GPU kernels {busy:.2f} s "
                f"({100 * busy / wall:.0f}% busy); " + ", ".join(f"{k} {v:.2f} s ({100 * v / busy:.0f}%)" for k, v in sorted(cats.items(), key=lambda x: -x[1])))
-        # reserved memory with expandable segments
+        # reserved memory without expandable segments (utils.models turns them on before CUDA starts)
         torch.cuda.empty_cache()
+        setting = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
         try:
-            torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+            setting("expandable_segments:False")
         except Exception as err:  # noqa: BLE001
-            report(f"expandable segments unavailable: {err}")
+            report(f"allocator settings unavailable: {err}")
         else:
-            for name, comp in (("course eager, expandable segments", False), ("course compiled, expandable segments", True)):
+            for name, comp in (("course eager, no expandable segments", False), ("course compiled, no expandable segments", True)):
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 _, dt = timed(lambda: span_means(model, ids, spans, layers, compiled=comp))
                 ma, mr = gib(torch.cuda.max_memory_allocated() - weights), gib(torch.cuda.max_memory_reserved() - weights)
                 report(f"{name:46s} {len(ids):8d} {sum(lengths) / dt:10.0f} {flops / dt / 1e12:8.1f} {100 * flops / dt / DATASHEET_BF16:6.1f}% "
                        f"{100 * flops / dt / peak:5.1f}% {ma:9.2f} {mr:6.2f}")
-            torch.cuda.memory._set_allocator_settings("expandable_segments:False")
+            setting("expandable_segments:True")
     if args.autotune:
         acts.COMPILE_OPTIONS["mode"] = "max-autotune-no-cudagraphs"
         acts._COMPILED_FORWARDS.clear()
@@ -488,7 +490,7 @@ def main():
     p.add_argument("--new-tokens-slow", type=int, default=48)
     p.add_argument("--steer-layer", type=int, default=19)
     p.add_argument("--n-fp32", type=int, default=16, help="chats checked against a float32 copy of the model (GPU)")
-    p.add_argument("--extras", action="store_true", help="profile, expandable segments (GPU)")
+    p.add_argument("--extras", action="store_true", help="profile, allocator without expandable segments (GPU)")
     p.add_argument("--autotune", action="store_true", help="also time inductor max-autotune (long compile)")
     p.add_argument("--skip", default="", help="comma-separated: tiny,extraction,generation")
     args = p.parse_args()
@@ -504,7 +506,8 @@ def main():
     import transformers
 
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
-    report(f"device: {name}; torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}")
+    report(f"device: {name}; torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}; "
+           f"PYTORCH_CUDA_ALLOC_CONF={os.environ.get('PYTORCH_CUDA_ALLOC_CONF')}")
     peak, bandwidth = measure_peaks(report)
     model, dt = timed(lambda: build_model(args.small, device))
     weights = sum(t.numel() * t.element_size() for t in model.parameters())

@@ -1,6 +1,7 @@
 """The fast paths compute what the plain ones do (CPU, tiny models, float32).
 
-- extraction: right-padded, mask-free batches give each example's one-at-a-time span means;
+- extraction: right-padded, mask-free batches and packed rows give each example's one-at-a-time
+  span means;
   the forward stops after the deepest block asked for; out-of-memory halves the batch;
 - generation: the static-cache decoding loop gives the same greedy tokens as `model.generate`
   with a Steerer active in each position mode, never steers pads, and backs off on out-of-memory.
