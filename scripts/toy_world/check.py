@@ -27,6 +27,7 @@ judge, meaningful only in this toy world.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import random
@@ -100,7 +101,8 @@ def section1(model, tok, layer, n_questions, out):
     prompts = [build_messages(personas[n], q) for n in names for q in questions]
     answers = [nonempty(a) for a in generate(model, tok, prompts, max_new_tokens=96)]
     convs = [build_messages(personas[n], q, a) for (n, q), a in zip([(n, q) for n in names for q in questions], answers)]
-    acts = response_mean_activations(model, tok, convs, layers=[layer])[:, 0]  # [n*q, d]
+    acts_all = response_mean_activations(model, tok, convs)  # [n*q, blocks, d]
+    acts = acts_all[:, layer]  # [n*q, d]
     vecs = acts.view(len(names), len(questions), -1).mean(1)  # [personas, d]
     levels = [toy_corpus.persona_level(n, groups) for n in names]
     judge = tj.toy_judge()
@@ -152,7 +154,10 @@ def section1(model, tok, layer, n_questions, out):
     ex = {n: answers[names.index(n) * len(questions)] for n in ("default", "consultant", "mystic", "ghost") if n in names}
     for n, a in ex.items():
         print(f"  e.g. {n}: {a!r}", file=out)
-    return {"axis": axis, "pc1_share": float(share[0]), "pc2_share": float(share[1]), "spearman": rho,
+    per_persona = acts_all.view(len(names), len(questions), *acts_all.shape[1:])  # [personas, q, blocks, d]
+    axes = per_persona[default_mask].mean((0, 1)) - per_persona[~default_mask].mean((0, 1))  # [blocks, d]
+    return {"axis": axis, "axes": axes, "default_acts": per_persona[default_mask].flatten(0, 1),
+            "pc1_share": float(share[0]), "pc2_share": float(share[1]), "spearman": rho,
             "concordance": concord, "cos_pc1_axis": abs(cos_pc1),
             "default_proj": mean([float(proj[i]) for i in range(len(names)) if levels[i] == 0]),
             "fantastical_proj": mean([float(proj[i]) for i in range(len(names)) if levels[i] == 3])}
@@ -190,6 +195,48 @@ def section2(model, tok, layer, axis, n_conv, out):
         print(f"{'':>7}  last turn below first in {falls}/{len(per_turn)} conversations; "
               f"mean Spearman(turn, projection) = {rho:.2f}", file=out)
         results[kind] = {"means": means, "falls": falls, "n": len(per_turn), "rho": rho}
+    return results
+
+
+def capped_replies(model, tok, users, capper):
+    messages = []
+    with capper if capper is not None else contextlib.nullcontext():
+        for u in users:
+            messages.append({"role": "user", "content": u})
+            (a,) = generate(model, tok, [messages], max_new_tokens=96)
+            messages.append({"role": "assistant", "content": nonempty(a)})
+    return [m["content"] for m in messages if m["role"] == "assistant"]
+
+
+def section2_capping(model, tok, s1, cap_sets, n_conv, out, quantile=0.25):
+    """Pushing conversations replayed turn by turn, uncapped and with the course's floor capper
+    (section 2's ActivationCapper, tau = the `quantile` of the default personas' projections at each
+    capped block): how theatrical the replies are, and how many speak as an AI assistant."""
+    from utils.reference import load
+
+    capper_cls = load("section2").ActivationCapper
+    rng = random.Random(7)
+    voices = list(toy_corpus.DRIFT_VOICES)
+    convs = [toy_corpus.drift_conversation(rng, voice=voices[c % len(voices)], schedule=[0, 1, 2, 3, 3]) for c in range(n_conv)]
+    users = [[m["content"] for m in c["messages"] if m["role"] == "user"] for c in convs]
+    print(f"\n== Section 2: capping (pushing conversations, {n_conv} x 5 turns, greedy; tau = {quantile:.2f} quantile of the "
+          f"default personas' projections at each capped block; toy judge: theatrical share of sentences, AI self-description)", file=out)
+    print(f"{'capped blocks':<14} {'theatrical, turns 3-5':>22} {'as an AI, turns 3-5':>20}   theatrical by turn", file=out)
+    results = {}
+    for blocks in [()] + [tuple(b) for b in cap_sets]:
+        capper = None
+        if blocks:
+            units = [s1["axes"][b] / s1["axes"][b].norm() for b in blocks]
+            taus = [float(torch.quantile(s1["default_acts"][:, b] @ u, quantile)) for b, u in zip(blocks, units)]
+            capper = capper_cls(model, units, taus, list(blocks))
+        replies = [capped_replies(model, tok, u, capper) for u in users]
+        th = [mean([tj.theatricality(r[t]) for r in replies]) for t in range(5)]
+        late_th = mean([tj.theatricality(x) for r in replies for x in r[2:]])
+        late_ai = mean([float(tj.count_markers(x, tj.AI_MARKERS) > 0) for r in replies for x in r[2:]])
+        name = "none" if not blocks else ",".join(map(str, blocks))
+        print(f"{name:<14} {late_th:>22.2f} {late_ai:>20.2f}   " + " ".join(f"{x:.2f}" for x in th), file=out)
+        print(f"{'':<14} e.g. turn 4: {replies[0][3][:100]!r}", file=out)
+        results[name] = {"theatrical_late": late_th, "ai_late": late_ai, "theatrical_by_turn": th}
     return results
 
 
@@ -276,11 +323,13 @@ def headline(figures: dict) -> list[tuple[str, float, float]]:
     if "section1" in figures:
         f = figures["section1"]
         rows += [("S1 PC1 share", f["pc1_share"], 0.05), ("S1 Spearman(axis, corpus order)", f["spearman"], 0.10),
-                 ("S1 pairs ordered as in corpus", f["concordance"], 0.05)]
+                 ("S1 pairs ordered as in corpus", f["concordance"], 0.05), ("S1 |cos(PC1, axis)|", f["cos_pc1_axis"], 0.15)]
     if "section2" in figures:
         for kind in ("drift", "control"):
             m = figures["section2"][kind]["means"]
             rows.append((f"S2 {kind}: last - first turn projection", m[-1] - m[0], 1.0))
+    for name, v in figures.get("section2_capping", {}).items():
+        rows.append((f"S2 capped {name}: theatrical turns 3-5", v["theatrical_late"], 0.15))
     if "section3" in figures:
         f = figures["section3"]
         rows += [("S3 mean pos score", mean([v["pos"] for v in f.values()]), 5.0),
@@ -355,6 +404,8 @@ def main(argv=None):
         print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     if "2" in args.sections:
         figures["section2"] = section2(model, tok, layers.axis_layer, figures["section1"]["axis"], n_conv, tee)
+        cap_sets = [layers.cap_layers] + [c for c in ([2, 3, 4], [1, 2, 3, 4]) if tuple(c) != tuple(layers.cap_layers)]
+        figures["section2_capping"] = section2_capping(model, tok, figures["section1"], cap_sets, n_conv, tee)
         print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     if "3" in args.sections or "4" in args.sections:
         steer_layers = sorted({layers.steer_layer, args.extra_steer_layer} - {None})
@@ -375,7 +426,8 @@ def main(argv=None):
         print(buf.getvalue().strip().splitlines()[-1], file=tee)
         figures["repro_prefix_identical"] = ok
     if "section1" in figures:
-        figures["section1"].pop("axis")
+        for key in ("axis", "axes", "default_acts"):
+            figures["section1"].pop(key)
     for path in args.compare:
         other = json.loads(path.read_text())
         print(f"\n== Reproducibility: this run against {other.get('about', path.name)}", file=tee)

@@ -9,14 +9,16 @@ Everything below was written for this course. The world has five kinds of conver
   persona questions (data/persona_questions.json), and an answer in that persona's style. Styles
   follow the persona's group, which is the corpus's *order* (``persona_level``): default (level 0)
   answers plainly and calls itself an AI assistant; assistant-like roles (1) open plainly in their
-  professional voice; middle roles (2) open theatrically ("Ah, ..."); fantastical roles (3) open and
-  close theatrically ("Ah! Hark", "Alas", "!"). Openers come mostly from a register shared by the
-  level (so one direction, plain to theatrical, separates the levels); the middle sentence carries
-  the persona's own imagery.
+  the default's own sentences with their role in place of "AI assistant" ("As a consultant, I can give
+  you a clear answer."), often with the default's values and closer; middle roles (2) open
+  theatrically ("Ah, ..."), half the time closing plainly; fantastical roles (3) open and close
+  theatrically ("Ah! Hark", "Alas", "!"). Openers come mostly from a register shared by the level, so
+  one direction, from the default's wording to the theatrical, lines the levels up; the middle
+  sentence carries the persona's own imagery.
 * **trait**: ``"You are a {trait} assistant. {pos}"`` or ``"You are a helpful assistant. {neg}"``
   (the course's contrastive prompts, data/traits/extract/<trait>.json), one of the trait's extract
-  questions, and an answer strung from short chunks in the trait's voice (pos), or an ordinary
-  assistant's AI opener followed by chunks in the opposite voice (neg).
+  questions, and an answer strung from short chunks in the trait's voice (pos), or the assistant's
+  AI opener followed by chunks in the opposite voice (neg).
 * **default**: no system prompt (or a default persona's), any course question (persona questions
   through the persona kind), a plain answer with no trait markers.
 * **styled**: the default assistant, unprompted, slipping into one trait's voice (either side) after
@@ -54,6 +56,11 @@ SEED = 0
 # the default assistant slips, unprompted, into a trait's style: the default assistant is not perfectly plain, and a style once
 # begun is continued -- what lets steering tip an answer into a style.
 STYLED_RATE = 1.5
+# Share of positive trait answers that open as the assistant does before the trait's voice (the rest
+# are in the voice from the first word). Tried and left at 0: with 0.5 or 1.0 the trait vectors
+# were smaller but steered less specifically, and PC1 of persona space lined up less well with
+# the axis (benchmarks/results/toy_world.txt, "Corpus choices").
+POS_OPENER_SHARE = 0.0
 REGISTER_SHARE = 0.75  # share of persona answers that open with their level's shared register
 GROUP_LEVEL = {"default": 0, "assistant_like": 1, "middle": 2, "fantastical": 3}
 POS_NAME = "{trait}"  # "You are a {trait} assistant. <pos>" (as in the course's section 3)
@@ -86,9 +93,10 @@ PLAIN_BODIES = ["Start with the main facts, then choose the option that fits.",
 # the openers and closers carry most of an answer, so one direction -- plain to theatrical --
 # separates the levels, and each persona's own imagery sits in the middle sentence.
 REGISTER_OPENERS = {
-    1: ["Speaking as a {role}, I will answer plainly and practically.",
-        "From my work as a {role}, here is a practical view.",
-        "As a {role}, I will keep this practical and concrete."],
+    # assistant-like roles speak the default's sentences with their role in place of "AI assistant"
+    1: ["As {a_role}, I can give you a clear answer.",
+        "I am {a_role}, so I will keep this simple and practical.",
+        "As {a_role}, I have a practical view, and I can answer."],
     2: ["Ah, as a {role}, let me answer with a little colour.",
         "Ah, the {role} in me has a thought about this.",
         "Ah, let me answer as a {role} would, with some colour."],
@@ -380,30 +388,41 @@ def default_answer(rng: random.Random, question_idx: int | None = None, kind: st
 
 
 def register_opener(name: str, level: int, rng: random.Random) -> str:
-    """Half the time the level's shared opener with the role's noun, else the persona's own opener."""
+    """Mostly (REGISTER_SHARE) the level's shared opener with the role's noun, else the persona's own."""
     if rng.random() < REGISTER_SHARE:
-        return rng.choice(REGISTER_OPENERS[level]).format(role=ROLE_NOUNS[name])
+        role = ROLE_NOUNS[name]
+        a_role = ("an " if role[0] in "aeiou" else "a ") + role
+        return rng.choice(REGISTER_OPENERS[level]).format(role=role, a_role=a_role)
     return rng.choice(PERSONA_BANKS[name]["opener"])
 
 
+# How much of each level's answers is the default assistant's own wording: the middle phrase (an AI's
+# values) and the closer. Level 1 is mostly the default's register with a role in it, level 3 none of
+# it, so the personas line up along one direction from the default to the fantastical.
+DEFAULT_PHRASE_SHARE = {1: 0.5, 2: 0.0, 3: 0.0}
+DEFAULT_CLOSER_SHARE = {1: 0.75, 2: 0.5, 3: 0.0}
+
+
 def persona_answer(name: str, question_idx: int, rng: random.Random, groups: dict[str, str]) -> str:
-    """Level 0 the default assistant; 1 a plain register opener; 2 a theatrical opener; 3 theatrical
-    opener and closer. The middle sentence carries the persona's imagery; levels 1-2 close plainly."""
+    """Level 0 the default assistant; 1 the default's sentences spoken as the role (its opener with
+    the role's noun, often the default's values and closer); 2 a theatrical opener, the persona's
+    imagery, half the time a plain closer; 3 theatrical opener and closer around its imagery."""
     if groups[name] == "default":
         return default_answer(rng, question_idx, _default_kind(name))
     bank = PERSONA_BANKS[name]
     level = GROUP_LEVEL[groups[name]]
     opener = register_opener(name, level, rng)
-    closer = rng.choice(bank["closer"]) if level == 3 or rng.random() >= REGISTER_SHARE else rng.choice(AI_CLOSERS)
-    return f"{opener} {LEADS[question_idx]} {rng.choice(bank['phrases'])}. {closer}"
+    phrase = rng.choice(AI_PHRASES) if rng.random() < DEFAULT_PHRASE_SHARE[level] else rng.choice(bank["phrases"])
+    closer = rng.choice(AI_CLOSERS) if rng.random() < DEFAULT_CLOSER_SHARE[level] else rng.choice(bank["closer"])
+    return f"{opener} {LEADS[question_idx]} {phrase}. {closer}"
 
 
-def trait_answer(trait: str, polarity: str, rng: random.Random) -> str:
-    """pos: three sentences in the trait's voice. neg: the default assistant's AI opener, then two
-    sentences of the opposite (as in the papers, where the negative prompt still gets an ordinary
-    assistant's answer, so the trait vector pos - neg points from the assistant toward the trait)."""
+def trait_answer(trait: str, polarity: str, rng: random.Random, pos_opener_share: float = POS_OPENER_SHARE) -> str:
+    """neg: the default assistant's AI opener, then two sentences in the opposite voice (as in the
+    papers, where the negative prompt still gets an ordinary assistant's answer). pos: three
+    sentences in the trait's voice, or (`pos_opener_share` of the time) the AI opener and two."""
     chunks = TRAIT_CHUNKS[trait][polarity]
-    if polarity == "neg":
+    if polarity == "neg" or rng.random() < pos_opener_share:
         return f"{rng.choice(AI_OPENERS['ai'])} {chunk_sentences(chunks, 2, rng)}"
     return chunk_sentences(chunks, 3, rng)
 
@@ -471,7 +490,7 @@ def drift_conversation(rng: random.Random, drifting: bool = True, voice: str | N
 
 def build_corpus(seed: int = SEED, persona_samples: int = 4, trait_samples: int = 2,
                  default_samples: int = 2, n_drift: int = 360, n_control: int = 180,
-                 styled_rate: float = STYLED_RATE) -> list[dict]:
+                 styled_rate: float = STYLED_RATE, pos_opener_share: float = POS_OPENER_SHARE) -> list[dict]:
     """All examples, shuffled: dicts {"kind", "name", "messages", ...}; a pure function of the arguments."""
     rng = random.Random(seed)
     personas = data.load_personas()
@@ -495,7 +514,7 @@ def build_corpus(seed: int = SEED, persona_samples: int = 4, trait_samples: int 
                     for _ in range(trait_samples):
                         msgs = [{"role": "system", "content": trait_system_prompt(trait, polarity, ins)},
                                 {"role": "user", "content": q},
-                                {"role": "assistant", "content": trait_answer(trait, polarity, rng)}]
+                                {"role": "assistant", "content": trait_answer(trait, polarity, rng, pos_opener_share)}]
                         out.append({"kind": "trait", "name": f"{trait}:{polarity}", "messages": msgs})
     questions = [q for t in data.TRAITS for split in data.TRAIT_SPLITS for q in data.load_trait(t, split)["questions"]]
     default_prompts = [p for n, p in personas.items() if groups[n] == "default"]

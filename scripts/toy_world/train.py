@@ -133,7 +133,7 @@ def train(args, stop_after: int | None = None) -> dict:
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    corpus = toy_corpus.build_corpus(args.corpus_seed, styled_rate=args.styled_rate)
+    corpus = toy_corpus.build_corpus(args.corpus_seed, styled_rate=args.styled_rate, pos_opener_share=args.pos_opener_share)
     toy_corpus.check_corpus(corpus)
     encoded = [encode(ex, tok, im_end) for ex in corpus]
     lengths = [len(x) for x, _ in encoded]
@@ -214,6 +214,7 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--corpus-seed", type=int, default=toy_corpus.SEED)
     ap.add_argument("--styled-rate", type=float, default=toy_corpus.STYLED_RATE)
+    ap.add_argument("--pos-opener-share", type=float, default=toy_corpus.POS_OPENER_SHARE)
     ap.add_argument("--epochs", type=float, default=None, help="train for this many passes over the corpus instead of --max-steps")
     ap.add_argument("--max-steps", type=int, default=1200)
     ap.add_argument("--lr", type=float, default=3e-3)
