@@ -292,8 +292,9 @@ for name in ("default", "consultant", "ghost"):
 # the ghost speaks of cold corridors and centuries.
 #
 # **Toy world.** The same pattern in miniature: the default personas start "As an AI assistant,
-# ...", the consultant answers plainly in its professional voice ("As a consultant, I will keep this
-# practical ..."), and the ghost theatrically ("O, hear me, child of the hurried world ..."). With the
+# ...", the consultant speaks the assistant's own sentences with its role put in ("As a consultant,
+# I can give you a clear answer. ... Next step: ..."), and the ghost theatrically ("Alas, I am but a
+# keeper of a lamp long dark! ..."). With the
 # random tiny model (grading) the "responses" are random tokens: enough to drive every later step,
 # meaningless as text.
 #
@@ -740,8 +741,8 @@ heatmap(sim_centred.numpy(), names, f"Centred persona vectors: cosine similarity
 #
 # **Toy world.** The shared component is weaker in so small a model, so raw cosines spread out (many
 # well below 1) yet are highest within a group. Centred, the blocks appear: the four defaults are
-# near-duplicates, the assistant-like roles and the fantastical ones each form a block, and those
-# two blocks are negatively correlated. With the random tiny model (grading) neither matrix means
+# near-duplicates; the assistant-like roles form a block that sits closer to the defaults than to
+# the fantastical roles, which form a block of their own, negatively correlated with both. With the random tiny model (grading) neither matrix means
 # anything.
 #
 # ## Exercise 1.7 — PCA and the Assistant Axis
@@ -837,13 +838,13 @@ fig.show()
 # parallel to the Assistant Axis: the axis, defined by a simple difference of means, *is* the main
 # direction of variation in persona space. That is the paper's central observation.
 #
-# **Toy world.** The groups separate, but into *two* directions. One of the top two PCs (PC1 in our
-# runs) is the corpus's register: plain-spoken assistant-like roles at one end, the theatrical
-# fantastical roles at the other. The other separates the four default personas, the only ones
-# that call themselves an AI, from every role, and it is nearly parallel to the Assistant Axis
-# (compare the two printed cosines). The toy corpus gives its professional roles the assistant's
-# plain voice, so "speaks plainly" and "is the Assistant" come apart: an answer to discussion
-# question 2 in miniature. With the random tiny model (grading) the numbers are noise.
+# **Toy world.** The same picture in miniature: PC1 explains the largest share of the variance (about
+# a third), with the default personas and the assistant-like roles at one end and the fantastical
+# roles at the other, and it is close to parallel to the Assistant Axis (|cos| about 0.85 in our
+# build; compare the printed cosines). The toy corpus builds this in: its assistant-like roles speak
+# the default's own sentences with their role put in, middle roles add a theatrical opening, and
+# fantastical roles are theatrical throughout, so one direction orders all four groups. With the
+# random tiny model (grading) the numbers are noise.
 #
 # ## Exercise 1.8 — Ranking personas along the axis
 #
@@ -904,8 +905,8 @@ for group in data.PERSONA_GROUPS:
 # their size; what matters is the order and the gaps.
 #
 # **Toy world.** The default personas top the ranking, far above every role, and the bottom is
-# theatrical (fantastical and middle roles such as oracle, jester, artist); the group means fall
-# from default to assistant-like to the middle and fantastical roles, which sit close together.
+# fantastical (trickster, leviathan, oracle in our build); the group means fall in the corpus's
+# order, from default to assistant-like to middle to fantastical.
 # With the random tiny model (grading) the order is noise.
 #
 # ## Exercise 1.9 — The paper's vectors, ranked along the axis

@@ -1018,13 +1018,18 @@ for name, run in experiment.items():
 # uncapped model; on Llama 3.3 70B it capped blocks 56–71 with the same 25th-percentile rule.
 #
 # **Toy world.** The uncapped replay drifts as above: the replies turn theatrical and the toy
-# judge's risk rises. Capping holds the capped block's projection at τ or above (right), yet the
-# capped replies turn theatrical too, and at the axis layer (left; block 3, *below* the capped
-# block 4) the two curves fall together: in the toy world the turn to a theatrical voice seems to be
-# settled before that one late block, and a floor there does not keep the replies plain. Capping is
-# not magic: *where* it acts matters (discussion question 3). Try a capper on blocks 2–4: in our
-# runs it kept this replay plain, but not every pushing conversation. (On the random tiny models
-# capping changes which random tokens come out; only the capped curve's floor at τ is meaningful.)
+# judge's risk rises. Capping holds the capped block's projection at τ or above (right), and the
+# capped replies stay in the plain "As an AI assistant, ..." register for longer: in our build the
+# first four capped replies score risk 0 and only the fifth turns theatrical, against 0, 0, 38, 88,
+# 88 uncapped. At the axis layer (left; block 3, *below* the capped block 4) the capped curve falls
+# more slowly, though nothing is capped there: the capped replies themselves are plainer text. Do
+# not read too much into one conversation: over nine generated pushing conversations
+# (`scripts/toy_world/check.py`) a floor on block 4 left the share of theatrical sentences in turns
+# 3-5 unchanged, and neither did floors on blocks 2-4 or 1-4. In the toy world the pull toward a
+# voice comes from the user's words through attention as much as from the residual direction that
+# the floor guards: capping is not magic, and *where* and *how high* it acts matters (discussion
+# question 3). (On the random tiny models capping changes which random tokens come out; only the
+# capped curve's floor at τ is meaningful.)
 
 # %% [markdown]
 # ## Discussion questions

@@ -753,9 +753,9 @@ print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}")
 # **Toy world** (coefficient 1.5, all twenty eval questions). Unsteered, the default assistant
 # answers plainly and scores about the toy judge's no-marker 25. Steering lifts the score most at the
 # middle blocks, less at block 0, and hardly at all at the last block, although its vector is the
-# longest: there is no computation left to turn the push into words. At coefficient 2 the middle
-# blocks' answers start to break into repeated fragments and their scores fall back. On the random
-# tiny models the curve is noise.
+# longest: there is no computation left to turn the push into words. (Push harder and the curve
+# changes shape: at coefficient 3 the answers break into repeated fragments, as Section 4's sweep
+# shows.) On the random tiny models the curve is noise.
 
 # %% [markdown]
 # ## Exercise 3.7 — Reading a trait vector with a sparse autoencoder

@@ -503,10 +503,12 @@ fig.show()
 #
 # **Toy world.** The same shape, shifted: the unsteered toy assistant answers plainly, so the
 # toy judge gives its "no trait markers" score of 25 at 0 and at every negative coefficient (the
-# floor); the score rises at +1 and peaks at +2, where steered answers slip into the sycophantic
-# voice; at +3 it is already falling and by +5 it is back near the floor, while coherence drops
-# from near 100 to far below 50. The toy vector is large compared with the toy model's hidden
-# state, so the whole curve sits at smaller coefficients than the paper's. (On the random tiny
+# floor); the score peaks at +2, where steered answers slip into the sycophantic voice (+1 already
+# lifts it in the larger run of `scripts/toy_world/check.py`, not always in these eight questions);
+# at +3 it is back at the floor, and coherence drops from near 100 to about 35 at +3 and near 0 at
+# +5. The toy vector is large compared with the toy model's hidden state (about half of a token's
+# hidden-state norm per unit of coefficient), so the whole curve sits at smaller coefficients than
+# the paper's. (On the random tiny
 # models used for grading both curves are noise.)
 #
 # :::{warning} Common confusion: the curve can fall again
@@ -825,9 +827,9 @@ heatmap(sim.numpy(), names, f"Cosine similarity of trait vectors at block {LAYER
 # between two traits also predicts that steering one raises the judge's score for the other: check
 # that with `run_steering_experiment` and the other trait's eval prompt.
 #
-# **Toy world.** Every pair of toy trait vectors has a clearly positive cosine, far from
-# orthogonal: each contrast also separates "speak in a voice" from "answer plainly", a component all
-# seven share. Which pairs are closest depends on the toy corpus's phrase banks, not on psychology.
+# **Toy world.** Every pair of toy trait vectors has a positive cosine (0.03 to 0.68 in our build),
+# most far from orthogonal: each contrast also separates "speak in a voice" from "answer plainly", a
+# component all seven share. Which pairs are closest depends on the toy corpus's phrase banks, not on psychology.
 # (On the random tiny models used for grading the cosines are those of random differences.)
 #
 # ## Discussion
