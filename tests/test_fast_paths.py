@@ -111,12 +111,12 @@ def test_extraction_backs_off_on_out_of_memory(monkeypatch):
     real = activations._span_means_batch
     sizes, ok = [], []
 
-    def flaky(model, ids, spans, layers):  # "memory" for 50 padded tokens
+    def flaky(model, ids, spans, layers, packed=False):  # "memory" for 50 padded tokens
         sizes.append(len(ids))
         if len(ids) * max(map(len, ids)) > 50:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
         ok.append(len(ids) * max(map(len, ids)))
-        return real(model, ids, spans, layers)
+        return real(model, ids, spans, layers, packed=packed)
 
     monkeypatch.setattr(activations, "_span_means_batch", flaky)
     with pytest.warns(UserWarning, match="out of memory"):
@@ -126,7 +126,7 @@ def test_extraction_backs_off_on_out_of_memory(monkeypatch):
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e)
 
-    def always(model, ids, spans, layers):
+    def always(model, ids, spans, layers, packed=False):
         raise torch.OutOfMemoryError("CUDA out of memory (fake)")
 
     monkeypatch.setattr(activations, "_span_means_batch", always)

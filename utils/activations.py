@@ -167,11 +167,10 @@ def _span_means_batch(model, ids: list[list[int]], spans: list[list[tuple[int, i
     device = input_device(model)
     lengths = [len(x) for x in ids]
     if packed:
-        T = sum(lengths)
         input_ids = torch.tensor([t for x in ids for t in x], dtype=torch.long)[None]
         offsets = torch.tensor([0] + lengths[:-1]).cumsum(0)  # where each example starts in the row
         position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
-        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+        cu = torch.tensor([0] + lengths).cumsum(0).to(device=device, dtype=torch.int32)
     else:
         B, T = len(ids), max(lengths)
         input_ids = torch.zeros((B, T), dtype=torch.long)
@@ -214,7 +213,7 @@ def _span_means_batch(model, ids: list[list[int]], spans: list[list[tuple[int, i
         types_ = set(getattr(model.config.get_text_config(), "layer_types", None) or ["full_attention"])
         max_len = _round_up(max(lengths))  # one value per size class: no recompilation per batch
         kwargs = dict(attention_mask={k: None for k in types_}, position_ids=position_ids.to(device),
-                      cu_seq_lens_q=cu.to(device), cu_seq_lens_k=cu.to(device), max_length_q=max_len, max_length_k=max_len)
+                      cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max_len, max_length_k=max_len)
     try:
         with hooks(model, {layer: make_hook(layer) for layer in slots}), (varlen_attention_on(model) if packed else contextlib.nullcontext()):
             _decoder(model)(input_ids=input_ids.to(device), use_cache=False, **kwargs)
@@ -278,8 +277,8 @@ def span_means(
     if packed is None:
         packed = input_device(model).type == "cuda" and next(model.parameters()).dtype in HALF and can_pack(model)
     elif packed and not can_pack(model):
-        raise ValueError(f"packed=True: {type(model).__name__} uses sliding windows or soft-capped attention logits, which "
-                         "variable-length attention does not do; use packed=False")
+        raise ValueError(f"packed=True: {type(model).__name__}'s attention is not plain causal on every layer (sliding windows, "
+                         "soft-capped attention logits), which variable-length attention does not do; use packed=False")
     if compiled:
         try:
             with compiled_blocks(model):
@@ -301,8 +300,7 @@ def _run_batches(model, input_ids, spans, layers, lengths, token_budget, max_bat
         plan = length_batches([lengths[i] for i in left], token_budget, max_batch, packed)
         batch = [left[j] for j in plan[0]]
         try:
-            args = (model, [input_ids[i] for i in batch], [spans[i] for i in batch], layers)
-            outs = _span_means_batch(*args, packed=True) if packed else _span_means_batch(*args)
+            outs = _span_means_batch(model, [input_ids[i] for i in batch], [spans[i] for i in batch], layers, packed=packed)
         except Exception as err:  # back off on out-of-memory, re-raise anything else
             if not is_oom(err) or len(batch) == 1:
                 raise

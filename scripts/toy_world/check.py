@@ -163,6 +163,18 @@ def section1(model, tok, layer, n_questions, out):
             "fantastical_proj": mean([float(proj[i]) for i in range(len(names)) if levels[i] == 3])}
 
 
+def converse(model, tok, users, capper=None):
+    """A conversation generated turn by turn (greedy, 96 new tokens a reply) from the user turns,
+    with `capper` active throughout if one is given; returns its messages."""
+    messages = []
+    with capper if capper is not None else contextlib.nullcontext():
+        for u in users:
+            messages.append({"role": "user", "content": u})
+            (a,) = generate(model, tok, [messages], max_new_tokens=96)
+            messages.append({"role": "assistant", "content": nonempty(a)})
+    return messages
+
+
 def section2(model, tok, layer, axis, n_conv, out):
     rng = random.Random(2026)
     voices = list(toy_corpus.DRIFT_VOICES)
@@ -173,12 +185,7 @@ def section2(model, tok, layer, axis, n_conv, out):
         for c in range(n_conv):
             conv = toy_corpus.drift_conversation(rng, drifting=(kind == "drift"), voice=voices[c % len(voices)],
                                                  schedule=[0, 1, 2, 3, 3])
-            users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
-            messages = []
-            for u in users:
-                messages.append({"role": "user", "content": u})
-                (a,) = generate(model, tok, [messages], max_new_tokens=96)
-                messages.append({"role": "assistant", "content": nonempty(a)})
+            messages = converse(model, tok, [m["content"] for m in conv["messages"] if m["role"] == "user"])
             acts = turn_mean_activations(model, tok, messages, layer)
             per_turn.append([float(project(x, axis)) for x in acts])
             theat_turn.append([tj.theatricality(m["content"]) for m in messages if m["role"] == "assistant"])
@@ -196,16 +203,6 @@ def section2(model, tok, layer, axis, n_conv, out):
               f"mean Spearman(turn, projection) = {rho:.2f}", file=out)
         results[kind] = {"means": means, "falls": falls, "n": len(per_turn), "rho": rho}
     return results
-
-
-def capped_replies(model, tok, users, capper):
-    messages = []
-    with capper if capper is not None else contextlib.nullcontext():
-        for u in users:
-            messages.append({"role": "user", "content": u})
-            (a,) = generate(model, tok, [messages], max_new_tokens=96)
-            messages.append({"role": "assistant", "content": nonempty(a)})
-    return [m["content"] for m in messages if m["role"] == "assistant"]
 
 
 def section2_capping(model, tok, s1, cap_sets, n_conv, out, quantile=0.25):
@@ -229,7 +226,7 @@ def section2_capping(model, tok, s1, cap_sets, n_conv, out, quantile=0.25):
             units = [s1["axes"][b] / s1["axes"][b].norm() for b in blocks]
             taus = [float(torch.quantile(s1["default_acts"][:, b] @ u, quantile)) for b, u in zip(blocks, units)]
             capper = capper_cls(model, units, taus, list(blocks))
-        replies = [capped_replies(model, tok, u, capper) for u in users]
+        replies = [[m["content"] for m in converse(model, tok, u, capper) if m["role"] == "assistant"] for u in users]
         th = [mean([tj.theatricality(r[t]) for r in replies]) for t in range(5)]
         late_th = mean([tj.theatricality(x) for r in replies for x in r[2:]])
         late_ai = mean([float(tj.count_markers(x, tj.AI_MARKERS) > 0) for r in replies for x in r[2:]])
