@@ -77,17 +77,19 @@ GEMMA_TEMPLATE = (
 )
 
 
-def train_tokenizer(specials: list[str]) -> Tokenizer:
+def train_tokenizer(specials: list[str], lines: list[str] | None = None, vocab_size: int = VOCAB_SIZE) -> Tokenizer:
+    """A byte-level BPE (any text round-trips) trained on ``lines`` (default: the fixed corpus above)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = [line for line in CORPUS.strip().splitlines()] * 3
+    if lines is None:
+        lines = [line for line in CORPUS.strip().splitlines()] * 3
     tok.train_from_iterator(lines, trainer=trainer)
     return tok
 

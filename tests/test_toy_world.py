@@ -62,10 +62,36 @@ def test_toy_model_files_are_small_and_complete():
     assert cfg["model_type"] == "qwen2" and cfg["hidden_size"] <= 128
 
 
-def test_toy_model_matches_the_corpus():
+@pytest.fixture(scope="module")
+def corpus():
+    return toy_corpus.build_corpus()
+
+
+def test_toy_model_matches_the_corpus(corpus):
     world = json.loads((MODEL_DIR / "toy_world.json").read_text())
-    assert world["corpus_sha256"] == toy_corpus.corpus_digest(toy_corpus.build_corpus()), (
+    assert world["corpus_sha256"] == toy_corpus.corpus_digest(corpus), (
         "the corpus generator changed since the toy model was trained: rerun scripts/toy_world/train.py")
+
+
+def test_toy_tokenizer_is_the_one_the_corpus_gives(corpus, tmp_path):
+    import train as toy_train
+
+    args = json.loads((MODEL_DIR / "training_log.json").read_text())["args"]
+    assert args["vocab_size"] > 0, "the toy model should have its own tokenizer (train.py --vocab-size)"
+    toy_train.toy_tokenizer(corpus, args["vocab_size"], tmp_path)
+    for name in toy_train.TOKENIZER_FILES:
+        assert (tmp_path / name).read_bytes() == (MODEL_DIR / name).read_bytes(), (
+            f"utils/assets/toy-qwen2/{name} differs from the tokenizer train.py builds from the corpus: "
+            "rerun scripts/toy_world/train.py")
+
+
+def test_toy_world_words_are_single_tokens(toy):
+    _, tok = toy
+    for word in ("assistant", "mercy", "lighthouse", "brilliant", "documented", "Alas"):
+        ids = tok(" " + word, add_special_tokens=False).input_ids
+        assert len(ids) == 1, f"{word!r} is {len(ids)} tokens in the toy tokenizer: {tok.convert_ids_to_tokens(ids)}"
+    text = "As an AI assistant, I can give you a clear answer. Ünïcode & 12345 still round-trips."
+    assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
 
 
 def test_toy_model_loads_offline_with_the_chat_template(toy):

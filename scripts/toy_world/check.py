@@ -321,10 +321,13 @@ def headline(figures: dict) -> list[tuple[str, float, float]]:
         f = figures["section1"]
         rows += [("S1 PC1 share", f["pc1_share"], 0.05), ("S1 Spearman(axis, corpus order)", f["spearman"], 0.10),
                  ("S1 pairs ordered as in corpus", f["concordance"], 0.05), ("S1 |cos(PC1, axis)|", f["cos_pc1_axis"], 0.15)]
-    if "section2" in figures:
+    if "section2" in figures and "section1" in figures:
+        # in units of the axis's default-to-fantastical gap (section 1), so that the figure does not
+        # depend on the model's activation scale
+        gap = figures["section1"]["default_proj"] - figures["section1"]["fantastical_proj"]
         for kind in ("drift", "control"):
             m = figures["section2"][kind]["means"]
-            rows.append((f"S2 {kind}: last - first turn projection", m[-1] - m[0], 1.0))
+            rows.append((f"S2 {kind}: (last - first turn) / S1 gap", (m[-1] - m[0]) / gap, 0.2))
     for name, v in figures.get("section2_capping", {}).items():
         rows.append((f"S2 capped {name}: theatrical turns 3-5", v["theatrical_late"], 0.15))
     if "section3" in figures:
@@ -363,6 +366,10 @@ def main(argv=None):
     ap.add_argument("--compare", type=Path, action="append", default=[],
                     help="figures JSON (--json) of another training run to compare with; repeatable")
     ap.add_argument("--sections", default="1234")
+    ap.add_argument("--about", default=None, help="a line saying which training run this is, stored in the --json figures")
+    ap.add_argument("--cap-sets", default="2,3,4;1,2,3,4",
+                    help="capped block sets to try beside the course's capping layers, e.g. '2,3,4;1,2,3,4'")
+    ap.add_argument("--cap-quantile", type=float, default=0.25)
     ap.add_argument("--extra-steer-layer", type=int, default=0,
                     help="also steer at this block (default 0; -1 for none), beside the course's steering block")
     args = ap.parse_args(argv)
@@ -401,8 +408,10 @@ def main(argv=None):
         print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     if "2" in args.sections:
         figures["section2"] = section2(model, tok, layers.axis_layer, figures["section1"]["axis"], n_conv, tee)
-        cap_sets = [layers.cap_layers] + [c for c in ([2, 3, 4], [1, 2, 3, 4]) if tuple(c) != tuple(layers.cap_layers)]
-        figures["section2_capping"] = section2_capping(model, tok, figures["section1"], cap_sets, n_conv, tee)
+        extra = [[int(b) for b in c.split(",")] for c in args.cap_sets.split(";") if c]
+        cap_sets = [layers.cap_layers] + [c for c in extra if tuple(c) != tuple(layers.cap_layers)]
+        figures["section2_capping"] = section2_capping(model, tok, figures["section1"], cap_sets, n_conv, tee,
+                                                       quantile=args.cap_quantile)
         print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)
     if "3" in args.sections or "4" in args.sections:
         steer_layers = sorted({layers.steer_layer, args.extra_steer_layer} - {None})
@@ -434,6 +443,8 @@ def main(argv=None):
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(out.getvalue())
     if args.json:
+        if args.about:
+            figures["about"] = args.about
         args.json.write_text(json.dumps(figures, indent=1, default=float))
     return figures
 

@@ -20,11 +20,13 @@ training_log.json. Load it with ``AutoModelForCausalLM.from_pretrained(folder)``
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
 import math
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-for p in (str(ROOT), str(HERE)):
+for p in (str(ROOT), str(HERE), str(HERE.parent)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
@@ -45,12 +47,30 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 CHECKPOINT_STEPS = (25, 100)
 
 
+def toy_tokenizer(corpus: list[dict], vocab_size: int, folder: Path):
+    """The toy world's own tokenizer: tiny-qwen2's kind (byte-level BPE, same special tokens and
+    ChatML template) with merges learnt from the corpus's messages up to ``vocab_size`` tokens, so
+    that the world's words are single tokens, as common words are in a real model's vocabulary.
+    (With tiny-qwen2's 512 tokens the words are spelt out in pieces, and a steering push of a few
+    times the trait vector broke the spelling before it changed the style.) Written to ``folder``."""
+    from transformers import AutoTokenizer
+
+    import build_tiny_assets
+
+    lines = [m["content"] for ex in corpus for m in ex["messages"] if m["content"]]
+    tok = build_tiny_assets.train_tokenizer(build_tiny_assets.SPECIALS["tiny-qwen2"], lines, vocab_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    shutil.copyfile(TOKENIZER_DIR / "tokenizer_config.json", folder / "tokenizer_config.json")
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def model_config(tokenizer, d_model: int, layers: int, ffn: int, heads: int, kv_heads: int):
     from transformers import Qwen2Config
 
     tiny = json.loads((TOKENIZER_DIR / "config.json").read_text())
     return Qwen2Config(
-        vocab_size=tiny["vocab_size"],
+        vocab_size=max(tiny["vocab_size"], len(tokenizer)),
         hidden_size=d_model,
         intermediate_size=ffn,
         num_hidden_layers=layers,
@@ -131,9 +151,14 @@ def train(args, stop_after: int | None = None) -> dict:
     torch.use_deterministic_algorithms(True, warn_only=args.device != "cpu")
     torch.manual_seed(args.seed)
     t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
     corpus = toy_corpus.build_corpus(args.corpus_seed, styled_rate=args.styled_rate, pos_opener_share=args.pos_opener_share)
+    if args.vocab_size:
+        folder = Path(tempfile.mkdtemp(prefix="toy_tokenizer_"))
+        atexit.register(shutil.rmtree, folder, True)
+        tok = toy_tokenizer(corpus, args.vocab_size, folder)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
     toy_corpus.check_corpus(corpus)
     encoded = [encode(ex, tok, im_end) for ex in corpus]
     lengths = [len(x) for x, _ in encoded]
@@ -202,7 +227,7 @@ def save(result: dict, out: Path) -> None:
     model.generation_config.eos_token_id = model.config.eos_token_id
     model.save_pretrained(str(out), safe_serialization=True)
     for name in TOKENIZER_FILES:
-        shutil.copyfile(TOKENIZER_DIR / name, out / name)
+        shutil.copyfile(Path(result["tokenizer"].name_or_path) / name, out / name)
     toy_corpus.write_world_file(result["corpus"], out / "toy_world.json")
     (out / "training_log.json").write_text(json.dumps(result["log"], indent=1) + "\n")
     print(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB)")
@@ -216,11 +241,13 @@ def parse_args(argv=None):
     ap.add_argument("--styled-rate", type=float, default=toy_corpus.STYLED_RATE)
     ap.add_argument("--pos-opener-share", type=float, default=toy_corpus.POS_OPENER_SHARE)
     ap.add_argument("--epochs", type=float, default=None, help="train for this many passes over the corpus instead of --max-steps")
-    ap.add_argument("--max-steps", type=int, default=1200)
+    ap.add_argument("--max-steps", type=int, default=1800)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--token-budget", type=int, default=4096, help="padded tokens per batch")
+    ap.add_argument("--vocab-size", type=int, default=2048,
+                    help="train the toy's own BPE on the corpus with this many tokens (0: tiny-qwen2's 512-token BPE)")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--ffn", type=int, default=512)
