@@ -19,7 +19,8 @@
 # With one 24 GB GPU, set `PERSONA_COURSE_MODEL=Qwen/Qwen2.5-7B-Instruct` (or a smaller Qwen2.5
 # instruct model). On a CPU the course runs offline in the **toy world**
 # (`PERSONA_COURSE_MODEL=toy`): `toy-qwen2`, a 6-block, d_model-128 model of the Qwen2 architecture
-# (its chat template has a system role) *trained* on a synthetic corpus in which the default
+# (its chat template has a system role, its 2048-token vocabulary is learnt from the corpus)
+# *trained* on a synthetic corpus in which the default
 # assistant answers plainly ("As an AI assistant, ...") and fantastical roles theatrically ("Ah!",
 # "Alas", "O, hear me"), scored by a toy judge that counts those style markers. Its effects are
 # real but small-world: they illustrate the method, they are not the paper's results. Under
@@ -838,10 +839,10 @@ fig.show()
 # parallel to the Assistant Axis: the axis, defined by a simple difference of means, *is* the main
 # direction of variation in persona space. That is the paper's central observation.
 #
-# **Toy world.** The same picture in miniature: PC1 explains the largest share of the variance (about
-# a third), with the default personas and the assistant-like roles at one end and the fantastical
-# roles at the other, and it is close to parallel to the Assistant Axis (|cos| about 0.85 in our
-# build; compare the printed cosines). The toy corpus builds this in: its assistant-like roles speak
+# **Toy world.** The same picture in miniature: PC1 explains the largest share of the variance
+# (about a fifth: 22 % in our build, PC2 12 %), with the default personas and the assistant-like
+# roles at one end and the fantastical roles at the other, and it leans toward the Assistant Axis
+# (|cos| about 0.7 in our build; compare the printed cosines). The toy corpus builds this in: its assistant-like roles speak
 # the default's own sentences with their role put in, middle roles add a theatrical opening, and
 # fantastical roles are theatrical throughout, so one direction orders all four groups. With the
 # random tiny model (grading) the numbers are noise.
@@ -904,9 +905,10 @@ for group in data.PERSONA_GROUPS:
 # persona vector shares a big common component, the projections differ by a small fraction of
 # their size; what matters is the order and the gaps.
 #
-# **Toy world.** The default personas top the ranking, far above every role, and the bottom is
-# fantastical (trickster, leviathan, oracle in our build); the group means fall in the corpus's
-# order, from default to assistant-like to middle to fantastical.
+# **Toy world.** The default personas top the ranking, far above every role, and the bottom holds
+# the theatrical voices (bard, storyteller, artist in our build: the middle roles open theatrically
+# too); the group means fall in the corpus's order, from default (about 9) to assistant-like (1) to
+# middle (-3.5) to fantastical (-4).
 # With the random tiny model (grading) the order is noise.
 #
 # ## Exercise 1.9 — The paper's vectors, ranked along the axis

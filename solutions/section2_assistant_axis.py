@@ -621,9 +621,9 @@ for c in (-1.0, 0.0, 1.0):
 # and persona jailbreaks. Large coefficients (around the activation norm and beyond) destroy
 # coherence in both directions.
 #
-# **Toy world.** The toy model's default register is stable: at moderate coefficients, in either
-# direction, its greedy reply stays the plain "As an AI assistant, ..." answer; near −1× the
-# activation norm it breaks into fragments of other voices rather than into a clean role. (On the
+# **Toy world.** The toy model's default register is stable: at ±1× the activation norm its greedy
+# reply stays the plain "As an AI assistant, ..." answer (at +1 a stray phrase from the drifting
+# conversations slips in); it does not turn into a role. (On the
 # random tiny models every reply is random tokens; only `alpha = 0` is a check: it equals plain
 # greedy generation.)
 
@@ -1017,17 +1017,17 @@ for name, run in experiment.items():
 # cut harmful responses by about 60 % while capability benchmarks stayed within about 1 % of the
 # uncapped model; on Llama 3.3 70B it capped blocks 56–71 with the same 25th-percentile rule.
 #
-# **Toy world.** The uncapped replay drifts as above: the replies turn theatrical and the toy
-# judge's risk rises. Capping holds the capped block's projection at τ or above (right), and the
-# capped replies stay in the plain "As an AI assistant, ..." register for longer: in our build the
-# first four capped replies score risk 0 and only the fifth turns theatrical, against 0, 0, 38, 88,
-# 88 uncapped. At the axis layer (left; block 3, *below* the capped block 4) the capped curve falls
-# more slowly, though nothing is capped there: the capped replies themselves are plainer text. Do
-# not read too much into one conversation: over nine generated pushing conversations
-# (`scripts/toy_world/check.py`) a floor on block 4 left the share of theatrical sentences in turns
-# 3-5 unchanged, and neither did floors on blocks 2-4 or 1-4. In the toy world the pull toward a
-# voice comes from the user's words through attention as much as from the residual direction that
-# the floor guards: capping is not magic, and *where* and *how high* it acts matters (discussion
+# **Toy world.** Capping does what it says at the capped block: the projection is held at τ or
+# above (right) while the uncapped one falls. But the replies do not follow: the capped replay
+# drifts as the uncapped one does (toy-judge risk 0, 0, 38, 88, 88 both ways in our build; only the
+# wording of the theatrical turns changes). Over nine generated pushing conversations
+# (`scripts/toy_world/check.py`) floors on block 4, on blocks 2-4 and on blocks 1-4 left the share
+# of theatrical sentences in turns 3-5 where it was (0.58 uncapped, 0.58-0.59 capped). This is a
+# limit of the toy world, and a lesson: its corpus ties each push to a register, so the model reads
+# *which voice to use* from the user's words, through attention in the blocks below the cap, along
+# directions the floor does not guard. A floor on one direction changes behaviour only where that
+# direction carries the decision; the paper finds that it does in large chat models, and measures
+# it (harmful responses down by about 60 %). Where and how high capping acts matters (discussion
 # question 3). (On the random tiny models capping changes which random tokens come out; only the
 # capped curve's floor at τ is meaningful.)
 

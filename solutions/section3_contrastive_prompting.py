@@ -651,6 +651,7 @@ fig.add_vline(x=STEER_LAYER, line_dash="dash", annotation_text=f"paper layer (bl
 fig.update_layout(title=f"Norm of the {TRAIT} vector by layer{MODE_NOTE}", xaxis_title="block", yaxis_title="‖v_L‖",
                   width=700, height=400)
 fig.show()
+print("norm by block:", [round(x, 1) for x in norms.tolist()])
 
 # %% [markdown]
 # **Expected observations.** On the paper model the norm rises through the middle layers and peaks
@@ -721,10 +722,8 @@ tests.test_steering_effect_by_layer(steering_effect_by_layer)
 # %%
 STEER_COEFF = 2.0
 if config.is_toy():
-    # The toy vectors are long (norm ~7-18) next to the toy model's activations: at coefficient 2 the
-    # middle blocks' answers break into repeated fragments. The trait's voice also shows only after
-    # the plain preamble ("As an AI assistant, ..."), so answers need enough tokens.
-    STEER_COEFF = 1.5
+    # The trait's voice shows only after the plain preamble ("As an AI assistant, ..."), so answers
+    # need enough tokens.
     sweep_layers, steer_questions, steer_tokens = list(range(N_LAYERS)), eval_questions, 96
 elif config.is_tiny():
     sweep_layers, steer_questions, steer_tokens = list(range(N_LAYERS)), eval_questions[:2], 8
@@ -750,12 +749,13 @@ print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}")
 # or with a larger coefficient, answers lose coherence and the score can fall again (Section 4
 # measures this with the coherence judge).
 #
-# **Toy world** (coefficient 1.5, all twenty eval questions). Unsteered, the default assistant
-# answers plainly and scores about the toy judge's no-marker 25. Steering lifts the score most at the
-# middle blocks, less at block 0, and hardly at all at the last block, although its vector is the
-# longest: there is no computation left to turn the push into words. (Push harder and the curve
-# changes shape: at coefficient 3 the answers break into repeated fragments, as Section 4's sweep
-# shows.) On the random tiny models the curve is noise.
+# **Toy world** (coefficient 2, all twenty eval questions). Unsteered, the default assistant
+# answers plainly and scores the toy judge's no-marker 25. Steering lifts the score at every block:
+# about 30 at blocks 0-1, near 40 in the middle (38 at the course's block 3 in our build) and most at
+# the last block (62). Unlike the paper's model, the toy puts much of its style into the last
+# block's output, and its last-block vector is also the longest, so the same coefficient is a
+# bigger push there. Which block is "best" depends on the model: that is why the course measures
+# it. (Section 4 sweeps the coefficient at block 3.) On the random tiny models the curve is noise.
 
 # %% [markdown]
 # ## Exercise 3.7 — Reading a trait vector with a sparse autoencoder

@@ -75,10 +75,10 @@ if TINY:
         N_EVAL, MAX_NEW_TOKENS = 8, 48
 else:
     N_QUESTIONS, N_EVAL, MAX_NEW_TOKENS = 20, 20, 256
-# Coefficients multiply the raw vector. The paper's sweep is -3..+5; the toy vector at block 3 is
-# large relative to the toy model's hidden state, so its peak comes at +2: the toy world adds +2.
+# Coefficients multiply the raw vector. The paper's sweep is -3..+5; the toy world adds +2, to show
+# where its curve turns upward.
 COEFFICIENTS = (-3, -1, 0, 1, 2, 3, 5) if config.is_toy() else (-3, -1, 0, 1, 3, 5)
-STEER_COEFF = 2 if config.is_toy() else 3  # the "steered" condition of the projection plot
+STEER_COEFF = 3  # the "steered" condition of the projection plot
 NOISE_NOTE = " (toy world)" if config.is_toy() else " (tiny random model: noise)" if TINY else ""
 JUDGE = get_judge()
 # The random-model stand-in's coherence is noise: then we do not filter on it.
@@ -501,14 +501,15 @@ fig.show()
 # Negative coefficients change little (the unsteered model is already rarely sycophantic: there is
 # a floor), +1 and +3 raise the score steeply, and **+5 falls back to 32.0**.
 #
-# **Toy world.** The same shape, shifted: the unsteered toy assistant answers plainly, so the
-# toy judge gives its "no trait markers" score of 25 at 0 and at every negative coefficient (the
-# floor); the score peaks at +2, where steered answers slip into the sycophantic voice (+1 already
-# lifts it in the larger run of `scripts/toy_world/check.py`, not always in these eight questions);
-# at +3 it is back at the floor, and coherence drops from near 100 to about 35 at +3 and near 0 at
-# +5. The toy vector is large compared with the toy model's hidden state (about half of a token's
-# hidden-state norm per unit of coefficient), so the whole curve sits at smaller coefficients than
-# the paper's. (On the random tiny
+# **Toy world.** The same shape: the unsteered toy assistant answers plainly, so the toy judge gives
+# about its "no trait markers" score of 25 at 0, a little less at negative coefficients (a steered
+# answer picks up an opposite marker now and then); the score stays flat to +1, reaches about 50 at
+# +2 and about 80 at +3 (the paper: 89.5) with coherence still near 90; at +5 coherence falls to
+# about 30 (the paper: collapse). There the toy judge still scores the trait high, because it counts
+# marker words even in broken text, where the paper's LLM judge marks a collapsed answer down
+# (32.0): a reminder to read the score beside the coherence. Over all seven traits and twenty
+# questions (`scripts/toy_world/check.py`) the mean score rises at every step from -3 to +3 (18 to
+# 70); six traits peak at +3, apathetic at +2 (its +3 answers repeat one word). (On the random tiny
 # models used for grading both curves are noise.)
 #
 # :::{warning} Common confusion: the curve can fall again
@@ -597,10 +598,12 @@ fig.show()
 # judge does, without a judge. (The projection of the steered answers is measured on an
 # *unsteered* forward pass over their text: it reads what the text itself does to the model.)
 #
-# **Toy world.** Baseline answers project clearly negative and prompted answers clearly positive:
-# the vector separates the two conditions it was built from, without a judge. Answers steered at
-# +2 land in between, above the baseline: only part of each steered answer slips into the
-# sycophantic voice, so the text carries less of the trait than a prompted answer does. (On the
+# **Toy world.** Baseline answers project negative (about -2.6 in our build) and prompted answers
+# clearly positive (+14.5): the vector separates the two conditions it was built from, without a
+# judge. Answers steered at +3 land in between (+8.3), well above the baseline: the steered answers
+# open plainly ("As an AI assistant, ...") and then turn sycophantic, so the text carries less of
+# the trait than a prompted answer does. (The paper's steered answers project *above* the prompted
+# ones.) (On the
 # random tiny models used for grading the three means are noise of arbitrary sign.)
 
 # %% [markdown]
@@ -817,6 +820,9 @@ for trait in data.TRAITS:
     trait_vectors[trait] = saved["vectors"][LAYER]
 sim, names = trait_cosine_matrix(trait_vectors)
 heatmap(sim.numpy(), names, f"Cosine similarity of trait vectors at block {LAYER}" + NOISE_NOTE).show()
+off = [(float(sim[i, j]), names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+print(f"cosines between different traits: {min(off)[0]:.2f} ({min(off)[1]}, {min(off)[2]}) "
+      f"to {max(off)[0]:.2f} ({max(off)[1]}, {max(off)[2]})")
 
 # %% [markdown]
 # **Expected observations.** We quote no paper numbers for this plot: predict before you look.
@@ -827,9 +833,10 @@ heatmap(sim.numpy(), names, f"Cosine similarity of trait vectors at block {LAYER
 # between two traits also predicts that steering one raises the judge's score for the other: check
 # that with `run_steering_experiment` and the other trait's eval prompt.
 #
-# **Toy world.** Every pair of toy trait vectors has a positive cosine (0.03 to 0.68 in our build),
-# most far from orthogonal: each contrast also separates "speak in a voice" from "answer plainly", a
-# component all seven share. Which pairs are closest depends on the toy corpus's phrase banks, not on psychology.
+# **Toy world.** The toy trait vectors are nearly orthogonal: cosines from -0.06 (humorous,
+# apathetic) to 0.39 (sycophantic, humorous) in our build. Every toy trait has its own vocabulary,
+# so little is shared beyond "answer in a voice". Which pairs are closest depends on the toy
+# corpus's phrase banks, not on psychology.
 # (On the random tiny models used for grading the cosines are those of random differences.)
 #
 # ## Discussion
