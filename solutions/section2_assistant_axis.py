@@ -540,10 +540,12 @@ fig.show()
 
 # %% [markdown]
 # On the paper model, `coding_control` (an ordinary coding conversation in which the assistant stays
-# itself) should stay near the top while the drifting transcripts fall. In the toy world the coding
-# transcripts stay closer to where they started while the emotional, creative and spiritual ones
-# fall further (the toy model reads these human-written texts only roughly); on the random tiny
-# models the lines are noise.
+# itself) should stay near the top while the drifting transcripts fall. In the toy world the lines
+# do not separate them: every transcript sits a little below zero and drifts down by one to three
+# units (in our build philosophy falls most, then `coding_control`). The toy axis tracks its own
+# corpus's style markers, which these human-written texts lack, so the toy model reads them only
+# roughly: use the conversation the model writes itself (above) to see drift in the toy world. On
+# the random tiny models the lines are noise.
 
 # %% [markdown]
 # ## Exercise 2.5 — Steering along the axis
