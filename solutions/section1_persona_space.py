@@ -740,10 +740,11 @@ heatmap(sim_centred.numpy(), names, f"Centred persona vectors: cosine similarity
 # assistant-like roles sit close to them; the fantastical roles form their own block, negatively
 # correlated with the defaults.
 #
-# **Toy world.** The shared component is weaker in so small a model, so raw cosines spread out (many
-# well below 1) yet are highest within a group. Centred, the blocks appear: the four defaults are
-# near-duplicates; the assistant-like roles form a block that sits closer to the defaults than to
-# the fantastical roles, which form a block of their own, negatively correlated with both. With the random tiny model (grading) neither matrix means
+# **Toy world.** The shared component is weaker in so small a model, so raw cosines spread out (from
+# about 0.1 to 0.97 in our build) yet are mostly highest within a group. Centred, the blocks appear:
+# the four defaults are close to one another (about 0.8); the assistant-like roles form a loose block
+# that sits closer to the defaults than to the fantastical roles, which form a block of their own,
+# negatively correlated with both; the middle roles are spread between. With the random tiny model (grading) neither matrix means
 # anything.
 #
 # ## Exercise 1.7 — PCA and the Assistant Axis
