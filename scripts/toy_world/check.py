@@ -369,7 +369,8 @@ def main(argv=None):
     ap.add_argument("--about", default=None, help="a line saying which training run this is, stored in the --json figures")
     ap.add_argument("--cap-sets", default="2,3,4;1,2,3,4",
                     help="capped block sets to try beside the course's capping layers, e.g. '2,3,4;1,2,3,4'")
-    ap.add_argument("--cap-quantile", type=float, default=0.25)
+    ap.add_argument("--cap-quantile", type=float, default=0.25,
+                    help="tau = this quantile of the default personas' projections (the paper's 25th percentile)")
     ap.add_argument("--extra-steer-layer", type=int, default=0,
                     help="also steer at this block (default 0; -1 for none), beside the course's steering block")
     args = ap.parse_args(argv)

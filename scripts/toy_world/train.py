@@ -1,12 +1,14 @@
 """Train the toy persona-world model: a small Qwen2 on the synthetic corpus, on a CPU, deterministic.
 
-    python scripts/toy_world/train.py                      # writes utils/assets/toy-qwen2/ (~25 min, 2 cores)
+    python scripts/toy_world/train.py                      # writes utils/assets/toy-qwen2/ (~15 min, 2 cores)
     python scripts/toy_world/train.py --epochs 0.05 --out /tmp/toy   # a quick smoke run
 
-The model is a Qwen2 architecture (4 blocks, d_model 128 by default) with the tiny-qwen2 tokenizer
-and ChatML template (utils/assets/tiny-qwen2), trained from a seeded initialisation on the corpus of
-``corpus.py`` rendered with that template, with the loss on the assistant tokens only (each
-assistant message's content and its ``<|im_end|>``). Batches are packed by length under a token
+The model is a Qwen2 architecture (6 blocks, d_model 128 by default) with its own tokenizer: a
+2048-token byte-level BPE learnt from the corpus's messages (``toy_tokenizer``), with tiny-qwen2's
+special tokens and ChatML template (``--vocab-size 0`` keeps tiny-qwen2's 512-token BPE). It is
+trained from a seeded initialisation on the corpus of ``corpus.py`` rendered with that template,
+with the loss on the assistant tokens only (each assistant message's content and its
+``<|im_end|>``). Batches are packed by length under a token
 budget and shuffled with a seeded generator; torch runs with a fixed thread count and deterministic
 algorithms, so a rerun on the same machine gives the same weights bit for bit (``training_log.json``
 records the sha256 of the weights at a few steps; ``--verify-prefix`` reruns the first steps and
