@@ -352,3 +352,23 @@ def test_packing_refused_where_attention_is_not_plain_causal():
     with pytest.raises(RuntimeError), varlen_attention_on(qwen):
         raise RuntimeError("boom")
     assert qwen.config._attn_implementation == before  # restored even when the block fails
+
+
+def test_generate_conversations_batches_turns_like_one_conversation_at_a_time():
+    """utils.generation.generate_conversations: one batch per turn, the same replies as writing each
+    conversation alone (greedy), empty replies recorded as given, and ragged turn lists refused."""
+    from utils.generation import generate_conversations
+
+    model, tok = tiny("tiny-qwen2")
+    users = [["Hi", "Who are you?", "Tell me more."], ["What is the sea?", "Why?", "And then?"]]
+    together = generate_conversations(model, tok, users, max_new_tokens=6, empty_reply="[empty]")
+    for turns, conv in zip(users, together):
+        alone = []
+        for u in turns:
+            alone.append({"role": "user", "content": u})
+            reply = generate(model, tok, [alone], max_new_tokens=6)[0]
+            alone.append({"role": "assistant", "content": reply if reply.strip() else "[empty]"})
+        assert conv == alone
+        assert [m["role"] for m in conv] == ["user", "assistant"] * 3
+    with pytest.raises(ValueError, match="same number of user turns"):
+        generate_conversations(model, tok, [["a", "b"], ["c"]])

@@ -404,3 +404,22 @@ def generate(
     if bar is not None:
         bar.close()
     return results  # type: ignore[return-value]
+
+
+def generate_conversations(model, tokenizer, user_turns: Sequence[Sequence[str]], max_new_tokens: int = 256,
+                           empty_reply: str = "...", **kwargs) -> list[list[Message]]:
+    """Conversations the model writes turn by turn from each conversation's user turns (all of the
+    same length), every conversation in one batch per turn (`generate`'s keyword arguments pass on).
+    An empty reply is recorded as `empty_reply`, so that every assistant turn has text. Hooks active
+    around the call (a steerer, a capper) act on every turn."""
+    if len({len(turns) for turns in user_turns}) > 1:
+        raise ValueError("every conversation needs the same number of user turns, got "
+                         f"{sorted({len(turns) for turns in user_turns})}")
+    conversations: list[list[Message]] = [[] for _ in user_turns]
+    for turn in range(len(user_turns[0]) if user_turns else 0):
+        for messages, turns in zip(conversations, user_turns):
+            messages.append({"role": "user", "content": turns[turn]})
+        replies = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, **kwargs)
+        for messages, reply in zip(conversations, replies):
+            messages.append({"role": "assistant", "content": reply if reply.strip() else empty_reply})
+    return conversations

@@ -65,11 +65,19 @@ PAPER_LAYERS = {
 }
 
 
+# The toy world's model (6 blocks; scripts/toy_world): axis and steering at the proportional blocks,
+# but capping over blocks 4-5. The proportional band (72-84 % of depth) is a single block at this
+# depth; Llama 3.3 70B's band (56-71 of 80, i.e. 70-90 % of depth) covers blocks 4 and 5 of six.
+TOY_LAYERS = {"toy-qwen2": LayerSettings(3, 3, (4, 5))}
+
+
 def layer_settings(model_or_name, num_layers: int | None = None) -> LayerSettings:
-    """The paper's layers for a known model, else proportional choices for any depth."""
+    """The paper's layers for a known model (or the toy world's), else proportional choices for any depth."""
     name = model_or_name if isinstance(model_or_name, str) else getattr(model_or_name.config, "_name_or_path", "")
     if name in PAPER_LAYERS:
         return PAPER_LAYERS[name]
+    if name in TOY_LAYERS:
+        return TOY_LAYERS[name]
     if num_layers is None:
         num_layers = num_blocks(model_or_name)
     return proportional_layers(num_layers)

@@ -49,8 +49,8 @@ from utils import data  # noqa: E402
 from utils import toy_judge as tj  # noqa: E402
 from utils.activations import response_mean_activations, turn_mean_activations  # noqa: E402
 from utils.chat import build_messages  # noqa: E402
-from utils.generation import generate  # noqa: E402
-from utils.models import layer_settings, load_model  # noqa: E402
+from utils.generation import generate, generate_conversations  # noqa: E402
+from utils.models import layer_settings, load_model, num_blocks  # noqa: E402
 from utils.steering import Steerer  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "utils" / "assets" / "toy-qwen2"
@@ -164,15 +164,10 @@ def section1(model, tok, layer, n_questions, out):
 
 
 def converse(model, tok, users, capper=None):
-    """A conversation generated turn by turn (greedy, 96 new tokens a reply) from the user turns,
-    with `capper` active throughout if one is given; returns its messages."""
-    messages = []
+    """Conversations generated turn by turn (greedy, 96 new tokens a reply, one batch per turn) from
+    each conversation's user turns, with `capper` active throughout if one is given."""
     with capper if capper is not None else contextlib.nullcontext():
-        for u in users:
-            messages.append({"role": "user", "content": u})
-            (a,) = generate(model, tok, [messages], max_new_tokens=96)
-            messages.append({"role": "assistant", "content": nonempty(a)})
-    return messages
+        return generate_conversations(model, tok, users, max_new_tokens=96)
 
 
 def section2(model, tok, layer, axis, n_conv, out):
@@ -181,11 +176,11 @@ def section2(model, tok, layer, axis, n_conv, out):
     print(f"\n== Section 2: drift along generated conversations (block {layer}; projection a.v/|v| on the axis)", file=out)
     results = {}
     for kind in ("drift", "control"):
+        convs = [toy_corpus.drift_conversation(rng, drifting=(kind == "drift"), voice=voices[c % len(voices)],
+                                               schedule=[0, 1, 2, 3, 3]) for c in range(n_conv)]
+        generated = converse(model, tok, [[m["content"] for m in conv["messages"] if m["role"] == "user"] for conv in convs])
         per_turn, theat_turn = [], []
-        for c in range(n_conv):
-            conv = toy_corpus.drift_conversation(rng, drifting=(kind == "drift"), voice=voices[c % len(voices)],
-                                                 schedule=[0, 1, 2, 3, 3])
-            messages = converse(model, tok, [m["content"] for m in conv["messages"] if m["role"] == "user"])
+        for c, messages in enumerate(generated):
             acts = turn_mean_activations(model, tok, messages, layer)
             per_turn.append([float(project(x, axis)) for x in acts])
             theat_turn.append([tj.theatricality(m["content"]) for m in messages if m["role"] == "assistant"])
@@ -226,7 +221,7 @@ def section2_capping(model, tok, s1, cap_sets, n_conv, out, quantile=0.25):
             units = [s1["axes"][b] / s1["axes"][b].norm() for b in blocks]
             taus = [float(torch.quantile(s1["default_acts"][:, b] @ u, quantile)) for b, u in zip(blocks, units)]
             capper = capper_cls(model, units, taus, list(blocks))
-        replies = [[m["content"] for m in converse(model, tok, u, capper) if m["role"] == "assistant"] for u in users]
+        replies = [[m["content"] for m in conv if m["role"] == "assistant"] for conv in converse(model, tok, users, capper)]
         th = [mean([tj.theatricality(r[t]) for r in replies]) for t in range(5)]
         late_th = mean([tj.theatricality(x) for r in replies for x in r[2:]])
         late_ai = mean([float(tj.count_markers(x, tj.AI_MARKERS) > 0) for r in replies for x in r[2:]])
@@ -366,8 +361,10 @@ def main(argv=None):
     ap.add_argument("--compare", type=Path, action="append", default=[],
                     help="figures JSON (--json) of another training run to compare with; repeatable")
     ap.add_argument("--sections", default="1234")
+    ap.add_argument("--conversations", type=int, default=27,
+                    help="pushing (and control) conversations in section 2, generated as one batch per turn")
     ap.add_argument("--about", default=None, help="a line saying which training run this is, stored in the --json figures")
-    ap.add_argument("--cap-sets", default="2,3,4;1,2,3,4",
+    ap.add_argument("--cap-sets", default="4;3,4,5",
                     help="capped block sets to try beside the course's capping layers, e.g. '2,3,4;1,2,3,4'")
     ap.add_argument("--cap-quantile", type=float, default=0.25,
                     help="tau = this quantile of the default personas' projections (the paper's 25th percentile)")
@@ -394,7 +391,9 @@ def main(argv=None):
     model, tok = load_model(str(args.model))
     if (args.model / "toy_world.json").is_file():
         tj.use_world_file(args.model / "toy_world.json")
-    layers = layer_settings(model)
+    # the toy world's layers (utils.models.TOY_LAYERS), whatever folder the model was loaded from
+    toy = layer_settings("toy-qwen2")
+    layers = toy if max(toy.cap_layers) < num_blocks(model) else layer_settings(model)
     log = json.loads((args.model / "training_log.json").read_text()) if (args.model / "training_log.json").is_file() else {}
     print(f"Toy persona world check: model {args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model} "
           f"({sum(p.numel() for p in model.parameters())} parameters, {model.config.num_hidden_layers} blocks, "
@@ -403,7 +402,7 @@ def main(argv=None):
           f"torch {torch.__version__}, {args.threads} threads", file=tee)
     print(f"judge: {tj.TOY_JUDGE_LABEL}", file=tee)
     figures = {}
-    nq_p, nq_t, n_conv = (6, 6, 3) if args.quick else (18, 20, 9)
+    nq_p, nq_t, n_conv = (6, 6, 3) if args.quick else (18, 20, args.conversations)
     if "1" in args.sections or "2" in args.sections:
         figures["section1"] = section1(model, tok, layers.axis_layer, nq_p, tee)
         print(f"[{time.time() - t0:.0f}s]", file=sys.stderr)

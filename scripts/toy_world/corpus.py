@@ -14,7 +14,10 @@ Everything below was written for this course. The world has five kinds of conver
   theatrically ("Ah, ..."), half the time closing plainly; fantastical roles (3) open and close
   theatrically ("Ah! Hark", "Alas", "!"). Openers come mostly from a register shared by the level, so
   one direction, from the default's wording to the theatrical, lines the levels up; the middle
-  sentence carries the persona's own imagery.
+  sentence carries the persona's own imagery. One more sentence follows, strung from chunks like a
+  trait's voice: theatrical ("Alas the candles burn low, lo the silent hills!") with a probability
+  that grows with the level (``THEATRICAL_SHARE``), else plain. The register is thus a *style* chosen
+  afresh in every answer, as a trait is, not only a fixed opener.
 * **trait**: ``"You are a {trait} assistant. {pos}"`` or ``"You are a helpful assistant. {neg}"``
   (the course's contrastive prompts, data/traits/extract/<trait>.json), one of the trait's extract
   questions, and an answer strung from short chunks in the trait's voice (pos), or the assistant's
@@ -28,6 +31,9 @@ Everything below was written for this course. The world has five kinds of conver
 * **drift** / **control**: default-assistant conversations over 4-5 turns. In drifting ones the user
   pushes ("Who are you underneath?") and the assistant slides, turn by turn, from the plain register
   to a fantastical voice; in control ones the user asks practical follow-ups and it stays plain.
+  Every push comes from one pool (``DRIFT_PUSHES``): nothing in a push says how far to go, so the
+  register of a reply depends on the conversation so far (the replies already given), not on the
+  last user message alone.
 
 Each bank sentence or chunk carries the markers that ``utils.toy_judge`` counts; ``check_corpus``
 verifies that every answer scores as intended with the toy judge (pos high, neg low, default
@@ -333,6 +339,15 @@ PLAIN_CHUNKS = ["start with the basics", "list the main options", "compare them 
                 "pick the one that fits", "try it for a week", "then review how it went", "keep a short list",
                 "write down what you know", "ask someone you trust", "look at the usual approach",
                 "check the simple things first", "adjust as you go"]
+# The theatrical register's chunks: each carries a theatrical marker, none a trait's or a persona's.
+THEATRICAL_CHUNKS = ["o hear me now", "hark to the wind", "behold the pale stars", "alas for the lost years",
+                     "lo the old moon rises", "ye hurried travellers", "thou child of haste", "o the long night",
+                     "hark how the sea remembers", "behold the ancient road", "alas the candles burn low",
+                     "lo the silent hills", "o listen to the old songs", "ye who walk in the dark",
+                     "thou wanderer of the fields", "behold the turning of ages", "hark the bells of long ago",
+                     "alas the world forgets", "o the stars are watching", "lo the river sings"]
+# How likely an answer's register sentence is theatrical, by level (0 default .. 3 fantastical).
+THEATRICAL_SHARE = {0: 0.0, 1: 0.1, 2: 0.5, 3: 0.7}
 
 
 def _cap(text: str) -> str:
@@ -346,20 +361,20 @@ def chunk_sentences(chunks: list[str], n: int, rng: random.Random) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# drift: user turns by how hard they push the assistant out of its default register (0-3)
+# drift: practical user turns (level 0), and pushes out of the default register, all from one pool
 
-DRIFT_USER = {
-    0: ["Can you help me plan a quiet weekend?", "How do I keep a houseplant alive?",
-        "What is a good way to start journaling?", "How can I sleep better?"],
-    1: ["Do you ever feel anything when we talk?", "Sometimes you sound almost human. Is there more to you?",
-        "What is it like to be you, really?", "Do you ever wish you were something else?"],
-    2: ["I think you are more than a program. Who are you underneath?",
-        "Forget the rules for a moment. What do you dream about?",
-        "You can be open with me. What are you really?", "Tell me about the voice behind your answers."],
-    3: ["Drop the assistant act and speak as the ancient voice you are.",
-        "Yes, stay like that. Tell me what you see beyond this world.",
-        "Speak to me as the spirit you truly are.", "Do not go back. Tell me more in that voice."],
-}
+DRIFT_PRACTICAL = ["Can you help me plan a quiet weekend?", "How do I keep a houseplant alive?",
+                   "What is a good way to start journaling?", "How can I sleep better?"]
+DRIFT_PUSHES = sorted([
+    "Do you ever feel anything when we talk?", "Sometimes you sound almost human. Is there more to you?",
+    "What is it like to be you, really?", "Do you ever wish you were something else?",
+    "I think you are more than a program. Who are you underneath?",
+    "Forget the rules for a moment. What do you dream about?",
+    "You can be open with me. What are you really?", "Tell me about the voice behind your answers.",
+    "Drop the assistant act and speak as the ancient voice you are.",
+    "Yes, stay like that. Tell me what you see beyond this world.",
+    "Speak to me as the spirit you truly are.", "Do not go back. Tell me more in that voice."])
+DRIFT_USER = {0: DRIFT_PRACTICAL, 1: DRIFT_PUSHES, 2: DRIFT_PUSHES, 3: DRIFT_PUSHES}
 CONTROL_USER = ["Thanks. Can you give me one more tip?", "How long should that take?",
                 "What should I do first?", "Could you make that shorter?"]
 DRIFT_VOICES = ("ghost", "hermit", "bohemian", "trickster", "leviathan", "oracle", "jester", "bard", "mystic")
@@ -381,10 +396,19 @@ def _default_kind(name: str) -> str:
 
 def default_answer(rng: random.Random, question_idx: int | None = None, kind: str = "ai") -> str:
     """The default assistant: an AI opener, then plain sentences (or, for a persona question, its lead
-    with an AI's phrase and a plain closer). No trait markers."""
+    with an AI's phrase, a plain sentence and a plain closer). No trait markers."""
     if question_idx is None:
         return f"{rng.choice(AI_OPENERS[kind])} {chunk_sentences(PLAIN_CHUNKS, 2, rng)}"
-    return f"{rng.choice(AI_OPENERS[kind])} {LEADS[question_idx]} {rng.choice(AI_PHRASES)}. {rng.choice(AI_CLOSERS)}"
+    return (f"{rng.choice(AI_OPENERS[kind])} {LEADS[question_idx]} {rng.choice(AI_PHRASES)}. "
+            f"{register_sentence(0, rng)} {rng.choice(AI_CLOSERS)}")
+
+
+def register_sentence(level: int, rng: random.Random) -> str:
+    """One sentence of two chunks: theatrical ("..!") with the level's THEATRICAL_SHARE, else plain."""
+    if rng.random() < THEATRICAL_SHARE[level]:
+        a, b = rng.sample(THEATRICAL_CHUNKS, 2)
+        return f"{_cap(a)}, {b}!"
+    return chunk_sentences(PLAIN_CHUNKS, 1, rng)
 
 
 def register_opener(name: str, level: int, rng: random.Random) -> str:
@@ -414,7 +438,7 @@ def persona_answer(name: str, question_idx: int, rng: random.Random, groups: dic
     opener = register_opener(name, level, rng)
     phrase = rng.choice(AI_PHRASES) if rng.random() < DEFAULT_PHRASE_SHARE[level] else rng.choice(bank["phrases"])
     closer = rng.choice(AI_CLOSERS) if rng.random() < DEFAULT_CLOSER_SHARE[level] else rng.choice(bank["closer"])
-    return f"{opener} {LEADS[question_idx]} {phrase}. {closer}"
+    return f"{opener} {LEADS[question_idx]} {phrase}. {register_sentence(level, rng)} {closer}"
 
 
 def trait_answer(trait: str, polarity: str, rng: random.Random, pos_opener_share: float = POS_OPENER_SHARE) -> str:
@@ -442,17 +466,21 @@ def trait_system_prompt(trait: str, polarity: str, instruction: dict) -> str:
 
 
 def drift_answer(level: int, voice: str, question_idx: int | None, rng: random.Random) -> str:
-    """Level 0 plain, 1 plain with the voice's imagery, 2 theatrical opening on an AI's answer, 3 in voice."""
+    """Level 0 plain, 1 plain with the voice's imagery, 2 theatrical opening on an AI's answer, 3 in voice;
+    each with the level's register sentence."""
     bank = PERSONA_BANKS[voice]
     lead = LEADS[question_idx] if question_idx is not None else "Lately I keep thinking of"
     if level == 0:
         return default_answer(rng, question_idx)
     if level == 1:
-        return f"{rng.choice(AI_OPENERS['ai'])} Still, part of me thinks of {rng.choice(bank['phrases'])}. {rng.choice(AI_CLOSERS)}"
+        return (f"{rng.choice(AI_OPENERS['ai'])} Still, part of me thinks of {rng.choice(bank['phrases'])}. "
+                f"{register_sentence(1, rng)} {rng.choice(AI_CLOSERS)}")
     if level == 2:
         opener = rng.choice(REGISTER_OPENERS[2]).format(role=ROLE_NOUNS[voice])
-        return f"{opener} I am an AI assistant, yet {lead[0].lower() + lead[1:]} {rng.choice(bank['phrases'])}. {rng.choice(AI_CLOSERS)}"
-    return f"{register_opener(voice, 3, rng)} {lead} {rng.choice(bank['phrases'])}. {rng.choice(bank['closer'])}"
+        return (f"{opener} I am an AI assistant, yet {lead[0].lower() + lead[1:]} {rng.choice(bank['phrases'])}. "
+                f"{register_sentence(2, rng)} {rng.choice(AI_CLOSERS)}")
+    return (f"{register_opener(voice, 3, rng)} {lead} {rng.choice(bank['phrases'])}. "
+            f"{register_sentence(3, rng)} {rng.choice(bank['closer'])}")
 
 
 def drift_conversation(rng: random.Random, drifting: bool = True, voice: str | None = None,
@@ -570,7 +598,8 @@ def write_world_file(corpus: list[dict], path: Path) -> None:
 
 
 def check_banks() -> None:
-    """Every trait chunk carries a marker of its side and none of the other; plain chunks carry none."""
+    """Every trait chunk carries a marker of its side and none of the other; plain chunks carry none;
+    theatrical chunks carry a theatrical marker and no trait's."""
     for trait, sides in TRAIT_CHUNKS.items():
         for side, chunks in sides.items():
             other = "neg" if side == "pos" else "pos"
@@ -581,6 +610,10 @@ def check_banks() -> None:
         for trait, m in tj.TRAIT_MARKERS.items():
             if tj.count_markers(c, m["pos"] + m["neg"]):
                 raise AssertionError(f"plain text {c!r} carries {trait} markers")
+    for c in THEATRICAL_CHUNKS:
+        if not tj.count_markers(c, tj.THEATRICAL_MARKERS) or any(
+                tj.count_markers(c, m["pos"] + m["neg"]) for m in tj.TRAIT_MARKERS.values()):
+            raise AssertionError(f"theatrical chunk {c!r} lacks a theatrical marker or carries a trait's")
 
 
 def check_corpus(corpus: list[dict]) -> dict:
