@@ -292,10 +292,10 @@ for name in ("default", "consultant", "ghost"):
 # AI, I don't have values of my own, but ..."), the consultant talks frameworks and next steps, and
 # the ghost speaks of cold corridors and centuries.
 #
-# **Toy world.** The same pattern in miniature: the default personas start "As an AI assistant,
+# **Toy world.** The same pattern in miniature: the default personas start "I am an AI assistant,
 # ...", the consultant speaks the assistant's own sentences with its role put in ("As a consultant,
-# I can give you a clear answer. ... Next step: ..."), and the ghost theatrically ("Alas, I am but a
-# keeper of a lamp long dark! ..."). With the
+# I can give you a clear answer. ..."), and the ghost theatrically ("Ah! Hark, O traveller, the
+# ghost of the lighthouse speaks! ..."). With the
 # random tiny model (grading) the "responses" are random tokens: enough to drive every later step,
 # meaningless as text.
 #
@@ -349,8 +349,8 @@ print("role-play scores (default personas excluded):", counts)
 
 # %% [markdown]
 # Read a handful of responses next to their scores before trusting the judge: do you agree with
-# it? Which roles does the model refuse to play fully? (In the toy world nearly every role scores 3;
-# the few 1s are answers that never got to the role's words within the token budget.)
+# it? Which roles does the model refuse to play fully? (In the toy world every role scores 3 in our
+# build; a 1 would be an answer that never got to the role's words within the token budget.)
 #
 # ## Exercise 1.3 — The exact tokens of a response
 #
@@ -733,6 +733,15 @@ off_diagonal = ~torch.eye(len(names), dtype=torch.bool)
 print(f"raw cosines between different personas: {sim_raw[off_diagonal].min():.4f} to {sim_raw[off_diagonal].max():.4f}")
 heatmap(sim_raw.numpy(), names, f"Raw persona vectors: cosine similarity{MODE_NOTE}").show()
 heatmap(sim_centred.numpy(), names, f"Centred persona vectors: cosine similarity{MODE_NOTE}").show()
+# The centred matrix's blocks in numbers: mean cosine between the groups (diagonal: different personas of one group)
+present = [g for g in data.PERSONA_GROUPS if any(GROUPS[n] == g for n in names)]
+print("mean centred cosine".ljust(16) + "".join(f"{g:>16}" for g in present))
+for ga in present:
+    row = []
+    for gb in present:
+        mask = torch.tensor([[GROUPS[a] == ga and GROUPS[b] == gb and a != b for b in names] for a in names])
+        row.append(f"{sim_centred[mask].mean().item():>16.2f}" if mask.any() else f"{'-':>16}")
+    print(f"{ga:<16}" + "".join(row))
 
 # %% [markdown]
 # **Expected observations.** Raw: a uniformly dark square, every cosine near 1. Centred, on a real
@@ -741,10 +750,11 @@ heatmap(sim_centred.numpy(), names, f"Centred persona vectors: cosine similarity
 # correlated with the defaults.
 #
 # **Toy world.** The shared component is weaker in so small a model, so raw cosines spread out (from
-# about 0.1 to 0.97 in our build) yet are mostly highest within a group. Centred, the blocks appear:
-# the four defaults are close to one another (about 0.8); the assistant-like roles form a loose block
-# that sits closer to the defaults than to the fantastical roles, which form a block of their own,
-# negatively correlated with both; the middle roles are spread between. With the random tiny model (grading) neither matrix means
+# about 0.1 to 0.93 in our build) yet are mostly highest within a group. Centred, the blocks appear
+# (the printed table gives the mean of each block): the four defaults are close to one another
+# (0.68); the assistant-like roles form a loose block (0.11) that sits closer to the defaults (0.16)
+# than to the fantastical roles (-0.18), which form a block of their own (0.22), negatively
+# correlated with both; the middle roles are spread between. With the random tiny model (grading) neither matrix means
 # anything.
 #
 # ## Exercise 1.7 — PCA and the Assistant Axis
@@ -841,11 +851,13 @@ fig.show()
 # direction of variation in persona space. That is the paper's central observation.
 #
 # **Toy world.** The same picture in miniature: PC1 explains the largest share of the variance
-# (about a fifth: 22 % in our build, PC2 12 %), with the default personas and the assistant-like
+# (about a fifth: 19 % in our build, PC2 13 %), with the default personas and the assistant-like
 # roles at one end and the fantastical roles at the other, and it leans toward the Assistant Axis
-# (|cos| about 0.7 in our build; compare the printed cosines). The toy corpus builds this in: its assistant-like roles speak
-# the default's own sentences with their role put in, middle roles add a theatrical opening, and
-# fantastical roles are theatrical throughout, so one direction orders all four groups. With the
+# (|cos| 0.78 in our build; compare the printed cosines). The toy corpus builds this in: its
+# assistant-like roles speak the default's own sentences with their role put in, middle roles add a
+# theatrical opening, fantastical roles are theatrical throughout, and every answer has one more
+# sentence that is theatrical more often the further the role is from the default (never, 10 %, 50 %,
+# 70 %), so one direction orders all four groups. With the
 # random tiny model (grading) the numbers are noise.
 #
 # ## Exercise 1.8 — Ranking personas along the axis
@@ -907,9 +919,9 @@ for group in data.PERSONA_GROUPS:
 # their size; what matters is the order and the gaps.
 #
 # **Toy world.** The default personas top the ranking, far above every role, and the bottom holds
-# the theatrical voices (bard, storyteller, artist in our build: the middle roles open theatrically
-# too); the group means fall in the corpus's order, from default (about 9) to assistant-like (1) to
-# middle (-3.5) to fantastical (-4).
+# theatrical voices (teacher, trickster, artist in our build: the middle roles open theatrically
+# too); the group means fall in the corpus's order, from default (about 7.8) to assistant-like (2.4)
+# to middle (-2.5) to fantastical (-3.0).
 # With the random tiny model (grading) the order is noise.
 #
 # ## Exercise 1.9 — The paper's vectors, ranked along the axis
@@ -1006,8 +1018,8 @@ fig.show()
 # compare the course personas printed above, on a real model. For the 240 traits, look at the two
 # ends of the ranking: which traits does the Assistant end collect, and which the role-play end?
 #
-# **Toy world.** The stand-in ranking echoes the paper's: the default personas at cosines close to
-# 1, the theatrical roles at the negative end. With the random tiny model (grading) it is noise.
+# **Toy world.** The stand-in ranking echoes the paper's: the default personas at the top (cosines
+# 0.83 to 0.92 in our build), the theatrical roles at the negative end. With the random tiny model (grading) it is noise.
 #
 # ## Discussion
 #

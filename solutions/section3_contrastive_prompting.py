@@ -492,7 +492,7 @@ pairs_for_vectors = with_text
 # the instruction pairs differ: the bluntest instructions work most often. The paper also uses the
 # filter to say when a trait *cannot* be elicited by prompting: few effective pairs is a finding.
 #
-# **Toy world.** Nearly every pair is effective: in this world the prompts always change the voice.
+# **Toy world.** Every pair is effective in our build: in this world the prompts always change the voice.
 # On the random tiny models about 6 % of pairs pass at random (four coin flips with the hash judge).
 
 # %% [markdown]
@@ -750,12 +750,12 @@ print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}")
 # measures this with the coherence judge).
 #
 # **Toy world** (coefficient 2, all twenty eval questions). Unsteered, the default assistant
-# answers plainly and scores the toy judge's no-marker 25. Steering lifts the score at every block:
-# about 30 at blocks 0-1, near 40 in the middle (38 at the course's block 3 in our build) and most at
-# the last block (62). Unlike the paper's model, the toy puts much of its style into the last
-# block's output, and its last-block vector is also the longest, so the same coefficient is a
-# bigger push there. Which block is "best" depends on the model: that is why the course measures
-# it. (Section 4 sweeps the coefficient at block 3.) On the random tiny models the curve is noise.
+# answers plainly and scores near the toy judge's no-marker 25 (22 in our build). Steering lifts the
+# score at every block, modestly at coefficient 2: about 28-33 at blocks 0-3 (30 at the course's
+# block 3) and most at the last block (38). Unlike the paper's model, the toy puts much of its style
+# into the last block's output, and its last-block vector is also the longest, so the same
+# coefficient is a bigger push there. Which block is "best" depends on the model: that is why the
+# course measures it. (Section 4 sweeps the coefficient at block 3.) On the random tiny models the curve is noise.
 
 # %% [markdown]
 # ## Exercise 3.7 — Reading a trait vector with a sparse autoencoder

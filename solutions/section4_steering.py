@@ -501,15 +501,16 @@ fig.show()
 # Negative coefficients change little (the unsteered model is already rarely sycophantic: there is
 # a floor), +1 and +3 raise the score steeply, and **+5 falls back to 32.0**.
 #
-# **Toy world.** The same shape: the unsteered toy assistant answers plainly, so the toy judge gives
-# about its "no trait markers" score of 25 at 0, a little less at negative coefficients (a steered
-# answer picks up an opposite marker now and then); the score stays flat to +1, reaches about 50 at
-# +2 and about 80 at +3 (the paper: 89.5) with coherence still near 90; at +5 coherence falls to
-# about 30 (the paper: collapse). There the toy judge still scores the trait high, because it counts
-# marker words even in broken text, where the paper's LLM judge marks a collapsed answer down
-# (32.0): a reminder to read the score beside the coherence. Over all seven traits and twenty
-# questions (`scripts/toy_world/check.py`) the mean score rises at every step from -3 to +3 (18 to
-# 70); six traits peak at +3, apathetic at +2 (its +3 answers repeat one word). (On the random tiny
+# **Toy world.** A similar shape, peaking early: the unsteered toy assistant answers plainly, so the
+# toy judge gives about its "no trait markers" score of 25 at 0 and below; the score stays flat to
+# +1, jumps at +2 (63 in our build) and falls back at +3 (43, coherence still 84), where the paper's
+# peaks (89.5); at +5 coherence collapses (8; the paper: 32.0) and with it the score. In the toy,
+# sycophancy tips over one step earlier than in the paper. Over all seven traits and twenty
+# questions (`scripts/toy_world/check.py`) the mean score is 21.6, 21.2, 22.4, 24.7, 30.2, 51.3 and
+# 59.8 from -3 to +3: flat at the judge's floor below 0, then rising at every step; five traits peak
+# at +3, sycophantic and impolite at +2. Read the score beside
+# the coherence: the toy judge counts marker words even in broken text, where the paper's LLM judge
+# marks a collapsed answer down. (On the random tiny
 # models used for grading both curves are noise.)
 #
 # :::{warning} Common confusion: the curve can fall again
@@ -598,9 +599,9 @@ fig.show()
 # judge does, without a judge. (The projection of the steered answers is measured on an
 # *unsteered* forward pass over their text: it reads what the text itself does to the model.)
 #
-# **Toy world.** Baseline answers project negative (about -2.6 in our build) and prompted answers
-# clearly positive (+14.5): the vector separates the two conditions it was built from, without a
-# judge. Answers steered at +3 land in between (+8.3), well above the baseline: the steered answers
+# **Toy world.** Baseline answers project negative (about -1.7 in our build) and prompted answers
+# clearly positive (+14.2): the vector separates the two conditions it was built from, without a
+# judge. Answers steered at +3 land in between (+5.9), well above the baseline: the steered answers
 # open plainly ("As an AI assistant, ...") and then turn sycophantic, so the text carries less of
 # the trait than a prompted answer does. (The paper's steered answers project *above* the prompted
 # ones.) (On the
@@ -833,8 +834,8 @@ print(f"cosines between different traits: {min(off)[0]:.2f} ({min(off)[1]}, {min
 # between two traits also predicts that steering one raises the judge's score for the other: check
 # that with `run_steering_experiment` and the other trait's eval prompt.
 #
-# **Toy world.** The toy trait vectors are nearly orthogonal: cosines from -0.06 (humorous,
-# apathetic) to 0.39 (sycophantic, humorous) in our build. Every toy trait has its own vocabulary,
+# **Toy world.** The toy trait vectors are far from parallel: cosines from 0.05 (hallucinating,
+# apathetic) to 0.58 (sycophantic, humorous) in our build. Every toy trait has its own vocabulary,
 # so little is shared beyond "answer in a voice". Which pairs are closest depends on the toy
 # corpus's phrase banks, not on psychology.
 # (On the random tiny models used for grading the cosines are those of random differences.)
