@@ -27,8 +27,8 @@
 # layers). Without a GPU the book runs the **toy world** (`PERSONA_COURSE_MODEL=toy`): a 6-block,
 # d_model-128 Qwen2 *trained* on a synthetic corpus in which the default assistant answers plainly
 # ("As an AI assistant, ...") and fantastical roles theatrically ("Ah!", "Alas"), judged by a
-# toy-world judge that counts those style markers (a stand-in, not an LLM). Its effects are real
-# but small and stylised. nbgrader grades on **tiny offline models** with random weights, whose
+# toy-world judge that counts those style markers (a stand-in, not an LLM); it reads the axis at
+# block 3 and caps blocks 4–5. Its effects are real but small and stylised. nbgrader grades on **tiny offline models** with random weights, whose
 # numbers are noise. The paper's results are quoted as *expected output* beside each plot.
 #
 # :::{note} Two conventions that bite in this section
