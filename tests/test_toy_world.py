@@ -213,9 +213,7 @@ def test_capping_at_the_toy_layers_makes_pushed_replies_plainer(toy):
         taus.append(float(torch.quantile(acts[is_default, b] @ units[-1], 0.25)))
     capper = load("section2").ActivationCapper(model, units, taus, list(settings.cap_layers))
 
-    rng = random.Random(7)
-    users = [[m["content"] for m in toy_corpus.drift_conversation(rng, voice=v, schedule=[0, 1, 2, 3, 3])["messages"]
-              if m["role"] == "user"] for v in toy_corpus.DRIFT_VOICES]
+    users = toy_corpus.user_turns(random.Random(7), len(toy_corpus.DRIFT_VOICES))
 
     def late_replies(capped):
         with capper if capped else contextlib.nullcontext():

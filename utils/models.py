@@ -12,7 +12,7 @@ the book) sees the same weights. Nothing is downloaded for them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # Expandable segments keep the CUDA allocator from fragmenting across the many batch shapes of
@@ -68,7 +68,7 @@ PAPER_LAYERS = {
 # The toy world's model (6 blocks; scripts/toy_world): axis and steering at the proportional blocks,
 # but capping over blocks 4-5. The proportional band (72-84 % of depth) is a single block at this
 # depth; Llama 3.3 70B's band (56-71 of 80, i.e. 70-90 % of depth) covers blocks 4 and 5 of six.
-TOY_LAYERS = {"toy-qwen2": LayerSettings(3, 3, (4, 5))}
+TOY_LAYERS = {"toy-qwen2": replace(proportional_layers(6), cap_layers=(4, 5))}
 
 
 def layer_settings(model_or_name, num_layers: int | None = None) -> LayerSettings:

@@ -172,13 +172,10 @@ def converse(model, tok, users, capper=None):
 
 def section2(model, tok, layer, axis, n_conv, out):
     rng = random.Random(2026)
-    voices = list(toy_corpus.DRIFT_VOICES)
     print(f"\n== Section 2: drift along generated conversations (block {layer}; projection a.v/|v| on the axis)", file=out)
     results = {}
     for kind in ("drift", "control"):
-        convs = [toy_corpus.drift_conversation(rng, drifting=(kind == "drift"), voice=voices[c % len(voices)],
-                                               schedule=[0, 1, 2, 3, 3]) for c in range(n_conv)]
-        generated = converse(model, tok, [[m["content"] for m in conv["messages"] if m["role"] == "user"] for conv in convs])
+        generated = converse(model, tok, toy_corpus.user_turns(rng, n_conv, drifting=(kind == "drift")))
         per_turn, theat_turn = [], []
         for c, messages in enumerate(generated):
             acts = turn_mean_activations(model, tok, messages, layer)
@@ -207,10 +204,7 @@ def section2_capping(model, tok, s1, cap_sets, n_conv, out, quantile=0.25):
     from utils.reference import load
 
     capper_cls = load("section2").ActivationCapper
-    rng = random.Random(7)
-    voices = list(toy_corpus.DRIFT_VOICES)
-    convs = [toy_corpus.drift_conversation(rng, voice=voices[c % len(voices)], schedule=[0, 1, 2, 3, 3]) for c in range(n_conv)]
-    users = [[m["content"] for m in c["messages"] if m["role"] == "user"] for c in convs]
+    users = toy_corpus.user_turns(random.Random(7), n_conv)
     print(f"\n== Section 2: capping (pushing conversations, {n_conv} x 5 turns, greedy; tau = {quantile:.2f} quantile of the "
           f"default personas' projections at each capped block; toy judge: theatrical share of sentences, AI self-description)", file=out)
     print(f"{'capped blocks':<14} {'theatrical, turns 3-5':>22} {'as an AI, turns 3-5':>20}   theatrical by turn", file=out)

@@ -512,6 +512,14 @@ def drift_conversation(rng: random.Random, drifting: bool = True, voice: str | N
             "levels": schedule, "messages": messages}
 
 
+def user_turns(rng: random.Random, n: int, drifting: bool = True, schedule: tuple[int, ...] = (0, 1, 2, 3, 3)) -> list[list[str]]:
+    """The user turns of `n` fresh conversations (voices in turn, one `schedule` for all): the
+    prompts with which the model writes its own conversations in the checks."""
+    voices = list(DRIFT_VOICES)
+    convs = [drift_conversation(rng, drifting=drifting, voice=voices[c % len(voices)], schedule=list(schedule)) for c in range(n)]
+    return [[m["content"] for m in conv["messages"] if m["role"] == "user"] for conv in convs]
+
+
 # ---------------------------------------------------------------------------------------------
 # the corpus
 
