@@ -13,8 +13,40 @@ from typing import Any, Callable
 import torch
 
 
-class NotImplementedYet(AssertionError):
+class TestFailure(AssertionError):
+    """A failed check. In Jupyter it shows as its message alone, not as a traceback through the test."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython's hook for exceptions that render themselves
+        return [f"\x1b[31m\u2717 {line}\x1b[0m" if i == 0 else f"  {line}" for i, line in enumerate(str(self).splitlines() or [""])]
+
+
+class NotImplementedYet(TestFailure):
     """The student's function still raises NotImplementedError (or the name is still a stub)."""
+
+
+def friendly(test: Callable) -> Callable:
+    """Wrap a test so that its AssertionError reaches the notebook as a short TestFailure."""
+    if getattr(test, "_friendly", False):
+        return test
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        try:
+            return test(*args, **kwargs)
+        except TestFailure:
+            raise
+        except AssertionError as err:
+            raise TestFailure(str(err)) from None
+
+    wrapper._friendly = True
+    return wrapper
+
+
+def friendly_tests(namespace: dict) -> None:
+    """Wrap every `test_*` function of a section's test module (call at the end of the module)."""
+    for name, obj in list(namespace.items()):
+        if name.startswith("test_") and callable(obj):
+            namespace[name] = friendly(obj)
 
 
 def fail(message: str) -> None:

@@ -873,3 +873,8 @@ def test_rank_by_cosine(rank_by_cosine) -> None:
         fail(f"{label}: a vector whose shape differs from the axis (e.g. a [num_layers, d_model] tensor: select a layer "
              "first) should raise ValueError")
     passed("test_rank_by_cosine")
+
+
+from part_tests._common import friendly_tests  # noqa: E402
+
+friendly_tests(globals())

@@ -1041,3 +1041,8 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
             fail(f"res[{name!r}]['projections'] = {proj!r}, expected {want_p!r}: compute_turn_projections of that conversation")
     no_hooks_left(model, "run_capping_experiment")
     passed("test_run_capping_experiment")
+
+
+from part_tests._common import friendly_tests  # noqa: E402
+
+friendly_tests(globals())

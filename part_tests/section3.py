@@ -834,3 +834,8 @@ def test_feature_activation_differences(feature_activation_differences) -> None:
         fail(f"feature_activation_differences returned differences {diffs.tolist()}, expected {want_diffs.tolist()} "
              "(mean over the positive rows minus mean over the negative rows)")
     passed("test_feature_activation_differences")
+
+
+from part_tests._common import friendly_tests  # noqa: E402
+
+friendly_tests(globals())

@@ -964,3 +964,8 @@ def test_trait_cosine_matrix(trait_cosine_matrix) -> None:
                       ({"a": torch.ones(4), "b": torch.ones(5)}, "vectors of different sizes")]:
         expect_value_error(trait_cosine_matrix, bad, name="trait_cosine_matrix", what=what)
     passed("test_trait_cosine_matrix")
+
+
+from part_tests._common import friendly_tests  # noqa: E402
+
+friendly_tests(globals())
