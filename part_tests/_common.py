@@ -122,11 +122,56 @@ def using(fn: Any, **objects):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny(name: str = "tiny-qwen2"):
-    """A tiny offline model and tokenizer (cached; never modified by the tests)."""
+def tiny(name: str = "tiny-qwen2", dtype: torch.dtype = torch.float32):
+    """A tiny offline model and tokenizer (cached; never modified by the tests).
+
+    `dtype=torch.bfloat16` gives the same weights in half precision, as real models run on a GPU:
+    a result left in bf16, or a hook that changes the hidden state's dtype, shows there.
+    """
     from utils.models import load_tiny_model
 
-    return load_tiny_model(name)
+    model, tokenizer = load_tiny_model(name)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    return model, tokenizer
+
+
+# Chat templates that break assumptions the course's own tiny templates happen to satisfy. Each
+# uses only tiny-qwen2's vocabulary, so the tiny model runs them.
+TEMPLATE_VARIANTS = {
+    # Qwen3-style: the *final* assistant turn carries an (empty) thinking block that earlier
+    # assistant turns lose, so rendering a prefix of a conversation is not a prefix of rendering it all.
+    "qwen3": (
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'assistant' and loop.last -%}"
+        "{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + message['content'] + '<|im_end|>\n' -}}"
+        "{%- else -%}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' -}}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' -}}{%- endif -%}"
+    ),
+    # Llama-3-style: a BOS token first, headers followed by a blank line, and a one-token end of turn
+    # (no newline after it).
+    "llama3": (
+        "{{- '<|endoftext|>' -}}"
+        "{%- for message in messages -%}"
+        "{{- '<|im_start|>' + message['role'] + '\n\n' + message['content'] | trim + '<|im_end|>' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n\n' -}}{%- endif -%}"
+    ),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_variant(kind: str):
+    """tiny-qwen2's model with a tokenizer whose chat template is one of TEMPLATE_VARIANTS."""
+    if kind not in TEMPLATE_VARIANTS:
+        raise ValueError(f"unknown template variant {kind!r}; choose one of {sorted(TEMPLATE_VARIANTS)}")
+    from utils.models import load_tokenizer
+
+    model, _ = tiny("tiny-qwen2")
+    tokenizer = load_tokenizer("tiny-qwen2")  # a fresh copy: the shared tokenizer keeps its template
+    tokenizer.chat_template = TEMPLATE_VARIANTS[kind]
+    return model, tokenizer
 
 
 def model_or_tiny(model, tokenizer, name: str = "tiny-qwen2"):
