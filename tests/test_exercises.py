@@ -22,7 +22,17 @@ def _cases():
             yield full, short, test_name, ref_name, mistakes
 
 
+def _alternatives():
+    """Correct implementations written another way: each must pass (a test that rejects one is a bug)."""
+    for short in SECTION_MODULES.values():
+        alts = getattr(importlib.import_module(f"tests.catalogue.{short}"), "CORRECT_ALTERNATIVES", {})
+        for test_name, fns in alts.items():
+            for i, fn in enumerate(fns):
+                yield short, test_name, i, fn
+
+
 CASES = list(_cases())
+ALTERNATIVES = list(_alternatives())
 
 
 def _test_fn(short, test_name):
@@ -39,6 +49,11 @@ def test_stub_fails(full, short, test_name, ref_name):
     stub = getattr(load(full, stub=True), ref_name, None)
     with pytest.raises(AssertionError, match="not implemented yet"):
         _test_fn(short, test_name)(stub)
+
+
+@pytest.mark.parametrize("short,test_name,i,alternative", ALTERNATIVES, ids=[f"{a[0]}.{a[1]}[{a[2]}]" for a in ALTERNATIVES])
+def test_correct_alternative_passes(short, test_name, i, alternative):
+    _test_fn(short, test_name)(alternative)
 
 
 MISTAKES = [(c[1], c[2], i, m[0], m[1]) for c in CASES for i, m in enumerate(c[4])]
