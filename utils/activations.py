@@ -37,7 +37,7 @@ import torch
 
 from utils.chat import Message, assistant_turn_spans, format_chat
 from utils.hooks import StopForward, check_layer, get_blocks, hidden_of, hooks
-from utils.models import input_device
+from utils.models import available_memory, input_device
 from utils.packing import HALF, can_pack, varlen_attention_on
 
 DEFAULT_TOKEN_BUDGET = 16384  # tokens per batch (padded) where no GPU memory figure applies (CPU)
@@ -103,12 +103,12 @@ def activation_bytes_per_token(model, max_len: int = 0) -> int:
 
 def auto_token_budget(model, max_len: int = 0, activation_memory: int = DEFAULT_ACTIVATION_MEMORY) -> int:
     """Padded tokens per batch: activations of at most `activation_memory` bytes, and no more than
-    the GPU has free (less a 1 GiB margin). On the CPU, `DEFAULT_TOKEN_BUDGET`."""
+    this process may still allocate (`utils.models.available_memory`, which respects a
+    per-process memory fraction; less a 1 GiB margin). On the CPU, `DEFAULT_TOKEN_BUDGET`."""
     device = input_device(model)
     if device.type != "cuda":
         return DEFAULT_TOKEN_BUDGET
-    free, _ = torch.cuda.mem_get_info(device)
-    allowed = min(activation_memory, free - 2**30)
+    allowed = min(activation_memory, available_memory(device) - 2**30)
     budget = int(allowed // activation_bytes_per_token(model, max_len))
     return max(budget, max_len, 1)
 

@@ -71,11 +71,35 @@ PAPER_LAYERS = {
 TOY_LAYERS = {"toy-qwen2": replace(proportional_layers(6), cap_layers=(4, 5))}
 
 
-def layer_settings(model_or_name, num_layers: int | None = None) -> LayerSettings:
-    """The paper's layers for a known model (or the toy world's), else proportional choices for any depth."""
-    name = model_or_name if isinstance(model_or_name, str) else getattr(model_or_name.config, "_name_or_path", "")
+def known_model(name: str) -> str | None:
+    """The model of `PAPER_LAYERS` that `name` is: its hub id; a local folder named like it
+    (`/models/Qwen3-32B`, `~/weights/Qwen_Qwen3-32B`); or a hub-cache snapshot of it
+    (`.../models--Qwen--Qwen3-32B/snapshots/<revision>`). Case is ignored. None for other names."""
+    if not name:
+        return None
     if name in PAPER_LAYERS:
-        return PAPER_LAYERS[name]
+        return name
+    parts = [p for p in str(name).replace("\\", "/").rstrip("/").split("/") if p]
+    candidates = {parts[-1].lower()} if parts else set()
+    if len(parts) >= 2:
+        candidates.add(f"{parts[-2]}/{parts[-1]}".lower())
+    for p in parts:
+        if p.startswith("models--"):  # huggingface_hub's cache folder: models--<org>--<name>
+            candidates.add(p[len("models--"):].replace("--", "/").lower())
+    for hub_id in PAPER_LAYERS:
+        short = hub_id.split("/")[-1].lower()
+        if {hub_id.lower(), short, hub_id.replace("/", "_").lower(), hub_id.replace("/", "--").lower()} & candidates:
+            return hub_id
+    return None
+
+
+def layer_settings(model_or_name, num_layers: int | None = None) -> LayerSettings:
+    """The paper's layers for a known model (its hub id, or a local folder of it: see `known_model`)
+    or the toy world's, else proportional choices for any depth."""
+    name = model_or_name if isinstance(model_or_name, str) else getattr(model_or_name.config, "_name_or_path", "")
+    known = known_model(name)
+    if known is not None:
+        return PAPER_LAYERS[known]
     if name in TOY_LAYERS:
         return TOY_LAYERS[name]
     if num_layers is None:
@@ -87,6 +111,24 @@ def num_blocks(model) -> int:
     from utils.hooks import get_blocks
 
     return len(get_blocks(model))
+
+
+def available_memory(device: torch.device | str | int | None = None) -> int:
+    """Bytes of GPU memory this process may still allocate on `device`: what the card has free plus
+    what PyTorch's allocator holds unused, capped by `torch.cuda.set_per_process_memory_fraction`
+    where one is set. 0 on a non-CUDA device."""
+    device = torch.device("cuda" if device is None else device) if not isinstance(device, int) else torch.device("cuda", device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return 0
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    room = free + max(0, torch.cuda.memory_reserved(device) - allocated)
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    if getter is not None:
+        fraction = getter(device)
+        if fraction < 1.0:
+            room = min(room, int(fraction * total) - allocated)
+    return max(0, int(room))
 
 
 def best_device() -> str:
