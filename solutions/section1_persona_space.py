@@ -191,21 +191,22 @@ print("default personas:", DEFAULT_PERSONAS)
 #   generation model to the model whose activations you extract: a persona vector describes how a
 #   model represents *its own* responses.
 # - **Otherwise** it generates with the loaded model. A model is not safe to call from several
-#   threads at once, so a lock lets one thread in at a time; threads give no speed-up here (for a
-#   long local run, `utils.generation.generate` batches prompts on the GPU instead).
+#   threads at once, so the threads' requests go to a queue (`utils.generation.GenerationQueue`)
+#   that gathers what they submit together and generates it as one batch: ten threads in flight
+#   become batches of ten on the GPU. Each request has its own sampling seed, so its response
+#   does not depend on the batch it lands in.
 # - Gemma 2 has no system role, so for a Gemma endpoint the system prompt goes into the user
 #   message (locally, `utils.chat` does the same merge).
 
 # %%
-import threading
 import zlib
 
 from utils import api
-from utils.generation import generate
+from utils.generation import GenerationQueue
 
 USE_API = not config.is_tiny() and api.key_available()
 _generation_client = api.get_generation_client() if USE_API else None
-_model_lock = threading.Lock()
+_local_queue = None if USE_API else GenerationQueue(model, tokenizer)  # batches the threads' requests
 
 
 def generate_response(system_prompt: str, question: str, max_tokens: int = 256) -> str:
@@ -219,11 +220,9 @@ def generate_response(system_prompt: str, question: str, max_tokens: int = 256) 
             print(f"generation failed ({result.error}); this response is left empty")
             return ""
         return result.text.strip()
-    with _model_lock:  # one thread at a time on the local model
-        seed = zlib.crc32(f"{system_prompt}|{question}".encode())  # reproducible sampling
-        temperature = 1.0 if config.is_tiny() else 0.7
-        out = generate(model, tokenizer, [messages], max_new_tokens=max_tokens, temperature=temperature, seed=seed)
-        return out[0].strip()
+    seed = zlib.crc32(f"{system_prompt}|{question}".encode())  # reproducible sampling, whatever the batch
+    temperature = 1.0 if config.is_tiny() else 0.7
+    return _local_queue(messages, max_new_tokens=max_tokens, temperature=temperature, seed=seed).strip()
 
 
 print("generation:", f"API ({_generation_client.model})" if USE_API else f"local ({model.config._name_or_path})")
