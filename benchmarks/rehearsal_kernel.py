@@ -6,7 +6,8 @@ its own process with `--mode exec`). Nothing here is part of the course.
   the architecture from its config with random weights, straight on the GPU in the asked dtype
   (seconds, where writing and reading 15-65 GB of weights would take minutes). Every other name
   loads as usual. The output-embedding rows past the tokenizer's vocabulary are zeroed, so the
-  random model writes tokens its (small) tokenizer can decode.
+  random model writes tokens its (small) tokenizer can decode; with tied embeddings the final
+  norm's scale gets random signs, so the model does not just repeat its last input token.
 - **A smoke-test knob.** `REHEARSAL_MAX_NEW_TOKENS` caps every `utils.generation.generate` call's
   new tokens (for checking the plumbing on a CPU in minutes; never set for recorded runs).
 - **A memory cap.** `REHEARSAL_MEMORY_CAP_GIB` caps this process's GPU memory with
@@ -44,27 +45,30 @@ def _sync():
         torch.cuda.synchronize()
 
 
+GPU_CATEGORIES = ("generation", "extraction", "model_load")
+
+
 def enter(category: str) -> bool:
-    """Open an interval of `category`; True if this call opened the outermost one."""
+    """Open an interval of `category`; True if this call opened the outermost one. GPU categories
+    synchronise first, so that earlier GPU work is not counted."""
+    if category in GPU_CATEGORIES:
+        _sync()
     with _lock:
         n = _active.get(category, 0)
         _active[category] = n + 1
         COUNTS[category] = COUNTS.get(category, 0) + 1
-        outer = n == 0
-    if outer:
-        _sync()
-        with _lock:
+        if n == 0:
             _started[category] = time.perf_counter()
-    return outer
+        return n == 0
 
 
 def leave(category: str) -> None:
+    """Close an interval; the category's total grows when its last open interval closes."""
+    if category in GPU_CATEGORIES:
+        _sync()  # the GPU work of this call is done before the clock is read
     with _lock:
         _active[category] -= 1
-        last = _active[category] == 0
-    if last:
-        _sync()
-        with _lock:
+        if _active[category] == 0:
             TOTALS[category] = TOTALS.get(category, 0.0) + time.perf_counter() - _started.pop(category)
 
 
@@ -128,11 +132,22 @@ def build_random(name, folder: Path, dtype=None, attn_implementation=None):
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **kwargs)
     finally:
         torch.random.set_rng_state(state)
-    vocab = int(info["tokenizer_vocab"])
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(str(folder)))  # ids past it decode to nothing
     with torch.no_grad():
         out = model.get_output_embeddings().weight
         if out.shape[0] > vocab:
             out[vocab:].zero_()  # logit 0 there; top-k sampling and arg-max pick the tokenizer's tokens
+        if out is model.get_input_embeddings().weight:
+            # Tied embeddings (Gemma 2): a random model's last hidden state is mostly its input
+            # token's embedding, so the head's largest logit is that token, and the model repeats
+            # the prompt's last token ("\n") forever. Random signs on the final norm's scale break
+            # that self-match and leave the logits' size alone.
+            norm = model.get_decoder().norm
+            signs = torch.randint(0, 2, norm.weight.shape, generator=torch.Generator().manual_seed(1)).float() * 2 - 1
+            offset = 1.0 if "gemma" in cfg.model_type else 0.0  # Gemma's RMSNorm scales by (1 + weight)
+            norm.weight.copy_((signs - offset).to(norm.weight))
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(folder))
     model.config._name_or_path = str(name)

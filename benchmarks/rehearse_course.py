@@ -99,7 +99,6 @@ def write_model_folder(folder: Path, tokenizer: str, config: dict, generation: d
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tok_dir / name, folder / name)
     tok_cfg = json.loads((tok_dir / "config.json").read_text())
-    tok_vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"])
     cfg = dict(config)
     if cfg.get("vocab_size") is None:
         cfg["vocab_size"] = tok_cfg["vocab_size"]
@@ -108,8 +107,7 @@ def write_model_folder(folder: Path, tokenizer: str, config: dict, generation: d
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     gen = dict(generation, **ids)
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=1))
-    (folder / "rehearsal.json").write_text(json.dumps({"random_weights": True, "seed": seed,
-                                                       "tokenizer_vocab": max(tok_vocab, tok_cfg["vocab_size"])}))
+    (folder / "rehearsal.json").write_text(json.dumps({"random_weights": True, "seed": seed}))
     return folder
 
 
@@ -398,17 +396,27 @@ def main(argv=None) -> int:
     }
 
     def save():
+        """Merge this run into `--out`: a run of the same label keeps its other sections (so one
+        label can gather sections run in separate calls), this run's sections replace theirs."""
         existing = {}
         if out_path.exists():
             try:
                 existing = json.loads(out_path.read_text())
             except ValueError:
                 existing = {}
-        runs = [r for r in existing.get("runs", []) if r.get("label") != label] + [record]
+        runs = existing.get("runs", [])
+        old = next((r for r in runs if r.get("label") == label), None)
+        merged = dict(record)
+        if old is not None:
+            mine = {s["section"] for s in record["sections"]}
+            merged["sections"] = sorted([s for s in old.get("sections", []) if s["section"] not in mine] + record["sections"],
+                                        key=lambda s: s["section"])
+            merged["note"] = old.get("note")
+        merged["total_wall_s"] = round(sum(s["wall_s"] for s in merged["sections"]), 1)
+        runs = [merged if r is old else r for r in runs] if old is not None else runs + [merged]
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
 
-    t_all = time.perf_counter()
     try:
         for n in sections:
             nb_path = REPO / "solutions" / f"{SECTIONS[n]}.ipynb"
@@ -428,9 +436,9 @@ def main(argv=None) -> int:
             if not result["ok"]:
                 entry["error"] = result.get("error")
                 entry["failing_cell"] = result.get("failing_cell")
+            entry["command"], entry["date"] = record["command"], record["date"]
             record["sections"].append(entry)
             record["judge_faults_injected"] = responder.faults
-            record["total_wall_s"] = round(time.perf_counter() - t_all, 1)
             save()
             steps = ", ".join(f"{k} {v:.1f} s" for k, v in entry["steps_s"].items())
             print(f"[rehearsal] section {n}: {'ok' if result['ok'] else 'FAILED'} in {wall:.1f} s ({steps}); "
