@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def build_variants(source_path: Path) -> dict[str, nbformat.NotebookNode]:
             meta = _nbg_meta(f"test-{i}", grade=True, locked=True, points=points)
         else:
             meta = _nbg_meta(f"code-{i}", locked=True)
-        nbg.append(_base_cell(cell, text.rstrip("\n"), section, "nbg", i, extra_meta={"nbgrader": meta}))
+        nbg_text = graded_cell(text, section, source_path.name, i) if is_test else text.rstrip("\n")
+        nbg.append(_base_cell(cell, nbg_text, section, "nbg", i, extra_meta={"nbgrader": meta}))
         if is_exercise:
             stub = stub_code(text)
             book.append(nbformat.v4.new_markdown_cell(
@@ -122,6 +124,39 @@ def build_variants(source_path: Path) -> dict[str, nbformat.NotebookNode]:
         f"nbgrader/source/{section}/{section}.ipynb": _notebook(nbg),
         f"book/{section}.ipynb": _notebook(book),
     }
+
+
+TEST_IMPORT_RE = re.compile(r"^from part_tests import (section\d+) as tests$")
+TEST_CALL_RE = re.compile(r"^tests\.test_\w+\(.*\)$")
+GRADED_HEADER = """\
+# Graded cell (locked). The tests are read again from the course's own files, so nothing a cell above
+# did to `part_tests` or `utils` changes them (see the instructors' appendix).
+import sys; [sys.modules.pop(m) for m in [m for m in sys.modules if m.split(".")[0] in ("part_tests", "utils")]]
+from part_tests.graded import graded
+tests = graded({module!r}, digest={digest!r}, nonce={nonce!r})"""
+
+
+def graded_cell(text: str, section: str, source_name: str, i: int) -> str:
+    """nbgrader's version of a test cell: the same test calls, run by `part_tests.graded`."""
+    from part_tests.graded import NONCE_PLACEHOLDER, course_digest
+
+    lines = [ln for ln in text.rstrip("\n").splitlines() if ln.strip()]
+    module = None
+    body = []
+    for ln in lines:
+        m = TEST_IMPORT_RE.match(ln.strip())
+        if m and module is None:
+            module = m.group(1)
+        elif TEST_CALL_RE.match(ln.strip()) or ln.strip() in ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS") \
+                or ln.lstrip().startswith("#"):
+            body.append(ln)
+        else:
+            raise ValueError(f"{source_name} cell {i}: a test cell may hold only `from part_tests import sectionN as tests` "
+                             f"and `tests.test_<name>(...)` lines (and hidden-test markers), found {ln!r}")
+    if module is None or not section.startswith(module + "_"):
+        raise ValueError(f"{source_name} cell {i}: a test cell must start with `from part_tests import {section.split('_')[0]} as tests`")
+    header = GRADED_HEADER.format(module=module, digest=course_digest(), nonce=NONCE_PLACEHOLDER)
+    return header + "\n" + "\n".join(body)
 
 
 def _nbg_meta(grade_id: str, grade=False, solution=False, locked=False, points=None) -> dict:
