@@ -564,10 +564,14 @@ class _ForwardCounter:
         from utils.hooks import get_blocks
 
         self.count = 0
-        self.handle = get_blocks(model)[0].register_forward_pre_hook(self)
+        self.rows = 0  # the most conversations one forward pass held
+        self.handle = get_blocks(model)[0].register_forward_pre_hook(self, with_kwargs=True)
 
-    def __call__(self, module, args):
+    def __call__(self, module, args, kwargs):
         self.count += 1
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and hidden.ndim == 3:
+            self.rows = max(self.rows, int(hidden.shape[0]))
 
     def remove(self):
         self.handle.remove()
@@ -665,7 +669,7 @@ def test_extract_response_activations(extract_response_activations, model=None, 
                 fail(f"{label}: example {i} differs from the mean of block {layer}'s output over the response tokens "
                      f"({numbers})")
             # batched: padding (and the batch boundaries) must change nothing
-            counter = _ForwardCounter(m) if not counted else None
+            counter = _ForwardCounter(m) if not counted and n_examples > 8 else None
             try:
                 with using(fn, format_messages=_ref_format_messages):
                     got = _attempt(fn, m, tok, systems, questions, responses, layer, name=label)
@@ -679,6 +683,9 @@ def test_extract_response_activations(extract_response_activations, model=None, 
                 check(counter.count < n_examples,
                       f"{label}: the model ran {counter.count} forward passes for {n_examples} examples: run several "
                       "conversations per forward pass (batches of batch_size, padded to one length)")
+                check(counter.rows <= 8,
+                      f"{label}: one forward pass held {counter.rows} conversations with the default batch_size=8: "
+                      "run at most batch_size at a time (all at once runs out of memory on a real model)")
             lengths = [len(format_chat(build_messages(s, q, r), tok).input_ids) for s, q, r in zip(systems, questions, responses)]
             _diagnose_batch(label, got, expected, True, tol, lengths)
         # an exception during the forward pass must not leave a hook behind
@@ -936,12 +943,12 @@ def _check_sim(out, vectors, expected_fn, label: str, centred: bool, atol: float
     if names != list(vectors) and torch.allclose(sim, in_dict_order, atol=atol):
         fail(f"{label}: the rows of sim are in the order of `vectors` but names is in another order: "
              "row i and column i must belong to names[i]")
-    if not torch.allclose(torch.diagonal(sim), torch.ones(n, dtype=torch.float64), atol=max(atol, 1e-3)):
-        fail(f"{label}: the diagonal should be 1 (a vector's cosine with itself), got {_show(torch.diagonal(sim))}: "
-             "normalise each vector (dot products are not cosine similarities)")
     if next(iter(vectors.values())).dtype in (torch.bfloat16, torch.float16):  # right on float32 vectors, wrong here
         fail(f"{label}: on bf16 vectors your result is off by up to {(sim - want).abs().max().item():.2g}: you computed in "
             f"bf16; convert the vectors to float32 first (.float()) ({numbers})")
+    if not torch.allclose(torch.diagonal(sim), torch.ones(n, dtype=torch.float64), atol=max(atol, 1e-3)):
+        fail(f"{label}: the diagonal should be 1 (a vector's cosine with itself), got {_show(torch.diagonal(sim))}: "
+             "normalise each vector (dot products are not cosine similarities)")
     if centred:
         if torch.allclose(sim, _cos_matrix(X), atol=atol):
             fail(f"{label}: this is the raw cosine matrix: subtract the mean persona vector (over personas) first")
