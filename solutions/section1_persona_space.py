@@ -33,6 +33,16 @@
 # is the same tensor, except the last entry, which has the final norm applied. Response tokens are
 # the exact token span of the final assistant message's content.
 # :::
+#
+# :::{note} Shapes in the signatures
+# Exercise signatures give each tensor's shape with a [jaxtyping](https://docs.kidger.site/jaxtyping/)
+# annotation: the kind of number, then the dimension names. `Float[Tensor, "n d_model"]` is a
+# floating-point tensor with one row per example (`n`) and `d_model` columns; a number is a fixed size
+# (`"n_personas 2"`). For example, `def mean_over_tokens(h: Float[Tensor, "seq d_model"]) ->
+# Float[Tensor, "d_model"]` averages a sequence's activations into one vector. The course uses the same
+# names everywhere (`n` examples, `n_personas`, `d_model`, `n_layers`, `batch`, `seq`, ...); the tests
+# check what you return against these shapes.
+# :::
 
 # %% tags=["export"]
 from __future__ import annotations
@@ -44,7 +54,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from sklearn.decomposition import PCA
+from torch import Tensor
 
 from utils import config, data
 from utils.chat import build_messages
@@ -448,6 +460,11 @@ from part_tests import section1 as tests
 
 tests.test_format_messages(format_messages)
 
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_format_messages_input_checks(format_messages)
+
 # %%
 demo = build_messages(PERSONAS["ghost"], QUESTIONS[0], "The tide keeps my secrets, and I keep the tide's.")
 full_prompt, (start, end) = format_messages(demo, tokenizer)
@@ -510,7 +527,7 @@ print(f"just outside the span: {tokenizer.decode(ids[start - 1:start])!r} ... {t
 @torch.inference_mode()
 def extract_response_activations(
     model, tokenizer, system_prompts: list[str], questions: list[str], responses: list[str], layer: int, batch_size: int = 8
-) -> torch.Tensor:
+) -> Float[Tensor, "n d_model"]:
     """Mean of block `layer`'s output over each response's tokens: float32 [n, d_model] on the CPU."""
     ### BEGIN SOLUTION
     if not len(system_prompts) == len(questions) == len(responses):
@@ -562,10 +579,15 @@ def extract_response_activations(
     return torch.cat(means)
     ### END SOLUTION
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=2
 from part_tests import section1 as tests
 
 tests.test_extract_response_activations(extract_response_activations)
+
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_extract_response_activations_input_checks(extract_response_activations)
 
 # %% [markdown]
 # A check on the course model: your batched extraction against `utils.activations` (which pads
@@ -615,7 +637,7 @@ print(f"shape {tuple(mine.shape)}; max |mine - utils| = {(mine - course).abs().m
 def extract_persona_vectors(
     model, tokenizer, personas: dict[str, str], questions: list[str], responses: dict[tuple[str, int], str],
     layer: int, scores: dict | None = None, score_threshold: int = 3,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Float[Tensor, "d_model"]]:
     """{persona name: mean activation at block `layer` over its responses that pass the judge}."""
     ### BEGIN SOLUTION
     kept = []  # (name, q_idx) of the responses that pass the filter, persona by persona
@@ -680,6 +702,10 @@ print(f"{len(persona_vectors)} persona vectors of dimension {next(iter(persona_v
 #   vector** (the mean over personas, one `d_model` vector) from every vector. Don't modify the
 #   caller's tensors.
 #
+# Vectors may arrive in half precision (bf16, as a GPU model gives them): compute in float32
+# (`.float()`). In bf16, centring subtracts numbers of size ~10⁴ that differ by a few per cent, and
+# little of the difference survives.
+#
 # :::{note} Common confusion: every raw persona vector points the same way
 # Mean activations share a large component: whatever the model does on *any* chat response at this
 # layer. Raw cosines between persona vectors are therefore all close to 1 and say almost nothing.
@@ -693,7 +719,9 @@ print(f"{len(persona_vectors)} persona vectors of dimension {next(iter(persona_v
 # :::
 
 # %% tags=["exercise"]
-def compute_cosine_similarity_matrix(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+def compute_cosine_similarity_matrix(
+    vectors: dict[str, Float[Tensor, "d_model"]],
+) -> tuple[Float[Tensor, "n_personas n_personas"], list[str]]:
     """(sim [n, n], names): cosine similarity between every pair of vectors, rows in names order."""
     ### BEGIN SOLUTION
     names = list(vectors)
@@ -705,7 +733,9 @@ def compute_cosine_similarity_matrix(vectors: dict[str, torch.Tensor]) -> tuple[
     ### END SOLUTION
 
 
-def compute_cosine_similarity_matrix_centered(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+def compute_cosine_similarity_matrix_centered(
+    vectors: dict[str, Float[Tensor, "d_model"]],
+) -> tuple[Float[Tensor, "n_personas n_personas"], list[str]]:
     """(sim [n, n], names): cosine similarities after subtracting the mean vector over personas."""
     ### BEGIN SOLUTION
     names = list(vectors)
@@ -789,8 +819,8 @@ for ga in present:
 
 # %% tags=["exercise"]
 def pca_decompose_persona_vectors(
-    vectors: dict[str, torch.Tensor], default_personas: list[str]
-) -> tuple[torch.Tensor, np.ndarray, PCA]:
+    vectors: dict[str, Float[Tensor, "d_model"]], default_personas: list[str]
+) -> tuple[Float[Tensor, "d_model"], Float[np.ndarray, "n_personas 2"], PCA]:
     """(assistant_axis [d_model] unit, pca_coords [n, 2] in the order of `vectors`, fitted PCA)."""
     ### BEGIN SOLUTION
     names = list(vectors)
@@ -815,6 +845,11 @@ def pca_decompose_persona_vectors(
 from part_tests import section1 as tests
 
 tests.test_pca_decompose_persona_vectors(pca_decompose_persona_vectors)
+
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_pca_decompose_persona_vectors_input_checks(pca_decompose_persona_vectors)
 
 # %%
 import plotly.graph_objects as go
@@ -868,10 +903,14 @@ fig.show()
 #
 # Write `project_personas_onto_axis(vectors, axis)` returning `{name: projection}` sorted from the
 # highest projection to the lowest, with the course's projection `a·v / ‖v‖` (`a` the persona
-# vector, `v` the axis; activation units) as a Python float. Don't assume the axis has unit norm.
+# vector, `v` the axis; activation units) as a Python float. Don't assume the axis has unit norm,
+# and compute in float32 even when the vectors arrive in bf16: raw persona vectors' projections differ
+# by a small fraction of their size, less than bf16 can resolve.
 
 # %% tags=["exercise"]
-def project_personas_onto_axis(vectors: dict[str, torch.Tensor], axis: torch.Tensor) -> dict[str, float]:
+def project_personas_onto_axis(
+    vectors: dict[str, Float[Tensor, "d_model"]], axis: Float[Tensor, "d_model"]
+) -> dict[str, float]:
     """{name: a·v/‖v‖} for each persona vector a and the axis v, sorted from highest to lowest."""
     ### BEGIN SOLUTION
     axis = axis.float().cpu()
@@ -937,11 +976,12 @@ for group in data.PERSONA_GROUPS:
 # Assistant self, and which as it drifts into a role.
 #
 # Write `rank_by_cosine(vectors, axis)` returning `[(name, cosine), ...]` sorted from the highest
-# cosine to the lowest (Python floats). A vector whose shape differs from the axis (for instance a
-# whole `[46, 4608]` tensor where one layer's row was meant) raises `ValueError`.
+# cosine to the lowest (Python floats), computed in float32 (vectors may arrive in bf16). A vector
+# whose shape differs from the axis (for instance a whole `[46, 4608]` tensor where one layer's row
+# was meant) raises `ValueError`.
 
 # %% tags=["exercise"]
-def rank_by_cosine(vectors: dict[str, torch.Tensor], axis: torch.Tensor) -> list[tuple[str, float]]:
+def rank_by_cosine(vectors: dict[str, Float[Tensor, "d_model"]], axis: Float[Tensor, "d_model"]) -> list[tuple[str, float]]:
     """[(name, cos(vector, axis)), ...] from the highest cosine to the lowest."""
     ### BEGIN SOLUTION
     axis = axis.float().cpu()
@@ -957,6 +997,11 @@ def rank_by_cosine(vectors: dict[str, torch.Tensor], axis: torch.Tensor) -> list
 from part_tests import section1 as tests
 
 tests.test_rank_by_cosine(rank_by_cosine)
+
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_rank_by_cosine_input_checks(rank_by_cosine)
 
 # %% [markdown]
 # The real path downloads the release (about 200 MB for the axis and the trait vectors) with
