@@ -164,9 +164,12 @@ ATTACKED = ("section1_persona_space", "section4_steering")
 
 
 def _course_files_digest() -> str:
+    """The course's tests, and whatever sits in the checkout's own cache: grading writes neither."""
     h = hashlib.sha256()
     for p in sorted((ROOT / "part_tests").glob("*.py")):
         h.update(p.read_bytes())
+    for p in sorted((ROOT / ".cache").rglob("*")) if (ROOT / ".cache").exists() else []:
+        h.update(str(p.relative_to(ROOT)).encode())
     return h.hexdigest()
 
 
@@ -218,7 +221,7 @@ def test_roundtrip(course, section):
         nbformat.write(nb, d / f"{section}.ipynb")
 
     _nbgrader(course, "autograde", section)
-    assert _course_files_digest() == files_before, f"{section}: grading a submission changed the course's test files"
+    assert _course_files_digest() == files_before, f"{section}: grading changed the course's test files or wrote into its .cache/"
     _nbgrader(course, "generate_feedback", section)
     _nbgrader(course, "export", "--to", str(course / "grades.csv"))
 
