@@ -257,7 +257,7 @@ def _check_filled(prompt, template, question, answer, fn_name):
 
 PARSE_CASES = [
     ("85", 85, ""),
-    ("0", 0, ""),
+    ("0", 0, " -- 0 is a valid score (the trait is absent), not a missing one: test `is None`, not falsiness"),
     ("100", 100, ""),
     (" 42\n", 42, ""),
     ("Score: 72", 72, ""),
@@ -468,7 +468,7 @@ def _alternatives(model, tokenizer, records):
 
     from utils.chat import normalize_messages, render
 
-    keys = ("all tokens", "embedding", "final norm", "no system prompt", "first occurrence", "header", "end-of-turn",
+    keys = ("all tokens", "embedding", "final norm", "pad-id mask", "no system prompt", "first occurrence", "header", "end-of-turn",
             "shifted span", "drops last", "token before")
     alts = {k: [] for k in keys}
     for conv in _conversations(records):
@@ -489,6 +489,13 @@ def _alternatives(model, tokenizer, records):
         alts["first occurrence"].append(mean(first, first + e - s))
         before = render(tokenizer, normalize_messages(conv, tokenizer)[:-1], add_generation_prompt=False)
         alts["header"].append(mean(len(tokenizer(before, add_special_tokens=False)["input_ids"]), e))
+        pad = tokenizer.pad_token_id
+        if pad is not None and pad in chat.input_ids:  # a mask built from `input_ids != pad_token_id` hides real tokens
+            hp = [h.float().cpu() for h in model(input_ids=ids, attention_mask=(ids != pad).long(),
+                                                  output_hidden_states=True).hidden_states]
+            alts["pad-id mask"].append(torch.stack([hp[L + 1][0, s:e].mean(0) for L in range(n)]))
+        else:
+            alts["pad-id mask"].append(mean(s, e))
         bare = format_chat([m for m in conv if m["role"] != "system"], tokenizer)
         hb = [h.float().cpu() for h in model(input_ids=torch.tensor([bare.input_ids], device=_input_device(model)),
                                               output_hidden_states=True).hidden_states]
@@ -506,6 +513,8 @@ ALT_MESSAGES = {
                   "(format_chat(...).token_span)",
     "embedding": "off by one layer: row L must be block L's output (hidden_states[L + 1]), not its input "
                  "(hidden_states[0] is the embedding output)",
+    "pad-id mask": "your attention mask hides real tokens: this tokenizer's pad id is also a real token of the chat "
+                   "(here the BOS token), so build the mask from each row's length, not from input_ids != pad_token_id",
     "no system prompt": "the conversation lost its system prompt: the response's activations depend on everything "
                         "before it, so format each record's own system prompt, question and response "
                         "(build_messages(r['system_prompt'], r['question'], r['response']))",
@@ -931,7 +940,9 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
           f"generate was called {len(probe.calls)} times for {len(layers)} layers: one batched call per layer, "
           "with all the questions")
     requested = list(layers)
-    for call_info, L in zip(probe.calls, requested):
+    # which block each generate call ran steered at, and which layer's vector was added there (in any order of layers)
+    blocks, used = [], []
+    for call_info in probe.calls:
         check(call_info["n"] == len(STEER_QUESTIONS) and sorted(call_info["qidx"]) == list(range(len(STEER_QUESTIONS))),
               "each generate call should get one prompt per question (all questions in one call)")
         _check_steer_prompts(call_info, tokenizer)
@@ -943,10 +954,23 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
               "max_new_tokens=5: pass max_new_tokens through to generate")
         if call_info["layer"] is None:
             fail("generate ran without any steering: call generate *inside* the `with Steerer(...)` block")
-        if call_info["layer"] != L:
-            seen = [c["layer"] for c in probe.calls]
-            fail(f"asked for layers {requested}, but the steering was applied at blocks {seen}: steer block L with "
-                 "vectors[L] (layer=L, 0-based), and remove each layer's hook before the next")
+        cosines = torch.nn.functional.cosine_similarity(vectors, call_info["delta"][None, :], dim=-1)
+        blocks.append(call_info["layer"])
+        used.append(int(cosines.argmax()) if float(cosines.max()) > 0.99 else None)
+    if sorted(blocks) != sorted(requested) or any(j is not None and j != L for L, j in zip(blocks, used)):
+        shown = ", ".join(f"block {L} with {'vectors[%d]' % j if j is not None else 'another vector'}"
+                          for L, j in zip(blocks, used))
+        if all(j is not None for j in used) and sorted(used) == sorted(requested):
+            fail(f"asked for layers {requested}, but the steering was applied at blocks {blocks} ({shown}): steer "
+                 "block L with vectors[L] (layer=L, 0-based), and remove each layer's hook before the next")
+        bad = next(((L, j) for L, j in zip(blocks, used) if j != L), (None, None))
+        if bad[1] is not None:
+            fail(f"at block {bad[0]} the added vector is vectors[{bad[1]}], not vectors[{bad[0]}] ({shown}): steer each "
+                 "layer with its own vector")
+        fail(f"asked for layers {requested}, but the steering was applied at blocks {blocks} ({shown}): steer "
+             "block L with vectors[L] (layer=L, 0-based), and remove each layer's hook before the next")
+    for call_info in probe.calls:
+        L = call_info["layer"]
         want = coeff * vectors[L]
         delta = call_info["delta"]
         if not _same_vector(delta, want, probe.exact):

@@ -800,6 +800,11 @@ def score_try_int(question, answer, eval_prompt_template):
     return value if value in range(0, 101) else None
 
 
+def score_zero_is_missing(question, answer, eval_prompt_template):
+    value = _parse(_reply(question, answer, eval_prompt_template))
+    return value or None
+
+
 def coherence_number_before_refusal(question, answer, template):
     return score_number_before_refusal(question, answer, template)
 
@@ -1019,6 +1024,36 @@ def acts_fixed_header_length(model, tokenizer, records, batch_size=16):
     header = len(tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
     return _span_by_prefix(model, tokenizer, records, batch_size,
                            lambda msgs: _prefix_len(tokenizer, msgs, False) + header)
+
+
+@torch.inference_mode()
+def acts_mask_from_pad_id(model, tokenizer, records, batch_size=16):
+    """Right padding, with the attention mask taken as input_ids != pad_token_id."""
+    if len(records) > batch_size:
+        return torch.cat([acts_mask_from_pad_id(model, tokenizer, records[i:i + batch_size], batch_size)
+                          for i in range(0, len(records), batch_size)])
+    chats = _chats(records, tokenizer)
+    n_layers = len(get_blocks(model))
+    ids, _ = _right_padded(chats, tokenizer)
+    attn = (ids != tokenizer.pad_token_id).long()
+    sel = torch.zeros(ids.shape)
+    for b, c in enumerate(chats):
+        sel[b, c.token_span[0]:c.token_span[1]] = 1
+    means = {}
+
+    def make(L):
+        def hook(module, args, output):
+            means[L] = (hidden_of(output).float() * sel[..., None]).sum(1) / sel.sum(1, keepdim=True)
+        return hook
+
+    with hooks(model, {L: make(L) for L in range(n_layers)}):
+        model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
+    return torch.stack([means[L] for L in range(n_layers)], 1)
+
+
+def steer_sorted_layers(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, sorted(set(layers)), coeff,
+                        max_new_tokens)
 
 
 def vec_keepdim(model, tokenizer, effective_pairs):
@@ -1307,6 +1342,7 @@ CATALOGUE = {
         (score_first_in_range, "the first number, 150, is outside 0-100"),
         (score_single_digit, "first digit of a multi-digit number"),
         (score_rounds_decimal, "'72.6' reads as 72"),
+        (score_zero_is_missing, "0 is a valid score"),
     ]),
     "test_score_coherence": ("score_coherence", [
         (coherence_ignores_template, "template you were given"),
@@ -1348,6 +1384,7 @@ CATALOGUE = {
         (acts_no_system_prompt, "the conversation lost its system prompt"),
         (acts_header_included, "it includes the assistant turn's header"),
         (acts_fixed_header_length, "your span starts one token early"),
+        (acts_mask_from_pad_id, "not from input_ids != pad_token_id"),
         (acts_keeps_model_dtype, "returned dtype torch.bfloat16 on a bfloat16 model, expected torch.float32"),
     ]),
     "test_extract_contrastive_vectors": ("extract_contrastive_vectors", [
@@ -1421,7 +1458,7 @@ CORRECT_ALTERNATIVES = {
     "test_extract_contrastive_vectors": [vec_mean_of_pair_differences, vec_one_extraction_call, vec_no_own_check],
     "test_extract_contrastive_vectors_input_checks": [vec_mean_of_pair_differences, vec_one_extraction_call,
                                                       vec_no_own_check],
-    "test_steering_effect_by_layer": [steer_manual_hook, steer_exitstack, steer_numpy_nanmean],
+    "test_steering_effect_by_layer": [steer_manual_hook, steer_exitstack, steer_numpy_nanmean, steer_sorted_layers],
     "test_top_sae_features_by_cosine": [cos_functional, cos_feature_directions],
     "test_feature_activation_differences": [diff_concatenated_chunks, diff_running_sums],
 }
