@@ -298,6 +298,8 @@ def _run_parse_cases(fn, template, fn_name, cases):
         if expected is None:
             check(got is None, f"{fn_name}: the judge replied {reply!r}, expected None, got {got!r}{hint}")
         else:
+            if got is None:
+                fail(f"{fn_name}: the judge replied {reply!r}, expected {expected}, got None{hint or ''}")
             check(isinstance(got, int) and not isinstance(got, bool),
                   f"{fn_name} should return an int (or None), got {type(got).__name__} for the reply {reply!r}")
             if got != expected and reply and got == int(re.search(r"\d", reply).group()):
