@@ -468,9 +468,10 @@ def _alternatives(model, tokenizer, records):
     """Plausible wrong answers, one record at a time from output_hidden_states (hs[L+1] = block L, hs[-1] normed)."""
     from utils.chat import format_chat
 
-    from utils.chat import normalize_messages, render
+    from utils.chat import normalize_messages, render, supports_system_role
 
-    keys = ("all tokens", "embedding", "final norm", "pad-id mask", "no system prompt", "first occurrence", "header", "end-of-turn",
+    keys = ("all tokens", "embedding", "final norm", "pad-id mask", "no system prompt", "merged with a space",
+            "merged with a newline", "first occurrence", "header", "end-of-turn",
             "shifted span", "drops last", "token before")
     alts = {k: [] for k in keys}
     for conv in _conversations(records):
@@ -498,6 +499,15 @@ def _alternatives(model, tokenizer, records):
             alts["pad-id mask"].append(torch.stack([hp[L + 1][0, s:e].mean(0) for L in range(n)]))
         else:
             alts["pad-id mask"].append(mean(s, e))
+        for key, sep in (("merged with a space", " "), ("merged with a newline", "\n")):
+            if conv[0]["role"] == "system" and not supports_system_role(tokenizer):
+                merged = [{"role": "user", "content": conv[0]["content"] + sep + conv[1]["content"]}] + conv[2:]
+                mc = format_chat(merged, tokenizer)
+                hm = [h.float().cpu() for h in model(input_ids=torch.tensor([mc.input_ids], device=_input_device(model)),
+                                                      output_hidden_states=True).hidden_states]
+                alts[key].append(torch.stack([hm[L + 1][0, mc.token_span[0]:mc.token_span[1]].mean(0) for L in range(n)]))
+            else:
+                alts[key].append(mean(s, e))
         bare = format_chat([m for m in conv if m["role"] != "system"], tokenizer)
         hb = [h.float().cpu() for h in model(input_ids=torch.tensor([bare.input_ids], device=_input_device(model)),
                                               output_hidden_states=True).hidden_states]
@@ -517,6 +527,12 @@ ALT_MESSAGES = {
                  "(hidden_states[0] is the embedding output)",
     "pad-id mask": "your attention mask hides real tokens: this tokenizer's pad id is also a real token of the chat "
                    "(here the BOS token), so build the mask from each row's length, not from input_ids != pad_token_id",
+    "merged with a space": "this chat template has no system role, and the system prompt was merged into the user "
+                           "message with a space: format_chat(build_messages(...)) merges it with a blank line "
+                           "(\"\\n\\n\"), the course's convention",
+    "merged with a newline": "this chat template has no system role, and the system prompt was merged into the user "
+                             "message with one newline: format_chat(build_messages(...)) merges it with a blank line "
+                             "(\"\\n\\n\"), the course's convention",
     "no system prompt": "the conversation lost its system prompt: the response's activations depend on everything "
                         "before it, so format each record's own system prompt, question and response "
                         "(build_messages(r['system_prompt'], r['question'], r['response']))",
@@ -673,7 +689,23 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
                                   " with a Qwen3-style chat template (the assistant turn opens with an empty "
                                   "<think></think> block before the response)")
 
-        # 6. a bfloat16 model: the result is still float32
+        # 6. a chat template with no system role (Gemma 2): the system prompt joins the first user message
+        gemma, gemma_tok = tiny("tiny-gemma2")
+        subset = records[:2]
+        where = " with a chat template that has no system role (Gemma 2)"
+        try:
+            got, _ = _run_extract(extract_all_layer_activations, gemma, gemma_tok, subset, where)
+        except AssertionError as err:
+            if "system role" in str(err).lower() and "raised" in str(err):
+                raise AssertionError(f"{err}: format each record with format_chat(build_messages(system_prompt, question, "
+                                     "response), tokenizer), which merges the system prompt into the first user "
+                                     "message where the template has no system role") from None
+            raise
+        want = _reference_activations(gemma, gemma_tok, subset)
+        if not close(got, want, **tol):
+            _diagnose_activations(got, want, _alternatives(gemma, gemma_tok, subset), name, tol, where)
+
+        # 7. a bfloat16 model: the result is still float32
         half, _ = tiny("tiny-qwen2", torch.bfloat16)
         got, _ = _run_extract(extract_all_layer_activations, half, tokenizer, records[:3], " on a bfloat16 model")
         want = _reference_activations(half, tokenizer, records[:3])

@@ -1056,6 +1056,52 @@ def steer_sorted_layers(model, tokenizer, vectors, questions, eval_prompt_templa
                         max_new_tokens)
 
 
+@torch.inference_mode()
+def acts_tokenizer_padding(model, tokenizer, records, batch_size=16):
+    """Re-tokenises the rendered chats with the tokenizer's own padding (left here) and shifts each span."""
+    chats = _chats(records, tokenizer)
+    n_layers = len(get_blocks(model))
+    out = []
+    for start in range(0, len(chats), batch_size):
+        batch = chats[start:start + batch_size]
+        enc = tokenizer([c.text for c in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        T = enc["input_ids"].shape[1]
+        sel = torch.zeros(len(batch), T)
+        for b, c in enumerate(batch):
+            off = T - len(c.input_ids) if tokenizer.padding_side == "left" else 0
+            sel[b, off + c.token_span[0]:off + c.token_span[1]] = 1
+        caught = {}
+        with hooks(model, {L: (lambda L: lambda m, a, o: caught.__setitem__(L, hidden_of(o).float()))(L)
+                           for L in range(n_layers)}):
+            model.get_decoder()(**enc)
+        means = [(caught[L] * sel[..., None]).sum(1) / sel.sum(1, keepdim=True) for L in range(n_layers)]
+        out.append(torch.stack(means, 1))
+    return torch.cat(out)
+
+
+def _merged_records(records, sep):
+    return [{**r, "system_prompt": None, "question": f"{r['system_prompt']}{sep}{r['question']}"} for r in records]
+
+
+def acts_template_direct(model, tokenizer, records, batch_size=16):
+    """Renders with tokenizer.apply_chat_template itself, system message included (no merging where unsupported)."""
+    out = []
+    for start in range(0, len(records), batch_size):
+        batch = records[start:start + batch_size]
+        for r in batch:
+            tokenizer.apply_chat_template(build_messages(r["system_prompt"], r["question"], r["response"]), tokenize=False)
+        out.append(_span_means(model, tokenizer, batch, batch_size))
+    return torch.cat(out)
+
+
+def acts_merged_with_space(model, tokenizer, records, batch_size=16):
+    from utils.chat import supports_system_role
+
+    if supports_system_role(tokenizer):
+        return _span_means(model, tokenizer, records, batch_size)
+    return _span_means(model, tokenizer, _merged_records(records, " "), batch_size)
+
+
 def vec_keepdim(model, tokenizer, effective_pairs):
     pos = extract_all_layer_activations(model, tokenizer, [p["pos"] for p in effective_pairs])
     neg = extract_all_layer_activations(model, tokenizer, [p["neg"] for p in effective_pairs])
@@ -1385,6 +1431,8 @@ CATALOGUE = {
         (acts_header_included, "it includes the assistant turn's header"),
         (acts_fixed_header_length, "your span starts one token early"),
         (acts_mask_from_pad_id, "not from input_ids != pad_token_id"),
+        (acts_template_direct, "merges the system prompt into the first user message where the template has no system role"),
+        (acts_merged_with_space, "merged into the user message with a space"),
         (acts_keeps_model_dtype, "returned dtype torch.bfloat16 on a bfloat16 model, expected torch.float32"),
     ]),
     "test_extract_contrastive_vectors": ("extract_contrastive_vectors", [
@@ -1454,7 +1502,7 @@ CORRECT_ALTERNATIVES = {
     "test_score_coherence": [coherence_via_score_trait, score_with_replace],
     "test_filter_effective_pairs": [filter_nested_search, filter_sort_afterwards],
     "test_extract_all_layer_activations": [acts_left_padded, acts_no_attention_mask, acts_sorted_by_length,
-                                           acts_hidden_states_and_last_hook],
+                                           acts_hidden_states_and_last_hook, acts_tokenizer_padding],
     "test_extract_contrastive_vectors": [vec_mean_of_pair_differences, vec_one_extraction_call, vec_no_own_check],
     "test_extract_contrastive_vectors_input_checks": [vec_mean_of_pair_differences, vec_one_extraction_call,
                                                       vec_no_own_check],
