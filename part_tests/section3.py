@@ -733,6 +733,10 @@ def _check_vector(got, pos_acts, neg_acts, rtol, atol):
              "informative, and Section 4 scales steering by it)")
     if close(got, pos_acts.mean(0), rtol=rtol, atol=atol):
         fail("extract_contrastive_vectors returned the mean of the positive activations: subtract the negative mean")
+    pooled = (pos_acts.sum(0) - neg_acts.sum(0)) / (len(pos_acts) + len(neg_acts))
+    if close(got, pooled, rtol=rtol, atol=atol):
+        fail("extract_contrastive_vectors divided sum(pos) - sum(neg) by the number of answers on both sides together: "
+             "take each side's own mean, mean(pos) - mean(neg), every response counting once on its side")
     fail("extract_contrastive_vectors should return mean(pos activations) - mean(neg activations), every response "
          "counting once on its side (the mean of the per-response means, not of all tokens pooled)")
 

@@ -1440,7 +1440,7 @@ CATALOGUE = {
         (vec_normalised, "normalised"),
         (vec_pos_mean_only, "subtract the negative mean"),
         (vec_token_pooled, "counting once"),
-        (vec_unbalanced_denominator, "counting once"),
+        (vec_unbalanced_denominator, "by the number of answers on both sides together"),
         (vec_one_layer, "returned shape (64,) (1 dims), expected (n_layers, d_model) = (4, 64): you returned one layer's"),
         (vec_keepdim, "returned shape (1, 4, 64) (3 dims), expected (n_layers, d_model)"),
     ]),
