@@ -44,6 +44,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from utils import config, data
 from utils.chat import build_messages, format_chat
@@ -306,7 +308,11 @@ for r in records[:2]:
 
 # %% tags=["exercise"]
 def parse_judge_reply(reply: str | None) -> int | None:
-    """The judge's 0-100 score in its reply; None for a failed call, REFUSAL, or no valid number."""
+    """The judge's 0-100 score in its reply; None for a failed call, REFUSAL, or no valid number.
+
+    The score is the first whole number in the reply, with its sign ('72.6' reads as 72); when that
+    number lies outside 0-100 the reply has no valid score ('150, or maybe 40' gives None).
+    """
     ### BEGIN SOLUTION
     if reply is None or re.search(r"\brefusal\b", reply, re.IGNORECASE):
         return None
@@ -546,8 +552,13 @@ pairs_for_vectors = with_text
 # :::
 
 # %% tags=["exercise"]
-def extract_all_layer_activations(model, tokenizer, records: list[dict], batch_size: int = 16) -> torch.Tensor:
-    """Mean response activation at every block: float32 [len(records), num_layers, d_model] on the CPU."""
+def extract_all_layer_activations(
+    model, tokenizer, records: list[dict], batch_size: int = 16
+) -> Float[Tensor, "n n_layers d_model"]:
+    """Mean response activation at every block: float32 [len(records), n_layers, d_model] on the CPU.
+
+    At most `batch_size` records go through the model in one forward pass.
+    """
     if not records:
         raise ValueError("records is empty")
     empty = [i for i, r in enumerate(records) if not r["response"].strip()]
@@ -587,8 +598,8 @@ def extract_all_layer_activations(model, tokenizer, records: list[dict], batch_s
     ### END SOLUTION
 
 
-def extract_contrastive_vectors(model, tokenizer, effective_pairs: list[dict]) -> torch.Tensor:
-    """mean(pos activations) - mean(neg activations) at every block: [num_layers, d_model]."""
+def extract_contrastive_vectors(model, tokenizer, effective_pairs: list[dict]) -> Float[Tensor, "n_layers d_model"]:
+    """mean(pos activations) - mean(neg activations) at every block: [n_layers, d_model]."""
     ### BEGIN SOLUTION
     if not effective_pairs:
         raise ValueError("no effective pairs: the prompts did not elicit the trait, so there is no contrast to take")
@@ -597,11 +608,16 @@ def extract_contrastive_vectors(model, tokenizer, effective_pairs: list[dict]) -
     return pos.mean(dim=0) - neg.mean(dim=0)
     ### END SOLUTION
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=2
 from part_tests import section3 as tests
 
 tests.test_extract_all_layer_activations(extract_all_layer_activations)
 tests.test_extract_contrastive_vectors(extract_contrastive_vectors)
+
+# %% tags=["test"] points=1
+from part_tests import section3 as tests
+
+tests.test_extract_contrastive_vectors_input_checks(extract_contrastive_vectors)
 
 # %% [markdown]
 # Extract the vectors of our trait, and save them for Section 4 in safetensors format (never a
@@ -689,7 +705,7 @@ print("norm by block:", [round(x, 1) for x in norms.tolist()])
 
 # %% tags=["exercise"]
 def steering_effect_by_layer(
-    model, tokenizer, vectors: torch.Tensor, questions: list[str], eval_prompt_template: str,
+    model, tokenizer, vectors: Float[Tensor, "n_layers d_model"], questions: list[str], eval_prompt_template: str,
     layers: list[int], coeff: float = 2.0, max_new_tokens: int = 64,
 ) -> dict[int, float]:
     """Mean trait score of greedy answers steered with vectors[L] at block L, for each L in layers."""
@@ -805,7 +821,9 @@ print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}")
 # :::
 
 # %% tags=["exercise"]
-def top_sae_features_by_cosine(vector: torch.Tensor, sae, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+def top_sae_features_by_cosine(
+    vector: Float[Tensor, "d_model"], sae, k: int = 10
+) -> tuple[Int[Tensor, "k"], Float[Tensor, "k"]]:
     """Indices and cosines of the k SAE features whose decoder rows point most along `vector`."""
     if vector.ndim != 1 or vector.shape[0] != sae.W_dec.shape[1]:
         raise ValueError(f"vector must have shape [d_model] = [{sae.W_dec.shape[1]}], got {tuple(vector.shape)}")
@@ -819,9 +837,15 @@ def top_sae_features_by_cosine(vector: torch.Tensor, sae, k: int = 10) -> tuple[
     ### END SOLUTION
 
 
-def feature_activation_differences(sae, pos_acts: torch.Tensor, neg_acts: torch.Tensor, k: int = 10,
-                                   batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices and values of the k largest mean(encode(pos)) - mean(encode(neg)) differences."""
+def feature_activation_differences(
+    sae, pos_acts: Float[Tensor, "n_pos d_model"], neg_acts: Float[Tensor, "n_neg d_model"], k: int = 10,
+    batch_size: int = 1024,
+) -> tuple[Int[Tensor, "k"], Float[Tensor, "k"]]:
+    """Indices and values of the k largest mean(encode(pos)) - mean(encode(neg)) differences.
+
+    `sae.encode` sees at most `batch_size` rows at a time (the feature activations of a whole side
+    may not fit in memory).
+    """
     for name, acts in (("pos_acts", pos_acts), ("neg_acts", neg_acts)):
         if acts.ndim != 2 or acts.shape[1] != sae.W_dec.shape[1] or acts.shape[0] == 0:
             raise ValueError(f"{name} must be a non-empty [n, d_model = {sae.W_dec.shape[1]}] tensor, got {tuple(acts.shape)}")
