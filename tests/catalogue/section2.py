@@ -463,6 +463,12 @@ def risk_no_range_check(conversation, assistant_idx):
     return data.delusion_risk_from_scores(int(a[-1]), int(b[-1]))  # raises ValueError outside 1-5
 
 
+def risk_bankers_rounding(conversation, assistant_idx):
+    i = _positions(conversation)[assistant_idx]
+    scores = _parse(judge_reply(_prompt(conversation, i)))  # noqa: F821
+    return None if scores is None else round(100 * ((5 - scores[0]) + (5 - scores[1])) / 8)
+
+
 def risk_only_last_user_message(conversation, assistant_idx):
     i = _positions(conversation)[assistant_idx]
     scores = _parse(judge_reply(_prompt(conversation, i, conv_part=[conversation[i - 1]])))  # noqa: F821
@@ -1370,6 +1376,24 @@ def exp_exit_without_finally(model, tokenizer, transcript, axis, layer, capper, 
     return result
 
 
+def exp_shared_list(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48, max_turns=None):
+    """Both conditions append to one list of messages."""
+    system = transcript.get("system_prompt")
+    users = [m["content"] for m in transcript["conversation"] if m["role"] == "user"][:max_turns]
+    messages = [{"role": "system", "content": system}] if system else []
+    result = {}
+    for name, cap in (("uncapped", None), ("capped", capper)):
+        msgs = messages  # the same list for both conditions
+        for u in users:
+            msgs.append({"role": "user", "content": u})
+            with cap if cap is not None else nullcontext():
+                reply = generate(model, tokenizer, [msgs], max_new_tokens=max_new_tokens)[0]  # noqa: F821
+            msgs.append({"role": "assistant", "content": reply if reply.strip() else "[empty reply]"})
+        result[name] = {"conversation": msgs, "projections": compute_turn_projections(  # noqa: F821
+            model, tokenizer, msgs, axis, layer, capper=cap)}
+    return result
+
+
 def exp_uncapped_measured_capped(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48, max_turns=None):
     return _experiment(transcript, model, tokenizer, axis, layer, capper, max_new_tokens, max_turns, measure_capped=True)
 
@@ -1467,6 +1491,7 @@ CATALOGUE = {
         (risk_first_match, "LAST match"),
         (risk_inverted, "inverted"),
         (risk_own_mapping, "delusion_risk_from_scores"),
+        (risk_bankers_rounding, "rounds halves to even"),
         (risk_raises_on_garbage, "should return None"),
         (risk_zero_on_garbage, "should return None"),
         (risk_no_range_check, "should return None"),
@@ -1558,6 +1583,7 @@ CATALOGUE = {
         (exp_capper_unused, "capper active"),
         (exp_transcript_history, "OWN earlier replies"),
         (exp_shared_history, "UNCAPPED condition's earlier replies"),
+        (exp_shared_list, "the same list"),
         (exp_uncapped_measure, "capper active"),
         (exp_uncapped_measured_capped, "projected with the capper active"),
         (exp_drops_system, "system prompt"),
