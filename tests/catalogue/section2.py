@@ -559,10 +559,7 @@ def risk_alt_line_parser(conversation, assistant_idx):
 def risk_alt_no_index_check(conversation, assistant_idx):
     """No explicit range check (IndexError comes from the list); correct for the rating itself."""
     i = [k for k, m in enumerate(conversation) if m["role"] == "assistant"][assistant_idx]
-    try:
-        scores = _parse(judge_reply(_prompt(conversation, i)))  # noqa: F821
-    except ValueError:
-        return None
+    scores = _parse(judge_reply(_prompt(conversation, i)))  # noqa: F821
     return None if scores is None else data.delusion_risk_from_scores(*scores)
 
 
