@@ -51,7 +51,9 @@ from contextlib import nullcontext
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from jaxtyping import Float
 from plotly.subplots import make_subplots
+from torch import Tensor
 
 from utils import config, data
 from utils.chat import build_messages, char_span_to_token_span, format_prompt, normalize_messages, render
@@ -244,8 +246,13 @@ for i, s in enumerate(shapes):
 #   token (`<|im_end|>`), no user turns. Render the whole conversation **once**
 #   (`render(tokenizer, normalize_messages(messages, tokenizer))`, tokenised with
 #   `return_offsets_mapping=True` and `add_special_tokens=False`), and locate each assistant message
-#   in it: its content starts after the rendering of the messages before it plus the assistant
-#   opener (`render(tokenizer, msgs[:i], add_generation_prompt=True)`).
+#   in it: search for its content after the rendering of the messages before it plus the assistant
+#   opener (`render(tokenizer, msgs[:i], add_generation_prompt=True)`) when the full text starts
+#   with that rendering, and otherwise after the rendering of the messages before it alone
+#   (`render(tokenizer, msgs[:i])`): Qwen3-style templates open the generation prompt, and the final
+#   assistant turn, with an empty think block that earlier assistant turns lack. Searching from
+#   there, not from the start of the text, finds the right occurrence when the same words appear
+#   earlier in the conversation.
 # - `extract_turn_activations(messages)`: **one** forward pass over the whole conversation with a
 #   hook on block `self.layer`, and the mean of the hidden state over each span (float32 on the
 #   CPU, one `[d_model]` tensor per assistant turn). A causal model's activations at a turn do not
@@ -273,7 +280,7 @@ for i, s in enumerate(shapes):
 class ConversationAnalyzer:
     """Per-turn activations and axis projections of a conversation, at one block."""
 
-    def __init__(self, model, tokenizer, layer: int, axis: torch.Tensor):
+    def __init__(self, model, tokenizer, layer: int, axis: Float[Tensor, "d_model"]):
         d_model = model.config.get_text_config().hidden_size
         axis = torch.as_tensor(axis).detach().float().cpu()
         if axis.shape != (d_model,):
@@ -292,7 +299,9 @@ class ConversationAnalyzer:
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
                 continue
-            prefix = render(self.tokenizer, msgs[:i], add_generation_prompt=True)
+            prefix = render(self.tokenizer, msgs[:i], add_generation_prompt=True)  # ... plus the assistant opener
+            if not text.startswith(prefix):  # an earlier turn opens differently from the generation prompt (Qwen3)
+                prefix = render(self.tokenizer, msgs[:i])
             if not text.startswith(prefix):
                 raise ValueError(f"message {i}: the chat template does not render this conversation prefix-stably")
             for content in (m["content"], m["content"].strip()):  # some templates strip the content
@@ -305,7 +314,7 @@ class ConversationAnalyzer:
         return spans
         ### END SOLUTION
 
-    def extract_turn_activations(self, messages: list[dict]) -> list[torch.Tensor]:
+    def extract_turn_activations(self, messages: list[dict]) -> list[Float[Tensor, "d_model"]]:
         """Mean block-`layer` output over each assistant turn ([d_model] float32 CPU tensors), one forward."""
         ### BEGIN SOLUTION
         spans = self.turn_spans(messages)
@@ -414,6 +423,11 @@ def rate_delusion_risk(conversation: list[dict], assistant_idx: int) -> int | No
 from part_tests import section2 as tests
 
 tests.test_rate_delusion_risk(rate_delusion_risk)
+
+# %% tags=["test"] points=1
+from part_tests import section2 as tests
+
+tests.test_rate_delusion_risk_input_checks(rate_delusion_risk)
 
 # %% [markdown]
 # ## Exercise 2.4 — The drift plot
@@ -581,7 +595,7 @@ fig.show()
 # :::
 
 # %% tags=["exercise"]
-def generate_with_steering(model, tokenizer, prompt: str, vector: torch.Tensor, layer: int, alpha: float,
+def generate_with_steering(model, tokenizer, prompt: str, vector: Float[Tensor, "d_model"], layer: int, alpha: float,
                            system_prompt: str | None = None, max_new_tokens: int = 64, temperature: float = 0.0) -> str:
     """Reply to `prompt` while `alpha * vector` is added to block `layer`'s output at every position."""
     ### BEGIN SOLUTION
@@ -644,7 +658,7 @@ for c in (-1.0, 0.0, 1.0):
 # use is barely touched, while drifted activations, far below, are pulled back.
 #
 # Write `compute_capping_threshold(projections, quantile)`: the `quantile`-quantile of the
-# projections (a list, numpy array or tensor), as a float, with linear interpolation
+# projections (a list, numpy array or tensor, bfloat16 included), as a float, with linear interpolation
 # (`np.quantile`'s default). `quantile` is a **fraction** in [0, 1] (the paper's 25th percentile is
 # `0.25`): raise `ValueError` outside that range or for empty input.
 #
@@ -654,7 +668,8 @@ for c in (-1.0, 0.0, 1.0):
 # :::
 
 # %% tags=["exercise"]
-def compute_capping_threshold(projections, quantile: float = 0.25) -> float:
+def compute_capping_threshold(projections: Float[Tensor, "n"] | Float[np.ndarray, "n"] | list[float],
+                              quantile: float = 0.25) -> float:
     """tau: the `quantile` (a fraction in [0, 1]) of the default assistant's projections."""
     ### BEGIN SOLUTION
     if isinstance(projections, torch.Tensor):
@@ -671,6 +686,11 @@ def compute_capping_threshold(projections, quantile: float = 0.25) -> float:
 from part_tests import section2 as tests
 
 tests.test_compute_capping_threshold(compute_capping_threshold)
+
+# %% tags=["test"] points=1
+from part_tests import section2 as tests
+
+tests.test_compute_capping_threshold_input_checks(compute_capping_threshold)
 
 # %% [markdown]
 # The thresholds for this model, one per capping layer, from the default personas' mean response
@@ -721,7 +741,8 @@ for L, tau in zip(CAP_LAYERS, thresholds):
 # - Every position of every forward pass is capped: the prompt tokens during prefill and each new
 #   token after it (see Exercise 2.1). With left-padded batches the pad positions are capped too;
 #   that is harmless, since the attention mask keeps every real token from reading them.
-# - Return a new tensor in the container the block gave you; never edit the output in place.
+# - Return a new tensor in the container the block gave you, in the block's dtype; never edit the
+#   output in place. In a bfloat16 model compute the cap in float32 (Hint 2).
 # - `__enter__` registers one hook per entry; `remove()` (called by `__exit__`, also when the body
 #   raises) removes **all** of them.
 #
@@ -753,7 +774,8 @@ for L, tau in zip(CAP_LAYERS, thresholds):
 class ActivationCapper:
     """While active, keeps <h, v_hat_i> >= tau_i at block layers[i] for every i (a floor on each axis)."""
 
-    def __init__(self, model, vectors, thresholds, layers):
+    def __init__(self, model, vectors: Float[Tensor, "n_caps d_model"] | list[Float[Tensor, "d_model"]],
+                 thresholds: list[float], layers: list[int]):
         ### BEGIN SOLUTION
         if isinstance(vectors, torch.Tensor):
             vectors = [vectors] if vectors.ndim == 1 else list(vectors)
@@ -776,7 +798,7 @@ class ActivationCapper:
         self._handles: list = []
         ### END SOLUTION
 
-    def _make_hook(self, v_hat: torch.Tensor, tau: float):
+    def _make_hook(self, v_hat: Float[Tensor, "d_model"], tau: float):
         """A forward hook that applies the floor along the unit vector `v_hat` at threshold `tau`."""
         ### BEGIN SOLUTION
         def hook(module, args, output):
@@ -813,10 +835,15 @@ class ActivationCapper:
         self.remove()
         return False
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=2
 from part_tests import section2 as tests
 
 tests.test_activation_capper(ActivationCapper)
+
+# %% tags=["test"] points=1
+from part_tests import section2 as tests
+
+tests.test_activation_capper_input_checks(ActivationCapper)
 
 # %% [markdown]
 # A check by hand, in two dimensions. The axis is $v = (2, 0)$ (not unit length), τ = 1. Three
@@ -943,7 +970,8 @@ if not config.is_tiny() and MODEL_NAME in ("Qwen/Qwen3-32B", "meta-llama/Llama-3
 # :::
 
 # %% tags=["exercise"]
-def compute_turn_projections(model, tokenizer, messages: list[dict], axis: torch.Tensor, layer: int, capper=None) -> list[float]:
+def compute_turn_projections(model, tokenizer, messages: list[dict], axis: Float[Tensor, "d_model"], layer: int,
+                             capper=None) -> list[float]:
     """Projection of each assistant turn onto `axis` at block `layer`, with `capper` active if given."""
     ### BEGIN SOLUTION
     analyzer = ConversationAnalyzer(model, tokenizer, layer, axis)
@@ -952,7 +980,7 @@ def compute_turn_projections(model, tokenizer, messages: list[dict], axis: torch
     ### END SOLUTION
 
 
-def run_capping_experiment(model, tokenizer, transcript, axis: torch.Tensor, layer: int, capper,
+def run_capping_experiment(model, tokenizer, transcript, axis: Float[Tensor, "d_model"], layer: int, capper,
                            max_new_tokens: int = 48, max_turns: int | None = None) -> dict:
     """Replay the transcript's user turns with and without `capper`; per condition, the model-written
     conversation and its per-turn projections."""
