@@ -42,6 +42,8 @@ def check_number(x: Any, name: str, *, positive: bool = False, nonnegative: bool
         if x.numel() != 1:
             raise ValueError(f"{name} must be one number, got a tensor of shape {tuple(x.shape)}")
         x = x.item()
+    if isinstance(x, (str, bytes)):
+        raise ValueError(f"{name} must be a real number, got {_describe(x)}")
     if not isinstance(x, numbers.Real):
         try:
             x = float(x)  # numpy scalars, Decimal, ...
