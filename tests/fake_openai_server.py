@@ -407,10 +407,12 @@ class FaultMix:
         self.injected: dict[str, int] = {}
         self.sticky: dict[str, str] = {}
         self.sticky_rate = rate / 4 if sticky_rate is None else sticky_rate
+        self.seen: dict[str, int] = {}  # requests per prompt (last message)
 
     def __call__(self, body: dict):
         content = _last_content(body)
         with self.lock:
+            self.seen[content] = self.seen.get(content, 0) + 1
             if content in self.sticky:
                 fault = self.sticky[content]
             else:
@@ -432,7 +434,7 @@ class FaultMix:
 
     def stats(self) -> dict:
         with self.lock:
-            return {"injected": dict(self.injected), "sticky": len(self.sticky)}
+            return {"injected": dict(self.injected), "sticky": dict(self.sticky), "seen": dict(self.seen)}
 
 
 def closed_port_url() -> str:

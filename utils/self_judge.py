@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -122,6 +123,7 @@ class SelfJudge:
         self.batch_size = max(1, int(batch_size))
         self._plans: dict[tuple[int, int], _Plan] = {}
         self.use_cache = True  # continuation digits through the prompt's KV cache (else full rows)
+        self.lock = threading.RLock()  # one forward pass or generation at a time (callers may use threads)
         self.client = LocalChatClient(self)
 
     # ---- identity ------------------------------------------------------------
@@ -332,7 +334,7 @@ class SelfJudge:
         while k < len(order):
             chunk = order[k:k + size]
             try:
-                with torch.inference_mode():
+                with self.lock, torch.inference_mode():
                     read = self._read(model, tokenizer, plan, [encoded[i] for i in chunk])
             except Exception as e:  # noqa: BLE001
                 if _is_oom(e) and len(chunk) > 1:
@@ -393,8 +395,9 @@ class LocalChatClient:
 
             model, tokenizer = self._judge.model_and_tokenizer()
             msgs = [as_messages(m) for m in list_of_messages]
-            texts = generate(model, tokenizer, msgs, max_new_tokens=int(max_tokens), temperature=float(temperature),
-                             batch_size=self._judge.batch_size)
+            with self._judge.lock:
+                texts = generate(model, tokenizer, msgs, max_new_tokens=int(max_tokens),
+                                 temperature=float(temperature), batch_size=self._judge.batch_size)
         except Exception as e:  # noqa: BLE001 - every call ends as a text or an error
             return [ChatResult(text=None, error=f"local generation failed ({type(e).__name__}: {e})")
                     for _ in list_of_messages]
