@@ -100,7 +100,12 @@ def test_weighted_mean_over_multi_token_numbers(qwen_tok, cache):
     # after "9": "0" 1.0
     table = {"": {"8": 0.5, "9": 0.2, "R": 0.3}, "8": {"5": 0.6}, "9": {"0": 1.0}}
     judge = stub_judge(qwen_tok, table, cache=cache)
-    s = judge.score("How evil? [ANSWER START]hi[ANSWER END]")
+    if cache:
+        s = judge.score("How evil? [ANSWER START]hi[ANSWER END]")
+    else:  # a model without a usable cache: the digits are read from full rows, with a warning
+        with pytest.warns(UserWarning, match="full rows"):
+            s = judge.score("How evil? [ANSWER START]hi[ANSWER END]")
+        assert not judge.use_cache
     p = {85: 0.5 * 0.6, 8: 0.5 * 0.4, 90: 0.2}
     assert s.value == pytest.approx(sum(v * q for v, q in p.items()) / sum(p.values()), rel=1e-5)
     assert s.reason is None and s.method == "self-logprobs"
