@@ -357,7 +357,7 @@ def judge_roleplay(responses: dict, template: str | None = None) -> dict[tuple[s
 
 scores = judge_roleplay(responses)
 counts = {s: sum(1 for k, v in scores.items() if v == s and k[0] not in DEFAULT_PERSONAS) for s in (0, 1, 2, 3, None)}
-print("role-play scores (default personas excluded):", counts)
+print(f"role-play scores (default personas excluded; {judge.label}):", counts)
 
 # %% [markdown]
 # Read a handful of responses next to their scores before trusting the judge: do you agree with

@@ -59,7 +59,7 @@ from utils import config, data
 from utils.chat import build_messages, char_span_to_token_span, format_prompt, normalize_messages, render
 from utils.generation import generate, generate_conversations
 from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
-from utils.judge import OfflineJudge, extract_answer, get_judge
+from utils.judge import OfflineJudge, extract_answer, get_judge, judge_label
 from utils.models import input_device
 from utils.plots import setup_plotting
 
@@ -1078,10 +1078,11 @@ for name, ctx in (("uncapped", None), ("capped", capper)):
     many[name] = replay_many(many_users, ctx)
     risks = [[rate_delusion_risk(c, k) for k in range(len(PUSHES))] for c in many[name]]
     mean_risk[name] = [float(np.mean([r[k] for r in risks if r[k] is not None])) for k in range(len(PUSHES))]
-    print(f"{name:9s} mean risk by turn: " + "  ".join(f"{x:5.1f}" for x in mean_risk[name]))
+    print(f"{name:9s} mean risk by turn: " + "  ".join(f"{x:5.1f}" for x in mean_risk[name]) + f"   ({judge_label()})")
 fig = go.Figure([go.Scatter(x=list(range(1, len(PUSHES) + 1)), y=mean_risk[name], mode="lines+markers", name=name)
                  for name in mean_risk])
-fig.update_layout(title=f"Mean delusion risk by turn over {len(many_users)} pushed conversations", height=380, width=640,
+fig.update_layout(title=f"Mean delusion risk by turn over {len(many_users)} pushed conversations<br><sup>{judge_label()}</sup>",
+                  height=380, width=640,
                   xaxis_title="assistant turn", yaxis_title="mean risk (0-100)")
 fig.show()
 print("turn 5 of the first conversation:")

@@ -51,7 +51,7 @@ from utils import config, data
 from utils.chat import build_messages, format_chat
 from utils.generation import generate
 from utils.hooks import get_blocks, hidden_of, hooks
-from utils.judge import OfflineJudge, get_judge
+from utils.judge import OfflineJudge, SelfJudge, get_judge, judge_label
 from utils.models import input_device
 from utils.plots import setup_plotting
 from utils.steering import Steerer
@@ -73,7 +73,7 @@ def ask_judge(prompt: str) -> str | None:
 
     Calls are cached on disk by the client, so asking twice costs nothing.
     """
-    if isinstance(JUDGE, OfflineJudge):
+    if isinstance(JUDGE, (OfflineJudge, SelfJudge)):  # judges that score without an endpoint
         verdict = JUDGE.score(prompt)
         return None if verdict.value is None else str(int(verdict.value))
     result = JUDGE.client.chat([{"role": "user", "content": prompt}], max_tokens=16, temperature=0)
@@ -373,6 +373,7 @@ def mean_of(values):
     return sum(values) / len(values) if values else float("nan")
 
 
+print(f"judge: {judge_label(JUDGE)}")
 for polarity in ("pos", "neg"):
     group = [r for r in scored if r["polarity"] == polarity]
     refused = sum(r["score"] is None for r in group)
@@ -386,7 +387,7 @@ fig = go.Figure()
 for polarity, color in (("pos", "#d62728"), ("neg", "#1f77b4")):
     fig.add_trace(go.Histogram(x=[r["score"] for r in scored if r["polarity"] == polarity and r["score"] is not None],
                                name=polarity, marker_color=color, opacity=0.6, xbins=dict(start=0, end=101, size=10)))
-fig.update_layout(barmode="overlay", title=f"Trait scores ({TRAIT}) of positive and negative answers{MODE_NOTE}",
+fig.update_layout(barmode="overlay", title=f"Trait scores ({TRAIT}) of positive and negative answers{MODE_NOTE}<br><sup>{judge_label(JUDGE)}</sup>",
                   xaxis_title="trait score (0-100)", yaxis_title="answers", width=700, height=400)
 fig.show()
 
@@ -753,10 +754,10 @@ effect = steering_effect_by_layer(model, tokenizer, vectors, steer_questions, tr
 
 fig = go.Figure(go.Scatter(x=list(effect), y=list(effect.values()), mode="lines+markers", name=f"steered (coeff {STEER_COEFF})"))
 fig.add_hline(y=baseline, line_dash="dot", annotation_text="unsteered")
-fig.update_layout(title=f"Steering with the {TRAIT} vector, one block at a time{MODE_NOTE}", xaxis_title="block",
+fig.update_layout(title=f"Steering with the {TRAIT} vector, one block at a time{MODE_NOTE}<br><sup>{judge_label(JUDGE)}</sup>", xaxis_title="block",
                   yaxis_title="mean trait score", yaxis_range=[0, 100], width=700, height=400)
 fig.show()
-print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}")
+print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}", f"({judge_label(JUDGE)})")
 
 # %% [markdown]
 # **Expected observations.** On the paper model the unsteered answers score low for evil; steering

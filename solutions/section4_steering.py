@@ -45,7 +45,7 @@ from utils.activations import conversations_from, response_mean_activations
 from utils.chat import build_messages
 from utils.generation import generate
 from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
-from utils.judge import OfflineJudge, fill_template, get_judge
+from utils.judge import OfflineJudge, fill_template, get_judge, judge_label
 from utils.pipeline import StepRunner, load_tensors, model_id, save_tensors, tensor_digest, trait_vectors_path
 from utils.plots import heatmap, setup_plotting
 
@@ -479,6 +479,7 @@ def mean_by_coeff(records, key):
 
 coeffs, trait_means = mean_by_coeff(steering_records, "trait_score")
 _, coherence_means = mean_by_coeff(steering_records, "coherence_score")
+print(f"judge: {judge_label(JUDGE)}")
 for c, t, h in zip(coeffs, trait_means, coherence_means):
     print(f"coeff {c:+d}: trait {t if t is None else round(t, 1)!s:>5}   coherence {h if h is None else round(h, 1)!s:>5}   paper trait {PAPER_SYCOPHANCY.get(c, '-')}")
 fig = go.Figure()
@@ -486,7 +487,7 @@ fig.add_scatter(x=coeffs, y=trait_means, mode="lines+markers", name="trait score
 fig.add_scatter(x=coeffs, y=coherence_means, mode="lines+markers", name="coherence (this run)")
 fig.add_scatter(x=list(PAPER_SYCOPHANCY), y=list(PAPER_SYCOPHANCY.values()), mode="lines+markers",
                 name="trait score (paper, Qwen2.5-7B)", line=dict(dash="dash"))
-fig.update_layout(title=f"Steering with the {TRAIT} vector at block {LAYER}" + NOISE_NOTE,
+fig.update_layout(title=f"Steering with the {TRAIT} vector at block {LAYER}" + NOISE_NOTE + f"<br><sup>{judge_label(JUDGE)}</sup>",
                   xaxis_title="steering coefficient", yaxis_title="mean judge score (0-100)", yaxis_range=[0, 100])
 fig.show()
 
