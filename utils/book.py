@@ -23,7 +23,8 @@ MATHJAX_PACKAGE = "sphinx-mathjax-offline"  # ships MathJax 3.2.2 (its own exten
 CSS = "course.css"
 
 COURSE_CSS = """\
-/* The course's book: outputs wrap rather than scroll sideways (phones); figures fit their column. */
+/* The course's book: outputs wrap rather than scroll sideways (phones; code keeps its lines and
+   scrolls in its own box, as wrapped Python loses its indentation); figures fit their column. */
 div.cell_output pre, div.output pre, div.cell_output .output pre {
   white-space: pre-wrap;
   overflow-wrap: anywhere;
@@ -36,10 +37,6 @@ code.literal, code.literal span.pre { white-space: pre-wrap; overflow-wrap: anyw
 mjx-container, div.math { max-width: 100%; overflow-x: auto; overflow-y: hidden; }
 mjx-container:not([display="true"]) { display: inline-block; vertical-align: middle; }
 article table { display: block; max-width: 100%; overflow-x: auto; }
-@media (max-width: 600px) {
-  /* on a phone, code wraps too: reading a line beats scrolling for its end */
-  div.cell_input pre, div.highlight pre { white-space: pre-wrap; overflow-wrap: anywhere; }
-}
 """
 
 
