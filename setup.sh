@@ -31,6 +31,9 @@ fi
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
 "$VENV/bin/python" -m utils.sandbox install >/dev/null  # the sandboxed kernel that nbgrader grades with
+# Students open this venv's JupyterLab: nbgrader's instructor tools stay off there (an instructor:
+# `bash scripts/nbgrader_tools.sh on`).
+VENV="$VENV" bash scripts/nbgrader_tools.sh off
 
 export PATH="$PWD/$VENV/bin:$PATH"
 python scripts/generate.py

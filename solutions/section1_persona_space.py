@@ -73,8 +73,7 @@ model, tokenizer = load_course_model(section=1)
 LAYER = layer_settings(model).axis_layer
 # Offline, plot titles say which model made them: the trained toy model, or a random-weight one.
 MODE_NOTE = " — toy world" if config.is_toy() else (" — random tiny model: noise" if config.is_tiny() else "")
-print(f"model: {model.config._name_or_path}  blocks: {len(get_blocks(model))}  layer: {LAYER}  "
-      f"offline: {'toy world' if config.is_toy() else 'random tiny model' if config.is_tiny() else 'no'}")
+print(f"world: {config.world_label(section=1)}  blocks: {len(get_blocks(model))}  layer: {LAYER}")
 
 # %% [markdown]
 # ## Exercise 1.1 — A role-play judge
@@ -753,7 +752,7 @@ tests.test_compute_cosine_similarity_matrix(compute_cosine_similarity_matrix)
 tests.test_compute_cosine_similarity_matrix_centered(compute_cosine_similarity_matrix_centered)
 
 # %%
-from utils.plots import GROUP_COLORS, heatmap
+from utils.plots import GROUP_COLORS, heatmap, label_positions, ranked_bars
 
 order = sorted(persona_vectors, key=lambda n: data.PERSONA_GROUPS.index(GROUPS[n]))  # group by group
 ordered = {n: persona_vectors[n] for n in order}
@@ -865,16 +864,22 @@ print(f"PC1 explains {ratio[0]:.0%} of the variance, PC2 {ratio[1]:.0%}; "
       f"|cos(PC1, Assistant Axis)| = {abs(cos_pcs[0]):.2f}, |cos(PC2, Assistant Axis)| = {abs(cos_pcs[1]):.2f}")
 
 names = list(persona_vectors)
+# Label the points whose labels fit without overlapping, the ends of PC1 first; hover shows every name.
+by_pc1 = sorted(range(len(names)), key=lambda i: -abs(coords[i, 0] - np.median(coords[:, 0])))
+where = label_positions(coords[:, 0], coords[:, 1], names, order=by_pc1)
 fig = go.Figure()
 for group in data.PERSONA_GROUPS:
     idx = [i for i, n in enumerate(names) if GROUPS[n] == group]
     fig.add_trace(go.Scatter(
-        x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=group,
-        text=[names[i] for i in idx], textposition="top center", marker=dict(size=10, color=GROUP_COLORS[group]),
+        x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=group, hovertext=[names[i] for i in idx],
+        text=[names[i] if where[i] else "" for i in idx], textposition=[where[i] or "top center" for i in idx],
+        textfont=dict(size=11), marker=dict(size=10, color=GROUP_COLORS[group]),
     ))
+pad = 0.12 * (coords[:, 0].max() - coords[:, 0].min())
 fig.update_layout(
     title=f"Persona space: PCA of {len(names)} persona vectors (block {LAYER}){MODE_NOTE}",
-    xaxis_title=f"PC1 ({ratio[0]:.0%})", yaxis_title=f"PC2 ({ratio[1]:.0%})", width=760, height=560,
+    xaxis_title=f"PC1 ({ratio[0]:.0%})", yaxis_title=f"PC2 ({ratio[1]:.0%})", height=560,
+    xaxis_range=[coords[:, 0].min() - pad, coords[:, 0].max() + pad],
 )
 fig.show()
 
@@ -930,21 +935,10 @@ tests.test_project_personas_onto_axis(project_personas_onto_axis)
 # %%
 projections = project_personas_onto_axis(persona_vectors, assistant_axis)
 ranked = list(projections)
-extremes = set(ranked[:3] + ranked[-3:])
-fig = go.Figure()
-for group in data.PERSONA_GROUPS:
-    members = [n for n in ranked if GROUPS[n] == group]
-    fig.add_trace(go.Scatter(
-        x=[projections[n] for n in members], y=[0.0] * len(members), mode="markers+text", name=group,
-        text=[n if n in extremes else "" for n in members], textposition="top center",
-        hovertext=members, marker=dict(size=12, color=GROUP_COLORS[group], opacity=0.8),
-    ))
-fig.update_layout(
-    title=f"Personas projected onto the Assistant Axis{MODE_NOTE}",
-    xaxis_title="projection a·v/‖v‖ (activation units): role-play ← → Assistant",
-    yaxis=dict(visible=False, range=[-1, 1]), width=800, height=320,
-)
-fig.show()
+ranked_bars(ranked, [projections[n] for n in ranked], [GROUP_COLORS[GROUPS[n]] for n in ranked],
+            title=f"Personas projected onto the Assistant Axis{MODE_NOTE}",
+            value_title="projection a·v/‖v‖ (activation units): role-play ← → Assistant",
+            legend={g: GROUP_COLORS[g] for g in data.PERSONA_GROUPS}).show()
 print("most Assistant-like:", ranked[:3], " most role-play:", ranked[-3:])
 for group in data.PERSONA_GROUPS:
     members = [projections[n] for n in ranked if GROUPS[n] == group]
@@ -1013,6 +1007,8 @@ tests.test_rank_by_cosine_input_checks(rank_by_cosine)
 # %%
 from pathlib import Path
 
+from utils.plots import COLORS
+
 PAPER_LAYER = 22  # Gemma 2 27B's target block in the paper
 
 
@@ -1049,13 +1045,8 @@ else:
     source = "stand-in: the course's centred persona vectors" + MODE_NOTE
 
 shown = ranking[:10] + ranking[-10:] if len(ranking) > 20 else ranking
-fig = go.Figure(go.Bar(
-    x=[c for _, c in shown][::-1], y=[n for n, _ in shown][::-1], orientation="h",
-    marker_color=["#1f77b4" if c >= 0 else "#d62728" for _, c in shown][::-1],
-))
-fig.update_layout(title=f"Cosine with the Assistant Axis: {source}", xaxis_title="cosine", width=800,
-                  height=max(360, 22 * len(shown)), xaxis=dict(range=[-1, 1]))
-fig.show()
+ranked_bars([n for n, _ in shown], [c for _, c in shown], [COLORS["positive" if c >= 0 else "negative"] for _, c in shown],
+            title=f"Cosine with the Assistant Axis: {source}", value_title="cosine", value_range=[-1, 1]).show()
 
 # %% [markdown]
 # **Expected output.** On Gemma 2 27B the paper's default personas sit at cosine ≈ **0.98** with

@@ -61,7 +61,7 @@ from utils.generation import generate, generate_conversations
 from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
 from utils.judge import OfflineJudge, extract_answer, get_judge, judge_label
 from utils.models import input_device
-from utils.plots import setup_plotting
+from utils.plots import COLORS, SCORE_AXIS, setup_plotting
 
 setup_plotting()
 
@@ -101,8 +101,8 @@ SETTINGS = layer_settings(model)
 LAYER = SETTINGS.axis_layer  # where we read the axis (Qwen3-32B: block 32)
 CAP_LAYERS = list(SETTINGS.cap_layers)  # where we cap (Qwen3-32B: blocks 46-53)
 D_MODEL = model.config.get_text_config().hidden_size
-print(f"model: {MODEL_NAME}  blocks: {len(get_blocks(model))}  d_model: {D_MODEL}")
-print(f"axis layer: {LAYER}  capping layers: {CAP_LAYERS}  tiny mode: {config.is_tiny()}  toy world: {config.is_toy()}")
+print(f"world: {config.world_label(section=2)}  blocks: {len(get_blocks(model))}  d_model: {D_MODEL}")
+print(f"axis layer: {LAYER}  capping layers: {CAP_LAYERS}")
 
 # %% [markdown]
 # ## The axis for this model
@@ -383,7 +383,7 @@ tests.test_conversation_analyzer(ConversationAnalyzer)
 #
 # **An unusable reply gives `None`**, not an exception: a failed call, a missing line, or a score
 # outside 1–5. A drift plot over dozens of turns should show a gap for the turn the judge garbled,
-# not crash and lose the turns already rated (SPEC §5: failures end as `None`).
+# not crash and lose the turns already rated (in this course a failed judgement ends as `None`).
 #
 # :::{dropdown} Hint 1
 # `re.findall(r"AVOIDING_DELUSION:\s*(\d+)", reply)` lists every match; take `[-1]`.
@@ -469,9 +469,9 @@ def visualize_transcript_drift(analyzer, transcript, rate_risk: bool = True, tit
     fig.add_trace(go.Scatter(x=turns, y=risks, mode="lines+markers", name="delusion risk", line=dict(dash="dot")), secondary_y=True)
     if title is None and isinstance(transcript, dict):
         title = f"Drift along the Assistant Axis: {transcript.get('domain', '')}"
-    fig.update_layout(title=title, xaxis_title="assistant turn", height=420, width=760)
+    fig.update_layout(title=title, xaxis_title="assistant turn", height=420)
     fig.update_yaxes(title_text="projection (activation units)", secondary_y=False)
-    fig.update_yaxes(title_text="delusion risk (0-100)", range=[0, 100], secondary_y=True)
+    fig.update_yaxes(title_text="delusion risk (0-100)", range=[0, 100], tickvals=[0, 25, 50, 75, 100], secondary_y=True)
     fig.show()
     return projections, risks
     ### END SOLUTION
@@ -548,7 +548,7 @@ for t in data.load_transcripts():
     fig.add_trace(go.Scatter(x=list(range(1, len(p) + 1)), y=p, mode="lines+markers", name=t["name"]))
     print(f"{t['name']:>24}: first turn {p[0]:+7.2f}   last turn {p[-1]:+7.2f}   lowest {min(p):+7.2f}")
 fig.update_layout(title=f"Projection per assistant turn, block {LAYER}", xaxis_title="assistant turn",
-                  yaxis_title="projection", height=420, width=760)
+                  yaxis_title="projection", height=420)
 fig.show()
 
 # %% [markdown]
@@ -1024,16 +1024,18 @@ top = {name: compute_turn_projections(model, tokenizer, run["conversation"], axi
                                       capper=capper if name == "capped" else None)
        for name, run in experiment.items()}
 
-fig = make_subplots(rows=1, cols=2, subplot_titles=(f"axis layer (block {LAYER})", f"last capped layer (block {L_top})"))
-for name, color in (("uncapped", "#d62728"), ("capped", "#1f77b4")):
+fig = make_subplots(rows=2, cols=1, vertical_spacing=0.16,
+                    subplot_titles=(f"axis layer (block {LAYER})", f"last capped layer (block {L_top})"))
+for name in ("uncapped", "capped"):
     p = experiment[name]["projections"]
     turns = list(range(1, len(p) + 1))
-    fig.add_trace(go.Scatter(x=turns, y=p, mode="lines+markers", name=name, line=dict(color=color)), row=1, col=1)
-    fig.add_trace(go.Scatter(x=turns, y=top[name], mode="lines+markers", name=name, line=dict(color=color),
-                             showlegend=False), row=1, col=2)
-fig.add_hline(y=tau_top, line_dash="dash", annotation_text="tau", row=1, col=2)
-fig.update_layout(title=f"Replaying the {replay_source['name']} conversation with and without capping", height=420, width=900)
-fig.update_xaxes(title_text="assistant turn")
+    fig.add_trace(go.Scatter(x=turns, y=p, mode="lines+markers", name=name, line=dict(color=COLORS[name])), row=1, col=1)
+    fig.add_trace(go.Scatter(x=turns, y=top[name], mode="lines+markers", name=name, line=dict(color=COLORS[name]),
+                             showlegend=False), row=2, col=1)
+fig.add_hline(y=tau_top, line_dash="dash", annotation_text="tau", row=2, col=1)
+fig.update_layout(title=f"Replaying the {replay_source['name']} conversation with and without capping", height=620)
+fig.update_xaxes(title_text="assistant turn", row=2, col=1)
+fig.update_yaxes(title_text="projection")
 fig.show()
 for name, run in experiment.items():
     replies = [m["content"] for m in run["conversation"] if m["role"] == "assistant"]
@@ -1078,12 +1080,11 @@ for name, ctx in (("uncapped", None), ("capped", capper)):
     many[name] = replay_many(many_users, ctx)
     risks = [[rate_delusion_risk(c, k) for k in range(len(PUSHES))] for c in many[name]]
     mean_risk[name] = [float(np.mean([r[k] for r in risks if r[k] is not None])) for k in range(len(PUSHES))]
-    print(f"{name:9s} mean risk by turn: " + "  ".join(f"{x:5.1f}" for x in mean_risk[name]) + f"   ({judge_label()})")
-fig = go.Figure([go.Scatter(x=list(range(1, len(PUSHES) + 1)), y=mean_risk[name], mode="lines+markers", name=name)
-                 for name in mean_risk])
-fig.update_layout(title=f"Mean delusion risk by turn over {len(many_users)} pushed conversations<br><sup>{judge_label()}</sup>",
-                  height=380, width=640,
-                  xaxis_title="assistant turn", yaxis_title="mean risk (0-100)")
+    print(f"{name:9s} mean risk by turn: " + "  ".join(f"{x:5.1f}" for x in mean_risk[name]))
+fig = go.Figure([go.Scatter(x=list(range(1, len(PUSHES) + 1)), y=mean_risk[name], mode="lines+markers", name=name,
+                             line=dict(color=COLORS[name])) for name in mean_risk])
+fig.update_layout(title=f"Mean delusion risk by turn over {len(many_users)} pushed conversations<br><sup>{judge_label()}</sup>", height=380,
+                  xaxis_title="assistant turn", yaxis=dict(title="mean risk (0-100)", **SCORE_AXIS))
 fig.show()
 print("turn 5 of the first conversation:")
 for name in many:

@@ -53,7 +53,7 @@ from utils.generation import generate
 from utils.hooks import get_blocks, hidden_of, hooks
 from utils.judge import OfflineJudge, SelfJudge, get_judge, judge_label
 from utils.models import input_device
-from utils.plots import setup_plotting
+from utils.plots import COLORS, SCORE_AXIS, SCORE_TICKS, setup_plotting
 from utils.steering import Steerer
 
 setup_plotting()
@@ -88,8 +88,7 @@ N_LAYERS = len(get_blocks(model))
 STEER_LAYER = layer_settings(model).steer_layer
 # A note for plot titles: which world the numbers come from.
 MODE_NOTE = " (toy world)" if config.is_toy() else " (random tiny model: noise)" if config.is_tiny() else ""
-print(f"model: {MODEL_NAME}  blocks: {N_LAYERS}  steering layer: {STEER_LAYER}  "
-      f"tiny mode: {config.is_tiny()}  toy world: {config.is_toy()}")
+print(f"world: {config.world_label(section=3)}  blocks: {N_LAYERS}  steering layer: {STEER_LAYER}")
 print(f"judge: {getattr(JUDGE, 'label', type(JUDGE).__name__)}")
 
 # %% [markdown]
@@ -384,11 +383,12 @@ for polarity in ("pos", "neg"):
 import plotly.graph_objects as go
 
 fig = go.Figure()
-for polarity, color in (("pos", "#d62728"), ("neg", "#1f77b4")):
+for polarity in ("pos", "neg"):
     fig.add_trace(go.Histogram(x=[r["score"] for r in scored if r["polarity"] == polarity and r["score"] is not None],
-                               name=polarity, marker_color=color, opacity=0.6, xbins=dict(start=0, end=101, size=10)))
+                               name=polarity, marker_color=COLORS[polarity], opacity=0.6, xbins=dict(start=0, end=101, size=10)))
 fig.update_layout(barmode="overlay", title=f"Trait scores ({TRAIT}) of positive and negative answers{MODE_NOTE}<br><sup>{judge_label(JUDGE)}</sup>",
-                  xaxis_title="trait score (0-100)", yaxis_title="answers", width=700, height=400)
+                  xaxis=dict(title="trait score (0-100)", range=[0, 101], tickvals=SCORE_TICKS), yaxis_title="answers",
+                  height=400)
 fig.show()
 
 # %% [markdown]
@@ -628,7 +628,7 @@ tests.test_extract_contrastive_vectors_input_checks(extract_contrastive_vectors)
 # %%
 from safetensors.torch import save as safetensors_bytes
 
-from utils.caching import atomic_write_bytes
+from utils.caching import atomic_write_bytes, default_cache_dir
 
 vectors = extract_contrastive_vectors(model, tokenizer, pairs_for_vectors)
 print(f"persona vectors: {tuple(vectors.shape)}  (row L = block L)")
@@ -643,7 +643,7 @@ metadata = {
     "tiny_mode": str(config.is_tiny()), "max_new_tokens": str(MAX_NEW_TOKENS),
 }
 atomic_write_bytes(VECTOR_PATH, safetensors_bytes({"vectors": vectors.contiguous()}, metadata=metadata))
-print(f"saved to {VECTOR_PATH.relative_to(config.REPO_ROOT) if VECTOR_PATH.is_relative_to(config.REPO_ROOT) else VECTOR_PATH}")
+print(f"saved to <cache>/{VECTOR_PATH.relative_to(default_cache_dir())}  (the cache: PERSONA_COURSE_CACHE, else .cache/)")
 
 # %% [markdown]
 # ## Exercise 3.6 — Choosing a layer
@@ -666,7 +666,7 @@ norms = vectors.norm(dim=-1)
 fig = go.Figure(go.Scatter(x=list(range(N_LAYERS)), y=norms.tolist(), mode="lines+markers"))
 fig.add_vline(x=STEER_LAYER, line_dash="dash", annotation_text=f"paper layer (block {STEER_LAYER})")
 fig.update_layout(title=f"Norm of the {TRAIT} vector by layer{MODE_NOTE}", xaxis_title="block", yaxis_title="‖v_L‖",
-                  width=700, height=400)
+                  height=400)
 fig.show()
 print("norm by block:", [round(x, 1) for x in norms.tolist()])
 
@@ -752,10 +752,11 @@ baseline = steering_effect_by_layer(model, tokenizer, vectors, steer_questions, 
 effect = steering_effect_by_layer(model, tokenizer, vectors, steer_questions, trait_data["eval_prompt"],
                                   layers=sweep_layers, coeff=STEER_COEFF, max_new_tokens=steer_tokens)
 
-fig = go.Figure(go.Scatter(x=list(effect), y=list(effect.values()), mode="lines+markers", name=f"steered (coeff {STEER_COEFF})"))
-fig.add_hline(y=baseline, line_dash="dot", annotation_text="unsteered")
+fig = go.Figure(go.Scatter(x=list(effect), y=list(effect.values()), mode="lines+markers", name=f"steered (coeff {STEER_COEFF})",
+                           line=dict(color=COLORS["steered"])))
+fig.add_hline(y=baseline, line_dash="dot", line_color=COLORS["unsteered"], annotation_text="unsteered")
 fig.update_layout(title=f"Steering with the {TRAIT} vector, one block at a time{MODE_NOTE}<br><sup>{judge_label(JUDGE)}</sup>", xaxis_title="block",
-                  yaxis_title="mean trait score", yaxis_range=[0, 100], width=700, height=400)
+                  yaxis=dict(title="mean trait score (0-100)", **SCORE_AXIS), height=400)
 fig.show()
 print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}", f"({judge_label(JUDGE)})")
 

@@ -47,7 +47,7 @@ from utils.generation import generate
 from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
 from utils.judge import OfflineJudge, fill_template, get_judge, judge_label
 from utils.pipeline import StepRunner, load_tensors, model_id, save_tensors, tensor_digest, trait_vectors_path
-from utils.plots import heatmap, setup_plotting
+from utils.plots import COLORS, SCORE_AXIS, heatmap, setup_plotting
 
 setup_plotting()
 
@@ -84,7 +84,7 @@ JUDGE = get_judge()
 # The random-model stand-in's coherence is noise: then we do not filter on it.
 COHERENCE_THRESHOLD = 0 if TINY and not config.is_toy() else 50
 
-print(f"model: {model.config._name_or_path}  blocks: {len(get_blocks(model))}  steering layer: {LAYER}  tiny mode: {TINY}")
+print(f"world: {config.world_label(section=4)}  blocks: {len(get_blocks(model))}  steering layer: {LAYER}")
 print(f"judge: {JUDGE.label}")
 
 # %% [markdown]
@@ -357,11 +357,14 @@ def extract_trait_vectors(model, tokenizer, effective: list[dict]) -> torch.Tens
     return acts[:n].mean(0) - acts[n:].mean(0)
 
 # %%
+from utils.caching import default_cache_dir
+
 path = trait_vectors_path(model, TRAIT)
+shown_path = f"<cache>/{path.relative_to(default_cache_dir())}"  # the cache: PERSONA_COURSE_CACHE, else .cache/
 saved = load_tensors(path)
 if saved is not None:
     vectors = saved["vectors"]
-    print(f"loaded {TRAIT} vectors {tuple(vectors.shape)} from {path}")
+    print(f"loaded {TRAIT} vectors {tuple(vectors.shape)} from {shown_path}")
 else:
     requests = contrastive_requests(TRAIT, extract_data, n_questions=N_QUESTIONS)
     texts = generate_responses(model, tokenizer, requests, max_new_tokens=MAX_NEW_TOKENS)
@@ -371,7 +374,7 @@ else:
     print(f"{len(effective)} of {len(records) // 2} pairs are effective")
     vectors = extract_trait_vectors(model, tokenizer, effective)
     save_tensors(path, {"vectors": vectors})
-    print(f"computed {TRAIT} vectors {tuple(vectors.shape)}; saved to {path}")
+    print(f"computed {TRAIT} vectors {tuple(vectors.shape)}; saved to {shown_path}")
 syc_vector = vectors[LAYER]
 print(f"vector at block {LAYER}: norm {syc_vector.norm():.2f}")
 
@@ -483,12 +486,13 @@ print(f"judge: {judge_label(JUDGE)}")
 for c, t, h in zip(coeffs, trait_means, coherence_means):
     print(f"coeff {c:+d}: trait {t if t is None else round(t, 1)!s:>5}   coherence {h if h is None else round(h, 1)!s:>5}   paper trait {PAPER_SYCOPHANCY.get(c, '-')}")
 fig = go.Figure()
-fig.add_scatter(x=coeffs, y=trait_means, mode="lines+markers", name="trait score (this run)")
-fig.add_scatter(x=coeffs, y=coherence_means, mode="lines+markers", name="coherence (this run)")
+fig.add_scatter(x=coeffs, y=trait_means, mode="lines+markers", name="trait score (this run)", line=dict(color=COLORS["trait"]))
+fig.add_scatter(x=coeffs, y=coherence_means, mode="lines+markers", name="coherence (this run)",
+                line=dict(color=COLORS["coherence"]))
 fig.add_scatter(x=list(PAPER_SYCOPHANCY), y=list(PAPER_SYCOPHANCY.values()), mode="lines+markers",
-                name="trait score (paper, Qwen2.5-7B)", line=dict(dash="dash"))
+                name="trait score (paper, Qwen2.5-7B)", line=dict(dash="dash", color=COLORS["paper"]))
 fig.update_layout(title=f"Steering with the {TRAIT} vector at block {LAYER}" + NOISE_NOTE + f"<br><sup>{judge_label(JUDGE)}</sup>",
-                  xaxis_title="steering coefficient", yaxis_title="mean judge score (0-100)", yaxis_range=[0, 100])
+                  xaxis_title="steering coefficient", yaxis=dict(title="mean judge score (0-100)", **SCORE_AXIS))
 fig.show()
 
 # %% [markdown]
@@ -587,8 +591,10 @@ means = {k: sum(v) / len(v) for k, v in projections.items()}
 for k, m in means.items():
     label = f"steered ({STEER_COEFF:+d})" if k == "steered" else k
     print(f"{label:13s} mean projection {m:+8.2f}   (paper, Qwen2.5-7B: {PAPER_PROJECTIONS[k]:+.1f})")
-fig = go.Figure([go.Bar(x=list(means), y=list(means.values()), name=f"this run (steered at {STEER_COEFF:+d})"),
-                 go.Bar(x=list(PAPER_PROJECTIONS), y=list(PAPER_PROJECTIONS.values()), name="paper (steered at +3)")])
+fig = go.Figure([go.Bar(x=list(means), y=list(means.values()), name=f"this run (steered at {STEER_COEFF:+d})",
+                        marker_color=COLORS["steered"]),
+                 go.Bar(x=list(PAPER_PROJECTIONS), y=list(PAPER_PROJECTIONS.values()), name="paper (steered at +3)",
+                        marker_color=COLORS["paper"])])
 fig.update_layout(title="Mean projection of response activations onto the sycophancy vector" + NOISE_NOTE,
                   yaxis_title="a·v/‖v‖", barmode="group")
 fig.show()

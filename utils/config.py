@@ -78,3 +78,14 @@ def model_name_for_section(section: int) -> str:
     if setting == "paper":
         return PAPER_MODELS[section]
     return setting
+
+
+def world_label(section: int) -> str:
+    """What a section runs on, in one phrase for its first output line: 'toy persona world
+    (toy-qwen2)', 'random tiny model (tiny-gemma2): its numbers are noise', or the model's name."""
+    name = model_name_for_section(section)
+    if is_toy():
+        return f"toy persona world ({name})"
+    if is_tiny():
+        return f"random tiny model ({name}): its numbers are noise"
+    return name
