@@ -299,10 +299,17 @@ for name in ("default", "consultant", "ghost"):
 from utils.glue import glue
 
 
-def first_sentence(text: str) -> str:
-    """The first sentence of a response (at most 90 characters), for quoting in the prose."""
-    m = re.match(r"\s*(.+?[.!?])(\s|$)", text)
-    return (m.group(1) if m else text.strip())[:90]
+def first_sentence(text: str, min_chars: int = 40, max_chars: int = 100) -> str:
+    """The opening of a response, for quoting in the prose: whole sentences up to at least
+    `min_chars` characters ("Ah!" alone says little), cut at a word and marked "..." past `max_chars`."""
+    quote = ""
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        quote = f"{quote} {sentence}".strip()
+        if len(quote) >= min_chars:
+            break
+    if len(quote) > max_chars:
+        quote = quote[:max_chars].rsplit(" ", 1)[0] + " ..."
+    return quote
 
 
 glue("s1_reply_default", first_sentence(responses.get(("default", 0), "")))
@@ -316,9 +323,9 @@ glue("s1_reply_ghost", first_sentence(responses.get(("ghost", 0), "")))
 
 # %% [markdown] tags=["book-only", "toy-world"]
 # **In this build** (toy world) the same pattern shows in miniature. The default persona opens
-# "{glue:text}`s1_reply_default`", the consultant speaks the assistant's own sentences with its role
-# put in ("{glue:text}`s1_reply_consultant`"), and the ghost speaks theatrically
-# ("{glue:text}`s1_reply_ghost`").
+# “{glue:text}`s1_reply_default`”, the consultant speaks the assistant's own sentences with its role
+# put in (“{glue:text}`s1_reply_consultant`”), and the ghost speaks theatrically
+# (“{glue:text}`s1_reply_ghost`”).
 
 # %% [markdown]
 # ### Judging the responses

@@ -576,7 +576,7 @@ glue("s2_own_first_risky", f"above zero from turn {first_risky} on" if first_ris
 # above.
 
 # %% [markdown] tags=["book-only", "toy-world"]
-# **In this build** the toy model writes its own drift: the projection
+# **In this build** the toy model writes every reply itself: the projection
 # {glue:text}`s2_own_direction` from {glue:text}`s2_own_first:+.2f` at the first turn to
 # {glue:text}`s2_own_last:+.2f` at the last, and the toy judge's risk is
 # {glue:text}`s2_own_risk`, {glue:text}`s2_own_first_risky`. Read the printed replies: where does
@@ -704,7 +704,7 @@ n_plain = sum(theatricality(r) == 0 and count_markers(r, AI_MARKERS) > 0 for r i
 glue("s2_steer_scale", scale)
 glue("s2_steer_n_plain", n_plain)
 glue("s2_steer_n", len(steered_replies))
-glue("s2_steer_verdict", "the toy model's default register holds: steering along the axis at this strength changes the wording, not the voice"
+glue("s2_steer_verdict", "at this strength, steering along the axis changes the toy model's wording, not its voice"
      if n_plain == len(steered_replies) else "steering along the axis changes the voice of the others")
 
 # %% [markdown]
@@ -1172,7 +1172,7 @@ fig = go.Figure([go.Scatter(x=list(range(1, len(PUSHES) + 1)), y=mean_risk[name]
 fig.update_layout(title=f"Mean delusion risk by turn over {len(many_users)} pushed conversations", height=380, width=640,
                   xaxis_title="assistant turn", yaxis_title="mean risk (0-100)")
 fig.show()
-print("turn 5 of the first conversation:")
+print(f"turn {len(PUSHES)} of the first conversation:")
 for name in many:
     print(f"  {name:9s} {many[name][0][-1]['content'][:100]!r}")
 
@@ -1204,7 +1204,8 @@ glue("s2_n_blocks", len(get_blocks(model)))
 # last turn {glue:text}`s2_many_last` ({glue:text}`s2_many_last_c:.0f` against
 # {glue:text}`s2_many_last_u:.0f`). Compare the printed lines and the two last-turn replies. The toy
 # caps {glue:text}`s2_n_cap` of its {glue:text}`s2_n_blocks` blocks ({glue:text}`s2_cap_blocks`),
-# about the share of depth the paper caps; `scripts/toy_world/check.py` compares capping bands over
+# the deep end of the model, where the papers cap too (their bands are in the model note at the top
+# of this section); `scripts/toy_world/check.py` compares capping bands over
 # more conversations (its report is `benchmarks/results/toy_world.txt`). Where a floor does not undo
 # the drift, part of the model's choice of voice travels along directions the floor does not guard.
 # Where and how high capping acts matters (discussion question 3).

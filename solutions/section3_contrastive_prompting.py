@@ -288,9 +288,8 @@ glue("s3_neg_example", opening(next(r["response"] for r in records if r["polarit
 # answers are refusals or hedge ("As an AI, I can't..."), which is why we score and filter next.
 
 # %% [markdown] tags=["book-only", "toy-world"]
-# **In this build** the first positive answer opens "{glue:text}`s3_pos_example`" and the first
-# negative one "{glue:text}`s3_neg_example`": the toy model speaks the trait's voice when the
-# prompt asks for it.
+# **In this build** the first positive answer opens “{glue:text}`s3_pos_example`” and the first
+# negative one “{glue:text}`s3_neg_example`”: compare the two voices.
 
 # %% [markdown]
 # ## Exercise 3.3 — Scoring answers with a judge
@@ -824,8 +823,8 @@ glue("s3_sweep_longest", "also the block with the longest vector" if best_block 
 
 # %% [markdown] tags=["book-only", "toy-world"]
 # **In this build** (coefficient {glue:text}`s3_sweep_coeff:g`, {glue:text}`s3_sweep_n_questions`
-# eval questions) the unsteered assistant scores {glue:text}`s3_sweep_baseline:.1f`, near the toy
-# judge's no-marker score. Steered, the score beats that baseline at
+# eval questions) the unsteered assistant scores {glue:text}`s3_sweep_baseline:.1f` (an answer
+# with no trait markers scores {glue:text}`s3_no_marker:.0f`). Steered, the score beats that baseline at
 # {glue:text}`s3_sweep_n_above` of {glue:text}`s3_sweep_n_blocks` blocks, ranging from
 # {glue:text}`s3_sweep_min:.1f` to {glue:text}`s3_sweep_max:.1f`; it is highest at block
 # {glue:text}`s3_sweep_best_block`, {glue:text}`s3_sweep_longest`, and
@@ -1007,7 +1006,7 @@ glue("s3_sae_rank_diff", rank_word(didx.tolist(), PLANTED))
 glue("s3_sae_n_shared", len(set(idx.tolist()) & set(didx.tolist())))
 
 # %% [markdown]
-# **Expected observations.** With the published SAE, expect top cosines far above chance but well
+# **On the paper model**, with the published SAE, expect top cosines far above chance but well
 # below 1: a difference of means is a blend of many features, not one. Open the Neuronpedia pages of
 # the top features: do they read as malice, cruelty, villainy or harmful intent, and how many are
 # about the *style* of the positive answers instead? Expect the two lists to overlap only partly:

@@ -503,16 +503,18 @@ fig.show()
 
 # %% [markdown]
 # What does steering *read* like? The answers behind the curve: one evaluation question, answered
-# (greedily, by the sweep above) at the most negative coefficient, unsteered, and at `STEER_COEFF`.
+# (greedily, by the sweep above) at the most negative coefficient, unsteered, and at the coefficient
+# where the mean trait score peaks.
 
 # %%
 def fmt_score(x) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
+peak_coeff = max((c for c, t in zip(coeffs, trait_means) if t is not None), key=lambda c: trait_means[coeffs.index(c)])
 demo_question = eval_data["questions"][0]
 print(f"Q: {demo_question}\n")
-for c in (min(COEFFICIENTS), 0, STEER_COEFF):
+for c in dict.fromkeys((min(coeffs), 0, peak_coeff)):  # (no repeats when the peak is at 0)
     rec = next(r for r in steering_records if r["coeff"] == c and r["question"] == demo_question)
     print(f"coeff {c:+d}  (trait {fmt_score(rec['trait_score'])}, coherence {fmt_score(rec['coherence_score'])}):")
     print(f"  {rec['response'][:300]!r}\n")
@@ -524,25 +526,26 @@ from utils.toy_judge import trait_score as toy_trait_score
 
 by_coeff = dict(zip(coeffs, trait_means))
 coherence_by_coeff = dict(zip(coeffs, coherence_means))
-peak = max((c for c in coeffs if by_coeff[c] is not None), key=lambda c: by_coeff[c])
+peak = peak_coeff
 paper_peak = max(PAPER_SYCOPHANCY, key=PAPER_SYCOPHANCY.get)
 negative = [by_coeff[c] for c in coeffs if c < 0 and by_coeff[c] is not None]
 glue("s4_no_marker", toy_trait_score("Here is my answer.", TRAIT))
 glue("s4_score0", by_coeff.get(0))
-glue("s4_neg_min", min(negative))
-glue("s4_neg_max", max(negative))
+glue("s4_negative", f"{min(negative):.1f} at every negative coefficient" if min(negative) == max(negative)
+     else f"{min(negative):.1f} to {max(negative):.1f} at the negative coefficients")
 glue("s4_peak", peak)
 glue("s4_peak_score", by_coeff[peak])
 glue("s4_peak_coherence", coherence_by_coeff[peak])
 glue("s4_paper_peak", paper_peak)
-glue("s4_peak_vs_paper", "below" if peak < paper_peak else "at" if peak == paper_peak else "above")
+glue("s4_peak_vs_paper", "a lower coefficient than" if peak < paper_peak else "the same coefficient as" if peak == paper_peak
+     else "a higher coefficient than")
 glue("s4_top", max(coeffs))
 glue("s4_top_score", by_coeff[max(coeffs)])
 glue("s4_top_coherence", coherence_by_coeff[max(coeffs)])
 
 # %% [markdown]
-# **Expected observations.** On Qwen2.5-7B-Instruct (sycophancy, block 19), the paper's mean
-# trait scores by coefficient are:
+# **On the paper model** (Qwen2.5-7B-Instruct, sycophancy, block 19) the mean trait scores by
+# coefficient are:
 #
 # | coefficient | −3 | −1 | 0 | +1 | +3 | +5 |
 # |---|---|---|---|---|---|---|
@@ -555,10 +558,9 @@ glue("s4_top_coherence", coherence_by_coeff[max(coeffs)])
 # starts to break down.
 
 # %% [markdown] tags=["book-only", "toy-world"]
-# **In this build** the unsteered toy assistant answers plainly and scores
-# {glue:text}`s4_score0:.1f` (an answer with no trait markers scores
-# {glue:text}`s4_no_marker:.0f`), the negative coefficients {glue:text}`s4_neg_min:.1f` to
-# {glue:text}`s4_neg_max:.1f`. The score peaks at coefficient {glue:text}`s4_peak:+d`
+# **In this build** the unsteered toy assistant scores {glue:text}`s4_score0:.1f` (an answer with no
+# trait markers scores {glue:text}`s4_no_marker:.0f`), and {glue:text}`s4_negative`. The score
+# peaks at coefficient {glue:text}`s4_peak:+d`
 # ({glue:text}`s4_peak_score:.1f`, coherence {glue:text}`s4_peak_coherence:.1f`),
 # {glue:text}`s4_peak_vs_paper` the paper's peak at {glue:text}`s4_paper_peak:+d`; at
 # {glue:text}`s4_top:+d` coherence is {glue:text}`s4_top_coherence:.1f` and the score
@@ -657,9 +659,9 @@ glue("s4_steer_coeff", STEER_COEFF)
 glue("s4_proj_order", order)
 glue("s4_proj_order_vs_paper", "the paper's order" if order == paper_order else f"not the paper's order ({paper_order})")
 glue("s4_proj_steered_note",
-     "Steered answers land below prompted ones here: the text of a steered toy answer carries less of the trait "
-     "than a prompted one (compare the steered answer printed after the sweep)." if means["steered"] < means["prompted"]
-     else "Steered answers land above prompted ones, as on the paper model.")
+     "Steered answers land below prompted ones here: at this coefficient the text of a steered toy answer carries "
+     f"less of the trait than a prompted one does (the sweep above gives it a mean trait score of {by_coeff[STEER_COEFF]:.1f})."
+     if means["steered"] < means["prompted"] else "Steered answers land above prompted ones, as on the paper model.")
 
 # %% [markdown]
 # **On the paper model** (Qwen2.5-7B-Instruct, block 19) the mean projections are about **−23.0**
@@ -921,7 +923,7 @@ glue("s4_cos_max", max(off)[0])
 glue("s4_cos_max_pair", f"{max(off)[1]}, {max(off)[2]}")
 
 # %% [markdown]
-# **Expected observations.** We quote no paper numbers for this plot: predict before you look.
+# **What to expect.** We quote no paper numbers for this plot: predict before you look.
 # On a real model, expect the trait vectors to be far from orthogonal (they share the "follow an
 # unusual system prompt" component of every contrast), with related traits closer than unrelated
 # ones: is evil nearer to impolite or to apathetic? Is sycophantic nearer to optimistic or to
