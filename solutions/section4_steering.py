@@ -511,7 +511,8 @@ def fmt_score(x) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
-peak_coeff = max((c for c, t in zip(coeffs, trait_means) if t is not None), key=lambda c: trait_means[coeffs.index(c)])
+scored_means = {c: t for c, t in zip(coeffs, trait_means) if t is not None}
+peak_coeff = max(scored_means, key=scored_means.get, default=0)  # where the curve above peaks
 demo_question = eval_data["questions"][0]
 print(f"Q: {demo_question}\n")
 for c in dict.fromkeys((min(coeffs), 0, peak_coeff)):  # (no repeats when the peak is at 0)

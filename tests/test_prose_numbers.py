@@ -212,3 +212,19 @@ def test_names_are_not_numbers():
     assert numbers("Section 3, Exercise 2.7, Qwen2.5-7B-Instruct, Gemma 2 27B, Llama 3.3 70B, d_model, toy-qwen2") == []
     assert numbers("(Lu et al., 2026; [arXiv 2507.21509](https://arxiv.org/abs/2507.21509))") == []
     assert numbers("from +1.6 to -1.9, 19 %, 0.78") == ["+1.6", "-1.9", "19", "0.78"]
+
+
+def test_glue_helper_runs_without_a_book():
+    """utils.glue works outside MyST-NB (plain Python, nbgrader): no kernel, no output, no error;
+    numbers become plain Python values, which MyST-NB's format specs (`:.1f`, `:.0%`) can format."""
+    import numpy as np
+    import torch
+
+    from utils.glue import glue, plain
+
+    assert glue("anything", np.float32(0.5)) is None
+    assert type(plain(np.float64(0.25))) is float and type(plain(np.int64(3))) is int
+    assert plain(torch.tensor(2.5)) == 2.5 and type(plain(torch.tensor([7]))) is int
+    assert plain("text") == "text" and plain([1, 2]) == [1, 2]
+    with pytest.raises(ValueError, match="glue name"):
+        glue("", 1)

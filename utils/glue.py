@@ -49,17 +49,18 @@ def _myst_glue():
     return myst_glue if get_ipython() is not None else None
 
 
-def glue(name: str, value: Any) -> Any:
-    """Glue `value` under `name` for the book's prose (not displayed); returns the plain value."""
+def glue(name: str, value: Any) -> None:
+    """Glue `value` under `name` for the book's prose (not displayed). Returns nothing, so that a
+    cell ending with a glue call shows no output."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a glue name must be a non-empty string, got {name!r}")
     value = plain(value)
     myst_glue = _myst_glue()
     if myst_glue is not None:
         myst_glue(name, value, display=False)
-    return value
 
 
-def glue_all(values: dict[str, Any]) -> dict[str, Any]:
-    """Glue every `name: value` of a dict; returns the plain values."""
-    return {name: glue(name, value) for name, value in values.items()}
+def glue_all(values: dict[str, Any]) -> None:
+    """Glue every `name: value` of a dict."""
+    for name, value in values.items():
+        glue(name, value)
