@@ -430,8 +430,8 @@ fig.show()
 # **In this build** the positive answers average {glue:text}`s3_pos_mean:.1f` and the negative ones
 # {glue:text}`s3_neg_mean:.1f`, {glue:text}`s3_neg_vs_floor` the toy judge's score for an answer
 # with no trait markers ({glue:text}`s3_no_marker:.0f`); mean coherence is
-# {glue:text}`s3_pos_coherence:.1f` and {glue:text}`s3_neg_coherence:.1f`. The toy judge counts
-# marker words, so its scores are coarse.
+# {glue:text}`s3_pos_coherence:.1f` for the positive answers and {glue:text}`s3_neg_coherence:.1f`
+# for the negative ones. The toy judge counts marker words, so its scores are coarse.
 
 # %% [markdown]
 # ## Exercise 3.4 — Keeping the pairs that worked
