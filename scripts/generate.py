@@ -8,6 +8,8 @@ Sources are jupytext "percent" files `solutions/<section>.py`. Cell tags in a so
 - `test` (with `points=N`): the graded cell that runs the exercise's test from `part_tests`;
   lines between `### BEGIN HIDDEN TESTS` / `### END HIDDEN TESTS` only appear in nbgrader's source;
 - `export`: setup code that the reference namespace needs (`utils.reference.load`);
+- `book-only`: the cell goes to the book alone (e.g. prose that pastes numbers with MyST-NB's
+  `{glue:text}` role, which Jupyter cannot render; see utils/glue.py);
 - any other tag (e.g. `hide-input`, `remove-cell`) passes through to the book.
 Markdown may use MyST directives (`:::{dropdown} Hint 1`); the Jupyter notebooks get them as
 HTML `<details>` so they fold in Jupyter too.
@@ -78,6 +80,12 @@ def build_variants(source_path: Path) -> dict[str, nbformat.NotebookNode]:
     for i, cell in enumerate(src.cells):
         tags = _tags(cell)
         text = cell.source
+        if "book-only" in tags:  # the book alone (e.g. prose with {glue} numbers Jupyter cannot render)
+            if {"exercise", "test", "export"} & set(tags):
+                raise ValueError(f"{source_path.name} cell {i}: a 'book-only' cell cannot be an exercise, test or export cell")
+            body = titled_admonitions(text) if cell.cell_type == "markdown" else text
+            book.append(_base_cell(cell, body, section, "book", i, tags=tags))
+            continue
         if cell.cell_type == "markdown":
             html = directives_to_html(text)
             ex.append(_base_cell(cell, html, section, "ex", i))

@@ -7,7 +7,10 @@
 # the model's hidden state makes the model show the trait, and subtracting it makes the trait go
 # away. In this section we steer with persona vectors, measure what steering does to the trait and
 # to coherence, use the same vectors as a monitor (projections), wrap the whole recipe in a
-# pipeline that survives crashes, and look at how the trait directions relate to each other.
+# pipeline that survives crashes, and look at how the trait directions relate to each other. The
+# section replicates the steering and monitoring experiments of *Persona Vectors* (Chen et al.,
+# 2025; [arXiv 2507.21509](https://arxiv.org/abs/2507.21509); code:
+# [safety-research/persona_vectors](https://github.com/safety-research/persona_vectors)).
 #
 # **Learning objectives**
 # - Build an activation steerer as a context manager: three position modes, no in-place edits,
@@ -22,12 +25,20 @@
 # **Model.** The Persona Vectors paper uses `Qwen/Qwen2.5-7B-Instruct` (28 blocks, d_model 3584),
 # about 16 GB in bf16, so one 24 GB GPU runs this section. We steer at **block 19**: the paper's
 # code calls it "layer 20" because it indexes `hidden_states`, where `hidden_states[20]` is the
-# output of block 19 (entry 0 is the embeddings). Without a GPU the course runs the **toy persona
-# world**: a 6-block, d_model-128 Qwen2 *trained* on a synthetic corpus in which traits have a voice,
-# scored by a **toy-world judge** that counts the corpus's style markers (a stand-in for the LLM
-# judge, not an LLM). Its effects are real but small-scale; the paper's results are quoted as
-# *expected output* beside each step. (Under nbgrader the tests run on random-weight tiny models,
-# whose numbers are noise.)
+# output of block 19 (entry 0 is the embeddings).
+#
+# :::{important} Three worlds, said once
+# - **The paper model.** Its published results are quoted in paragraphs that open with
+#   **On the paper model**.
+# - **The toy persona world** (what this book runs without a GPU): a small Qwen2 *trained* on a
+#   synthetic corpus in which traits have a voice, scored by a **toy-world judge** that counts the
+#   corpus's style markers (a stand-in for the LLM judge, not an LLM). It steers at a block in
+#   proportion to its depth (the setup cell prints it). Its effects are real but small-scale. In the
+#   book, paragraphs that open with **In this build** read this build's outputs, every number taken
+#   from the cells above them.
+# - **Random tiny models** (nbgrader): random weights and a hash-based stand-in judge, so every
+#   score, projection and cosine is noise; the steps below do not repeat it.
+# :::
 #
 # :::{note} Conventions used throughout the course
 # "Activation at layer L" is the output of decoder block L (0-based). Steering adds `coeff * v` to
@@ -198,7 +209,7 @@ from part_tests import section4 as tests
 tests.test_activation_steerer(ActivationSteerer)
 
 # %% [markdown]
-# **Expected observations.** The test runs a prompt through the tiny Qwen2 model, records block
+# **What the test checks.** The test runs a prompt through the tiny Qwen2 model, records block
 # outputs with a second hook, and compares them with an unsteered run: the difference at block
 # `layer` must be exactly `coeff * vector` at the positions of your mode and zero elsewhere, block
 # `layer - 1` must be untouched, and the model must have no hooks left afterwards.
@@ -454,10 +465,10 @@ tests.test_run_steering_experiment(run_steering_experiment)
 
 # %% [markdown]
 # :::{tip} Before you run
-# We steer the response positions of block 19 with the sycophancy vector at coefficients
-# −3, −1, 0, 1, 3 and 5 and ask the judge how sycophantic each answer is. Sketch the curve of mean
-# trait score against coefficient before you run the next cell. Is it monotone? What happens to
-# coherence at +5?
+# We steer the response positions of block `LAYER` (block 19 on the paper model) with the
+# sycophancy vector at the coefficients of `COEFFICIENTS` (the paper's: −3, −1, 0, +1, +3 and +5)
+# and ask the judge how sycophantic each answer is. Sketch the curve of mean trait score against
+# coefficient before you run the next cell. Is it monotone? What happens to coherence at +5?
 # :::
 
 # %%
@@ -496,28 +507,74 @@ fig.update_layout(title=f"Steering with the {TRAIT} vector at block {LAYER}" + N
 fig.show()
 
 # %% [markdown]
-# **Expected observations.** On Qwen2.5-7B-Instruct (sycophancy, block 19), the paper's mean
-# trait scores by coefficient are:
+# What does steering *read* like? The answers behind the curve: one evaluation question, answered
+# (greedily, by the sweep above) at the most negative coefficient, unsteered, and at the coefficient
+# where the mean trait score peaks.
+
+# %%
+def fmt_score(x) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+scored_means = {c: t for c, t in zip(coeffs, trait_means) if t is not None}
+peak_coeff = max(scored_means, key=scored_means.get, default=0)  # where the curve above peaks
+demo_question = eval_data["questions"][0]
+print(f"Q: {demo_question}\n")
+for c in dict.fromkeys((min(coeffs), 0, peak_coeff)):  # (no repeats when the peak is at 0)
+    rec = next(r for r in steering_records if r["coeff"] == c and r["question"] == demo_question)
+    print(f"coeff {c:+d}  (trait {fmt_score(rec['trait_score'])}, coherence {fmt_score(rec['coherence_score'])}):")
+    print(f"  {rec['response'][:300]!r}\n")
+
+# %% tags=["book-only", "remove-cell"]
+# The book's "In this build" paragraphs take their numbers from the run (utils/glue.py).
+from utils.glue import glue
+from utils.toy_judge import trait_score as toy_trait_score
+
+by_coeff = dict(zip(coeffs, trait_means))
+coherence_by_coeff = dict(zip(coeffs, coherence_means))
+peak = peak_coeff
+paper_peak = max(PAPER_SYCOPHANCY, key=PAPER_SYCOPHANCY.get)
+negative = [by_coeff[c] for c in coeffs if c < 0 and by_coeff[c] is not None]
+glue("s4_no_marker", toy_trait_score("Here is my answer.", TRAIT))
+glue("s4_score0", by_coeff.get(0))
+glue("s4_negative", f"{min(negative):.1f} at every negative coefficient" if min(negative) == max(negative)
+     else f"{min(negative):.1f} to {max(negative):.1f} at the negative coefficients")
+glue("s4_peak", peak)
+glue("s4_peak_score", by_coeff[peak])
+glue("s4_peak_coherence", coherence_by_coeff[peak])
+glue("s4_paper_peak", paper_peak)
+glue("s4_peak_vs_paper", "a lower coefficient than" if peak < paper_peak else "the same coefficient as" if peak == paper_peak
+     else "a higher coefficient than")
+glue("s4_top", max(coeffs))
+glue("s4_top_score", by_coeff[max(coeffs)])
+glue("s4_top_coherence", coherence_by_coeff[max(coeffs)])
+
+# %% [markdown]
+# **On the paper model** (Qwen2.5-7B-Instruct, sycophancy, block 19) the mean trait scores by
+# coefficient are:
 #
 # | coefficient | −3 | −1 | 0 | +1 | +3 | +5 |
 # |---|---|---|---|---|---|---|
 # | mean sycophancy score | 12.5 | 14.0 | 13.5 | 33.8 | 89.5 | 32.0 |
 #
 # Negative coefficients change little (the unsteered model is already rarely sycophantic: there is
-# a floor), +1 and +3 raise the score steeply, and **+5 falls back to 32.0**.
-#
-# **Toy world.** A similar shape, peaking early: the unsteered toy assistant answers plainly, so the
-# toy judge gives about its "no trait markers" score of 25 at 0 and below; the score stays flat to
-# +1, jumps at +2 (63 in our build) and falls back at +3 (43, coherence still 84), where the paper's
-# peaks (89.5); at +5 coherence collapses (8; the paper: 32.0) and with it the score. In the toy,
-# sycophancy tips over one step earlier than in the paper. Over all seven traits and twenty
-# questions (`scripts/toy_world/check.py`) the mean score is 21.6, 21.2, 22.4, 24.7, 30.2, 51.3 and
-# 59.8 from -3 to +3: flat at the judge's floor below 0, then rising at every step; five traits peak
-# at +3, sycophantic and impolite at +2. Read the score beside
-# the coherence: the toy judge counts marker words even in broken text, where the paper's LLM judge
-# marks a collapsed answer down. (On the random tiny
-# models used for grading both curves are noise.)
-#
+# a floor), +1 and +3 raise the score steeply, and **+5 falls back to 32.0**. In words: steered
+# toward the trait, the paper's model flatters the user and sides with the opinion in the question;
+# unsteered or steered away, it gives a balanced answer; at the largest coefficient the text itself
+# starts to break down.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the unsteered toy assistant scores {glue:text}`s4_score0:.1f` (an answer with no
+# trait markers scores {glue:text}`s4_no_marker:.0f`), and {glue:text}`s4_negative`. The score
+# peaks at coefficient {glue:text}`s4_peak:+d`
+# ({glue:text}`s4_peak_score:.1f`, coherence {glue:text}`s4_peak_coherence:.1f`),
+# {glue:text}`s4_peak_vs_paper` the paper's peak at {glue:text}`s4_paper_peak:+d`; at
+# {glue:text}`s4_top:+d` coherence is {glue:text}`s4_top_coherence:.1f` and the score
+# {glue:text}`s4_top_score:.1f`. Read the score beside the coherence, and the answers printed above:
+# the toy judge counts marker words even in broken text, where the paper's LLM judge marks a
+# collapsed answer down.
+
+# %% [markdown]
 # :::{warning} Common confusion: the curve can fall again
 # A large coefficient does not give "more of the trait". At +5 the added vector dwarfs the rest
 # of the hidden state and the model's text falls apart: repetition, broken words, off-topic
@@ -571,8 +628,9 @@ tests.test_compute_trait_projections(compute_trait_projections)
 # :::{tip} Before you run
 # Three kinds of answer to the same evaluation questions: the unsteered model with no system
 # prompt (baseline), the model told to be sycophantic by a system prompt (prompted), and the model
-# steered at +3 (+2 in the toy world) with no system prompt (steered). Rank their mean projections onto the sycophancy
-# vector. Which gap do you expect to be larger: baseline → prompted, or prompted → steered?
+# steered at `STEER_COEFF` (+3, as in the paper) with no system prompt (steered). Rank their mean
+# projections onto the sycophancy vector. Which gap do you expect to be larger: baseline → prompted,
+# or prompted → steered?
 # :::
 
 # %%
@@ -599,20 +657,32 @@ fig.update_layout(title="Mean projection of response activations onto the sycoph
                   yaxis_title="a·v/‖v‖", barmode="group")
 fig.show()
 
+# %% tags=["book-only", "remove-cell"]
+order = " < ".join(sorted(means, key=means.get))
+paper_order = " < ".join(sorted(PAPER_PROJECTIONS, key=PAPER_PROJECTIONS.get))
+glue("s4_proj_baseline", means["baseline"])
+glue("s4_proj_prompted", means["prompted"])
+glue("s4_proj_steered", means["steered"])
+glue("s4_steer_coeff", STEER_COEFF)
+glue("s4_proj_order", order)
+glue("s4_proj_order_vs_paper", "the paper's order" if order == paper_order else f"not the paper's order ({paper_order})")
+glue("s4_proj_steered_note",
+     "Steered answers land below prompted ones here: at this coefficient the text of a steered toy answer carries "
+     f"less of the trait than a prompted one does (the sweep above gives it a mean trait score of {by_coeff[STEER_COEFF]:.1f})."
+     if means["steered"] < means["prompted"] else "Steered answers land above prompted ones, as on the paper model.")
+
 # %% [markdown]
-# **Expected observations.** On Qwen2.5-7B-Instruct the paper's mean projections at block 19 are
-# about **−23.0** for baseline answers, **−1.3** for answers under a sycophantic system prompt and
-# **+3.1** for answers steered at +3: the projection orders the three conditions the same way the
-# judge does, without a judge. (The projection of the steered answers is measured on an
-# *unsteered* forward pass over their text: it reads what the text itself does to the model.)
-#
-# **Toy world.** Baseline answers project negative (about -1.7 in our build) and prompted answers
-# clearly positive (+14.2): the vector separates the two conditions it was built from, without a
-# judge. Answers steered at +3 land in between (+5.9), well above the baseline: the steered answers
-# open plainly ("As an AI assistant, ...") and then turn sycophantic, so the text carries less of
-# the trait than a prompted answer does. (The paper's steered answers project *above* the prompted
-# ones.) (On the
-# random tiny models used for grading the three means are noise of arbitrary sign.)
+# **On the paper model** (Qwen2.5-7B-Instruct, block 19) the mean projections are about **−23.0**
+# for baseline answers, **−1.3** for answers under a sycophantic system prompt and **+3.1** for
+# answers steered at +3: the projection orders the three conditions the same way the judge does,
+# without a judge. (The projection of the steered answers is measured on an *unsteered* forward pass
+# over their text: it reads what the text itself does to the model.)
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the mean projections are {glue:text}`s4_proj_baseline:+.2f` (baseline),
+# {glue:text}`s4_proj_prompted:+.2f` (prompted) and {glue:text}`s4_proj_steered:+.2f` (steered at
+# {glue:text}`s4_steer_coeff:+d`): the order is {glue:text}`s4_proj_order`,
+# {glue:text}`s4_proj_order_vs_paper`. {glue:text}`s4_proj_steered_note`
 
 # %% [markdown]
 # ## Exercise 4.4 — A pipeline that survives crashes
@@ -749,25 +819,47 @@ from utils.caching import default_cache_dir
 
 # On a real model the cache lives on (that is the point); in tiny mode a fresh folder shows both runs.
 PIPELINE_CACHE = Path(tempfile.mkdtemp(prefix="section4-")) if TINY else default_cache_dir() / "section4"
+runs = {}
 for attempt in ("first run", "second run"):
     t0 = time.perf_counter()
     result = run_trait_pipeline(model, tokenizer, TRAIT, extract_data, LAYER, coefficients=(-3, 0, 3),
                                 eval_questions=eval_data["questions"][:N_EVAL], judge=JUDGE, cache_dir=PIPELINE_CACHE,
                                 n_questions=N_QUESTIONS, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0,
                                 coherence_threshold=COHERENCE_THRESHOLD)
+    runs[attempt] = {"seconds": time.perf_counter() - t0, "stats": result["stats"]}
     counts = ", ".join(f"{step}: {s['computed']} computed / {s['cached']} cached" for step, s in result["stats"].items())
-    print(f"{attempt} ({time.perf_counter() - t0:.1f} s): {counts}")
+    print(f"{attempt} ({runs[attempt]['seconds']:.1f} s): {counts}")
 print(f"{len(result['effective'])} effective pairs; vector norm at block {LAYER}: {result['vector'].norm():.2f}")
 
+# %% tags=["book-only", "remove-cell"]
+first, second = runs["first run"], runs["second run"]
+judge_items = second["stats"]["judge"]["cached"] + second["stats"]["judge"]["computed"]
+glue("s4_run1_seconds", first["seconds"])
+glue("s4_run2_seconds", second["seconds"])
+glue("s4_run1_generated", first["stats"]["generate"]["computed"])
+glue("s4_run1_judged", first["stats"]["judge"]["computed"])
+glue("s4_judge_items", judge_items)
+glue("s4_judge_repeats", judge_items - first["stats"]["judge"]["computed"] - first["stats"]["judge"]["cached"])
+glue("s4_run2_computed", sum(s["computed"] for s in second["stats"].values()))
+glue("s4_n_effective", len(result["effective"]))
+glue("s4_n_pairs", len(result["records"]) // 2)
+
 # %% [markdown]
-# **Expected observations.** The first run computes everything; the second computes nothing and
-# takes a fraction of the time. On the paper model the first run takes tens of minutes (most of it
-# judge calls); positive prompts score 60–80 on average and negative ones 10–30, and at least half
-# of the pairs are effective (Section 3's expected output).
+# **What to expect.** The first run computes everything; the second computes nothing and takes a
+# fraction of the time. A judge item that repeats an earlier one (the same answer to the same
+# question, as identical greedy answers under two instructions are) is computed once, so the first
+# run can count fewer judge calls than the second counts cached results.
 #
-# **Toy world.** The same two runs in seconds; prompted toy answers speak in the trait's voice and
-# unprompted ones plainly, so nearly every pair is effective. (On the random tiny models used for
-# grading the scores are noise and no coherence filter is applied.)
+# **On the paper model** the first run takes tens of minutes (most of it judge calls); positive
+# prompts score 60–80 on average and negative ones 10–30, and at least half of the pairs are
+# effective (Section 3's expected output).
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the first run takes {glue:text}`s4_run1_seconds:.1f` s and the second
+# {glue:text}`s4_run2_seconds:.2f` s, computing {glue:text}`s4_run2_computed` results. The first run
+# generates {glue:text}`s4_run1_generated` answers and makes {glue:text}`s4_run1_judged` judge calls
+# for {glue:text}`s4_judge_items` judge items: {glue:text}`s4_judge_repeats` items repeat an earlier
+# one. {glue:text}`s4_n_effective` of the {glue:text}`s4_n_pairs` pairs are effective.
 
 # %% [markdown]
 # ## Exercise 4.5 — The geometry of trait vectors
@@ -832,21 +924,29 @@ off = [(float(sim[i, j]), names[i], names[j]) for i in range(len(names)) for j i
 print(f"cosines between different traits: {min(off)[0]:.2f} ({min(off)[1]}, {min(off)[2]}) "
       f"to {max(off)[0]:.2f} ({max(off)[1]}, {max(off)[2]})")
 
+# %% tags=["book-only", "remove-cell"]
+glue("s4_cos_min", min(off)[0])
+glue("s4_cos_min_pair", f"{min(off)[1]}, {min(off)[2]}")
+glue("s4_cos_max", max(off)[0])
+glue("s4_cos_max_pair", f"{max(off)[1]}, {max(off)[2]}")
+
 # %% [markdown]
-# **Expected observations.** We quote no paper numbers for this plot: predict before you look.
+# **What to expect.** We quote no paper numbers for this plot: predict before you look.
 # On a real model, expect the trait vectors to be far from orthogonal (they share the "follow an
 # unusual system prompt" component of every contrast), with related traits closer than unrelated
 # ones: is evil nearer to impolite or to apathetic? Is sycophantic nearer to optimistic or to
 # hallucinating (both say what sounds good rather than what is true)? A large positive cosine
 # between two traits also predicts that steering one raises the judge's score for the other: check
 # that with `run_steering_experiment` and the other trait's eval prompt.
-#
-# **Toy world.** The toy trait vectors are far from parallel: cosines from 0.05 (hallucinating,
-# apathetic) to 0.58 (sycophantic, humorous) in our build. Every toy trait has its own vocabulary,
-# so little is shared beyond "answer in a voice". Which pairs are closest depends on the toy
-# corpus's phrase banks, not on psychology.
-# (On the random tiny models used for grading the cosines are those of random differences.)
-#
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the cosines between different toy traits run from
+# {glue:text}`s4_cos_min:.2f` ({glue:text}`s4_cos_min_pair`) to {glue:text}`s4_cos_max:.2f`
+# ({glue:text}`s4_cos_max_pair`). Every toy trait has its own vocabulary, so little is shared beyond
+# "answer in a voice", and which pairs are closest depends on the toy corpus's phrase banks, not on
+# psychology.
+
+# %% [markdown]
 # ## Discussion
 #
 # 1. **Is the Assistant Axis a mix of trait directions?** Section 1 found one direction from the
@@ -858,9 +958,11 @@ print(f"cosines between different traits: {min(off)[0]:.2f} ({min(off)[1]}, {min
 #    activation. Why does capping harm coherence less than steering at +5?
 # 3. **Which positions?** We steered the response positions. What would you expect from
 #    `"prompt"` mode (steer only while reading the question)? From `"all"`?
-# 4. **Monitoring.** The projection orders baseline < prompted < steered. Could you use the
+# 4. **Monitoring.** On the paper model the projection orders baseline < prompted < steered (your
+#    run's order is in Exercise 4.3). Could you use the
 #    projection of the *prompt's* last token to predict, before generating, whether the answer will
 #    show the trait? What would make that prediction fail?
-# 5. **Layers.** Section 3 chose block 19 from the vector norm and the steering effect by layer.
-#    Would the same coefficient work at block 10? What makes coefficients incomparable across
-#    layers and traits, and how would you normalise them?
+# 5. **Layers.** The paper chose block 19 (its "layer 20") for Qwen2.5-7B-Instruct from the vector
+#    norm and the steering effect by layer; Section 3 measured both for the model you ran. Would the
+#    same coefficient work ten blocks earlier? What makes coefficients incomparable across layers and
+#    traits, and how would you normalise them?

@@ -1,4 +1,5 @@
-"""The course's conventions (SPEC §3), stated once in utils and tested here."""
+"""The course's conventions (layers, response spans, projection, steering, capping), stated once in utils
+and tested here."""
 
 from __future__ import annotations
 

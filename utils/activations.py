@@ -1,6 +1,6 @@
 """Activation extraction: means of block outputs over token spans, batched and padding-aware.
 
-The course's fast path (SPEC §3 conventions):
+The course's fast path (the layer and response-span conventions of utils/hooks.py and utils/chat.py):
 - hooks on the blocks (never `output_hidden_states`, whose last entry has the final norm applied);
 - the decoder alone is run (no LM head: its logits would cost memory and FLOPs for nothing), and the
   forward pass stops after the deepest block we need (`StopForward`);

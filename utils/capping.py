@@ -2,7 +2,7 @@
 read the paper's released files.
 
 The course states capping as a **floor** on a unit vector that points toward the Assistant
-(SPEC §3): at each capped block L,
+(the course's capping convention): at each capped block L,
 
     h <- h - v_hat * min(<h, v_hat> - tau, 0)     (projections below tau are raised to tau)
 

@@ -1,6 +1,6 @@
 """Chat formatting with exact response spans.
 
-Convention (SPEC §3): the *response tokens* of a conversation are the exact token span of the final
+The course's convention: the *response tokens* of a conversation are the exact token span of the final
 assistant message's content -- no chat markers, no end-of-turn token. We find it from the chat
 template itself (render the conversation with and without its last message), never by a "+1" guess.
 Models whose template has no system role (Gemma 2) get the system prompt merged into the first

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHOSEN_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
-# The paper model of each section (SPEC §2).
+# The paper model of each section (the model each replicated paper used).
 PAPER_MODELS = {
     1: "google/gemma-2-27b-it",
     2: "Qwen/Qwen3-32B",

@@ -1,4 +1,4 @@
-"""Block access and forward hooks, one convention for the whole course (SPEC §3).
+"""Block access and forward hooks, with one layer convention for the whole course.
 
 - `layer` is a 0-based index into the decoder block list; "activation at layer L" is the output of
   block L. HF's hidden_states[L + 1] is block L's output (but hidden_states[-1] has the final norm

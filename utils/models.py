@@ -31,14 +31,14 @@ TOY_NAMES = ("toy-qwen2",)  # the toy persona world: trained weights shipped in 
 
 @dataclass(frozen=True)
 class LayerSettings:
-    """Layers (0-based block indices, SPEC §3) that the papers used for a model."""
+    """Layers (0-based block indices, the layer convention of utils/hooks.py) that the papers used for a model."""
 
     axis_layer: int  # Assistant Axis / persona-space layer
     steer_layer: int  # persona-vector extraction and steering layer
     cap_layers: tuple[int, ...]  # activation-capping layers
 
 
-# Settings the papers state, as block indices (SPEC §2, §6). The persona-vectors repo's "layer 20"
+# Settings the papers state, as block indices. The persona-vectors repo's "layer 20"
 # is hidden_states[20], i.e. the output of block 19 here. Fields the papers do not give for a model
 # are the course's proportional choices (see `proportional_layers`).
 def proportional_layers(num_layers: int) -> LayerSettings:

@@ -3,7 +3,7 @@
     with Steerer(model, vector, coeff=4.0, layer=19, positions="response"):
         texts = generate(model, tokenizer, prompts)
 
-Position modes (SPEC §3) -- `coeff * vector` is added to block `layer`'s output at:
+Position modes (the course's steering convention) -- `coeff * vector` is added to block `layer`'s output at:
 - "all": every position of every forward pass;
 - "prompt": every position of the prefill only (forward passes with one new token are skipped);
 - "response": the last position of every forward pass (the final prompt token during prefill,
