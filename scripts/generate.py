@@ -34,7 +34,7 @@ import jupytext
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.sources import SOLUTION_RE, directives_to_html, solution_code, stub_code, titled_admonitions, without_hidden_tests  # noqa: E402
+from utils.sources import SOLUTION_RE, directives_to_html, nbgrader_exercise_code, solution_code, stub_code, titled_admonitions, without_hidden_tests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "solutions"
@@ -111,7 +111,8 @@ def build_variants(source_path: Path) -> dict[str, nbformat.NotebookNode]:
             meta = _nbg_meta(f"test-{i}", grade=True, locked=True, points=points)
         else:
             meta = _nbg_meta(f"code-{i}", locked=True)
-        nbg_text = graded_cell(text, section, source_path.name, i) if is_test else text.rstrip("\n")
+        nbg_text = graded_cell(text, section, source_path.name, i) if is_test else \
+            nbgrader_exercise_code(text) if is_exercise else text.rstrip("\n")
         nbg.append(_base_cell(cell, nbg_text, section, "nbg", i, extra_meta={"nbgrader": meta}))
         if is_exercise:
             stub = stub_code(text)

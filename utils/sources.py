@@ -55,6 +55,26 @@ def stub_code(source: str) -> str:
     return SOLUTION_RE.sub(repl, source).rstrip("\n")
 
 
+def nbgrader_exercise_code(source: str) -> str:
+    """An exercise cell as nbgrader's source holds it: nbgrader itself turns every solution region
+    into a `raise`, which at module level would stop the cell before the code after it runs. So the
+    module-level regions move to the end of the cell, each after a `NAME = ...` line: the released
+    cell defines every name (as `...` until the student fills it in) before the last line raises."""
+    moved = []
+
+    def take(m: re.Match) -> str:
+        if m.group("indent"):
+            return m.group(0)
+        names = _bound_names(m.group(0))
+        moved.append("".join(f"{name} = ...  # your answer replaces this (below)\n" for name in names) + m.group(0))
+        return ""
+
+    rest = SOLUTION_RE.sub(take, source).strip("\n")
+    if not moved:
+        return source.rstrip("\n")
+    return "\n\n".join([rest] + [block.strip("\n") for block in moved]).strip("\n")
+
+
 def solution_code(source: str) -> str:
     return MARKER_RE.sub("", source).rstrip("\n")
 
