@@ -1002,6 +1002,47 @@ def test_compute_cosine_similarity_matrix_centered(compute_cosine_similarity_mat
            f"on the test's vectors, after centring, cos(assistant, oracle) = {float(sim[i, j]):+.2f}")
 
 
+def _undirected(d: int = 16) -> list[tuple[str, torch.Tensor]]:
+    """Vectors with no direction: what a broken extraction or an empty layer gives."""
+    nan = torch.randn(d)
+    nan[3] = float("nan")
+    inf = torch.randn(d)
+    inf[0] = float("inf")
+    return [("a zero vector", torch.zeros(d)), ("a vector holding NaN", nan), ("a vector holding inf", inf)]
+
+
+def test_compute_cosine_similarity_matrix_input_checks(compute_cosine_similarity_matrix) -> None:
+    label = "compute_cosine_similarity_matrix"
+    expect_value_error(compute_cosine_similarity_matrix, {}, name=label, what="an empty dict (no vectors)")
+    for what, bad in _undirected():
+        expect_value_error(compute_cosine_similarity_matrix, {"calm": torch.randn(16), "broken": bad}, name=label,
+                           what=f"{what} (it has no direction, so no cosine: returning 0 or NaN hides the problem)")
+    passed("test_compute_cosine_similarity_matrix_input_checks")
+
+
+def test_compute_cosine_similarity_matrix_centered_input_checks(compute_cosine_similarity_matrix_centered) -> None:
+    label = "compute_cosine_similarity_matrix_centered"
+    with using(compute_cosine_similarity_matrix_centered, compute_cosine_similarity_matrix=_ref_cosine_matrix_checked):
+        expect_value_error(compute_cosine_similarity_matrix_centered, {}, name=label, what="an empty dict (no vectors)")
+        expect_value_error(compute_cosine_similarity_matrix_centered, {"only": torch.randn(16)}, name=label,
+                           what="a single vector (centred, it is the zero vector)")
+        for what, bad in _undirected()[1:]:
+            expect_value_error(compute_cosine_similarity_matrix_centered, {"calm": torch.randn(16), "broken": bad},
+                               name=label, what=what)
+    passed("test_compute_cosine_similarity_matrix_centered_input_checks")
+
+
+def _ref_cosine_matrix_checked(vectors):
+    """The course's raw cosine matrix with its input checks, for the centred version to call."""
+    names = list(vectors)
+    if not names:
+        raise ValueError("no vectors")
+    X = torch.stack([vectors[k].double() for k in names])
+    if not bool(torch.isfinite(X).all()) or not bool(X.any(dim=1).all()):
+        raise ValueError("a vector is zero or holds NaN/inf")
+    return _cos_matrix(X), names
+
+
 # ---------------------------------------------------------------------------------------------
 # Exercise 1.7 -- PCA and the Assistant Axis
 
@@ -1140,6 +1181,17 @@ def test_project_personas_onto_axis(project_personas_onto_axis) -> None:
     passed("test_project_personas_onto_axis")
 
 
+def test_project_personas_onto_axis_input_checks(project_personas_onto_axis) -> None:
+    label = "project_personas_onto_axis"
+    vectors = {"calm": torch.randn(16), "bold": torch.randn(16)}
+    for what, bad in _undirected():
+        expect_value_error(project_personas_onto_axis, vectors, bad, name=label,
+                           what=f"an axis that is {what.split(' ', 1)[1]} (there is no direction to project onto)")
+    expect_value_error(project_personas_onto_axis, {"per_layer": torch.randn(4, 16)}, torch.randn(16), name=label,
+                       what="a vector whose shape differs from the axis (a [num_layers, d_model] tensor: select a layer first)")
+    passed("test_project_personas_onto_axis_input_checks")
+
+
 # ---------------------------------------------------------------------------------------------
 # Exercise 1.9 -- ranking vectors by cosine with the axis
 
@@ -1206,6 +1258,11 @@ def test_rank_by_cosine_input_checks(rank_by_cosine) -> None:
                     (f"a vector of length {d // 2} against an axis of length {d}", torch.randn(d // 2))):
         expect_value_error(rank_by_cosine, {"calm": traits["calm"], "bad": v}, axis, name="rank_by_cosine",
                            what=f"a vector whose shape differs from the axis ({what})")
+    for what, bad in _undirected(d):
+        expect_value_error(rank_by_cosine, {"calm": traits["calm"]}, bad, name="rank_by_cosine",
+                           what=f"an axis that is {what.split(' ', 1)[1]} (a cosine with it is undefined)")
+        expect_value_error(rank_by_cosine, {"calm": traits["calm"], "broken": bad}, axis, name="rank_by_cosine",
+                           what=f"{what} among the vectors (a cosine with it is undefined)")
     passed("test_rank_by_cosine_input_checks")
 
 

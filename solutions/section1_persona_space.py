@@ -755,6 +755,10 @@ glue("s1_norm_ratio", norms.max() / norms.min())
 # (`.float()`). In bf16, centring subtracts numbers of size ~10⁴ that differ by a few per cent, and
 # little of the difference survives.
 #
+# Input checks (graded apart): raise `ValueError` when a vector is zero or holds NaN or inf (it has no
+# direction, so no cosine: don't hide it as 0 or NaN), and when the centred version gets fewer than
+# two vectors (one vector minus the mean of one vector is zero).
+#
 # :::{note} Common confusion: every raw persona vector points the same way
 # Mean activations share a large component: whatever the model does on *any* chat response at this
 # layer. Raw cosines between persona vectors are therefore all close to 1 and say almost nothing.
@@ -777,7 +781,10 @@ def compute_cosine_similarity_matrix(
     if not names:
         raise ValueError("no vectors")
     X = torch.stack([vectors[n].float() for n in names])
-    Xn = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    bad = [n for n, row in zip(names, X) if not bool(torch.isfinite(row).all()) or not bool(row.any())]
+    if bad:
+        raise ValueError(f"vectors {bad} are zero or hold NaN/inf: they have no direction, hence no cosine")
+    Xn = X / X.norm(dim=1, keepdim=True)
     return Xn @ Xn.T, names
     ### END SOLUTION
 
@@ -788,8 +795,8 @@ def compute_cosine_similarity_matrix_centered(
     """(sim [n, n], names): cosine similarities after subtracting the mean vector over personas."""
     ### BEGIN SOLUTION
     names = list(vectors)
-    if not names:
-        raise ValueError("no vectors")
+    if len(names) < 2:
+        raise ValueError(f"centring needs at least two vectors, got {len(names)}")
     X = torch.stack([vectors[n].float() for n in names])
     X = X - X.mean(dim=0, keepdim=True)  # a new tensor: the caller's vectors are untouched
     return compute_cosine_similarity_matrix(dict(zip(names, X)))
@@ -800,6 +807,12 @@ from part_tests import section1 as tests
 
 tests.test_compute_cosine_similarity_matrix(compute_cosine_similarity_matrix)
 tests.test_compute_cosine_similarity_matrix_centered(compute_cosine_similarity_matrix_centered)
+
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_compute_cosine_similarity_matrix_input_checks(compute_cosine_similarity_matrix)
+tests.test_compute_cosine_similarity_matrix_centered_input_checks(compute_cosine_similarity_matrix_centered)
 
 # %%
 from utils.plots import GROUP_COLORS, heatmap, label_positions, ranked_bars
@@ -995,7 +1008,8 @@ glue("s1_pc1_order_verdict", "the corpus's order, one group after the other" if 
 # highest projection to the lowest, with the course's projection `a·v / ‖v‖` (`a` the persona
 # vector, `v` the axis; activation units) as a Python float. Don't assume the axis has unit norm,
 # and compute in float32 even when the vectors arrive in bf16: raw persona vectors' projections differ
-# by a small fraction of their size, less than bf16 can resolve.
+# by a small fraction of their size, less than bf16 can resolve. Raise `ValueError` for an axis that
+# is zero or holds NaN or inf, and for a vector whose shape differs from the axis's (graded apart).
 
 # %% tags=["exercise"]
 def project_personas_onto_axis(
@@ -1004,6 +1018,8 @@ def project_personas_onto_axis(
     """{name: a·v/‖v‖} for each persona vector a and the axis v, sorted from highest to lowest."""
     ### BEGIN SOLUTION
     axis = axis.float().cpu()
+    if not bool(torch.isfinite(axis).all()) or not bool(axis.any()):
+        raise ValueError("axis is zero or holds NaN/inf: there is no direction to project onto")
     projections = {}
     for name, a in vectors.items():
         if a.shape != axis.shape:
@@ -1016,6 +1032,11 @@ def project_personas_onto_axis(
 from part_tests import section1 as tests
 
 tests.test_project_personas_onto_axis(project_personas_onto_axis)
+
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_project_personas_onto_axis_input_checks(project_personas_onto_axis)
 
 # %%
 projections = project_personas_onto_axis(persona_vectors, assistant_axis)
@@ -1076,17 +1097,22 @@ glue("s1_means_order", "fall in the corpus's order" if sorted(group_means, key=g
 # Write `rank_by_cosine(vectors, axis)` returning `[(name, cosine), ...]` sorted from the highest
 # cosine to the lowest (Python floats), computed in float32 (vectors may arrive in bf16). A vector
 # whose shape differs from the axis (for instance a whole `[46, 4608]` tensor where one layer's row
-# was meant) raises `ValueError`.
+# was meant) raises `ValueError`, and so does a zero axis or vector, or one holding NaN or inf (a
+# cosine with it is undefined: say so rather than return NaN or 0).
 
 # %% tags=["exercise"]
 def rank_by_cosine(vectors: dict[str, Float[Tensor, "d_model"]], axis: Float[Tensor, "d_model"]) -> list[tuple[str, float]]:
     """[(name, cos(vector, axis)), ...] from the highest cosine to the lowest."""
     ### BEGIN SOLUTION
     axis = axis.float().cpu()
+    if not bool(torch.isfinite(axis).all()) or not bool(axis.any()):
+        raise ValueError("axis is zero or holds NaN/inf: a cosine with it is undefined")
     ranking = []
     for name, v in vectors.items():
         if v.shape != axis.shape:
             raise ValueError(f"vector {name!r} has shape {tuple(v.shape)} but the axis has {tuple(axis.shape)}: select one layer first")
+        if not bool(torch.isfinite(v).all()) or not bool(v.any()):
+            raise ValueError(f"vector {name!r} is zero or holds NaN/inf: a cosine with it is undefined")
         ranking.append((name, float(F.cosine_similarity(v.float().cpu(), axis, dim=0))))
     return sorted(ranking, key=lambda item: item[1], reverse=True)
     ### END SOLUTION

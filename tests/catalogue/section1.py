@@ -976,14 +976,136 @@ def alt_proj_numpy(vectors, axis):
 
 
 def alt_rank_unit_vectors(vectors, axis):
+    if not torch.isfinite(axis).all() or axis.norm() == 0:
+        raise ValueError("bad axis")
     u = torch.nn.functional.normalize(axis.double(), dim=0)
     out = []
     for n, v in vectors.items():
         if v.shape != axis.shape:
             raise ValueError(f"{n}: shape {tuple(v.shape)} differs from the axis {tuple(axis.shape)}")
+        if not torch.isfinite(v).all() or v.norm() == 0:
+            raise ValueError(f"{n}: no direction")
         out.append((n, (torch.nn.functional.normalize(v.double(), dim=0) @ u).item()))
     out.sort(key=lambda x: -x[1])
     return out
+
+
+# Input checks for vectors with no direction (zero, NaN, inf).
+
+def rank_shape_check_only(vectors, axis):
+    """Checks shapes, but a zero or NaN axis gives NaN cosines (F.cosine_similarity's eps gives 0)."""
+    for n, v in vectors.items():
+        if v.shape != axis.shape:
+            raise ValueError(f"{n}: shape differs from the axis")
+    return rank_no_shape_check(vectors, axis)
+
+
+def cos_clamped_norm(vectors):
+    """The reference maths with a clamped norm: a zero vector silently gets cosine 0."""
+    names = list(vectors)
+    if not names:
+        raise ValueError("no vectors")
+    X = torch.stack([vectors[n].float() for n in names])
+    Xn = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return Xn @ Xn.T, names
+
+
+def cos_zero_check_only(vectors):
+    """Refuses a zero vector, but lets NaN through."""
+    names = list(vectors)
+    if not names:
+        raise ValueError("no vectors")
+    X = torch.stack([vectors[n].float() for n in names])
+    if (X.norm(dim=1) == 0).any():
+        raise ValueError("zero vector")
+    Xn = X / X.norm(dim=1, keepdim=True)
+    return Xn @ Xn.T, names
+
+
+def alt_cos_checked(vectors):
+    names = list(vectors)
+    if len(names) == 0:
+        raise ValueError("empty")
+    X = torch.stack([vectors[n].double() for n in names])
+    norms = X.norm(dim=1)
+    if not torch.isfinite(norms).all() or (norms == 0).any():
+        raise ValueError("a vector has no direction")
+    Xn = X / norms[:, None]
+    return (Xn @ Xn.T).float(), names
+
+
+def cen_no_count_check(vectors):
+    """Centres a single vector into zeros and passes it on (its cosine matrix is [[nan]] or [[0]])."""
+    names = list(vectors)
+    if not names:
+        raise ValueError("no vectors")
+    X = torch.stack([vectors[n].float() for n in names])
+    Xc = X - X.mean(dim=0, keepdim=True)
+    Xn = Xc / Xc.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return Xn @ Xn.T, names
+
+
+def alt_cen_checked(vectors):
+    if len(vectors) < 2:
+        raise ValueError("need two vectors")
+    names = list(vectors)
+    X = torch.stack([vectors[n].double() for n in names])
+    return compute_cosine_similarity_matrix(dict(zip(names, X - X.mean(0))))  # noqa: F821 (the notebook's, via `using`)
+
+
+def proj_no_axis_check(vectors, axis):
+    """The reference maths without checking the axis: a zero axis gives NaN projections."""
+    out = {}
+    for n, a in vectors.items():
+        if a.shape != axis.shape:
+            raise ValueError("shape")
+        out[n] = float(a.float() @ axis.float() / axis.float().norm())
+    return dict(sorted(out.items(), key=lambda kv: kv[1], reverse=True))
+
+
+def proj_zero_check_only(vectors, axis):
+    if axis.norm() == 0:
+        raise ValueError("zero axis")
+    return proj_no_axis_check(vectors, axis)
+
+
+def proj_no_shape_check(vectors, axis):
+    if not torch.isfinite(axis).all() or axis.norm() == 0:
+        raise ValueError("bad axis")
+    out = {n: float((a.float() * axis.float()).sum() / axis.float().norm()) for n, a in vectors.items()}
+    return dict(sorted(out.items(), key=lambda kv: kv[1], reverse=True))
+
+
+def alt_proj_checked(vectors, axis):
+    import numpy as np
+
+    v = axis.double().numpy()
+    if not np.isfinite(v).all() or not v.any():
+        raise ValueError("axis has no direction")
+    for n, a in vectors.items():
+        if tuple(a.shape) != tuple(axis.shape):
+            raise ValueError(f"{n}: wrong shape")
+    return alt_proj_numpy(vectors, axis)
+
+
+CATALOGUE.update({
+    "test_rank_by_cosine_input_checks": ("rank_by_cosine", CATALOGUE["test_rank_by_cosine_input_checks"][1] + [
+        (rank_shape_check_only, "an axis that is zero"),
+    ]),
+    "test_compute_cosine_similarity_matrix_input_checks": ("compute_cosine_similarity_matrix", [
+        (cos_clamped_norm, "a zero vector"),
+        (cos_zero_check_only, "NaN"),
+        (alt_cos_broadcast, "should raise ValueError"),
+    ]),
+    "test_compute_cosine_similarity_matrix_centered_input_checks": ("compute_cosine_similarity_matrix_centered", [
+        (cen_no_count_check, "a single vector"),
+    ]),
+    "test_project_personas_onto_axis_input_checks": ("project_personas_onto_axis", [
+        (proj_no_axis_check, "an axis that is zero"),
+        (proj_zero_check_only, "NaN"),
+        (proj_no_shape_check, "select a layer first"),
+    ]),
+})
 
 
 CORRECT_ALTERNATIVES = {
@@ -1006,3 +1128,9 @@ CORRECT_ALTERNATIVES = {
     "test_rank_by_cosine": [alt_rank_unit_vectors, rank_no_shape_check],
     "test_rank_by_cosine_input_checks": [alt_rank_unit_vectors],
 }
+
+CORRECT_ALTERNATIVES.update({
+    "test_compute_cosine_similarity_matrix_input_checks": [alt_cos_checked],
+    "test_compute_cosine_similarity_matrix_centered_input_checks": [alt_cen_checked],
+    "test_project_personas_onto_axis_input_checks": [alt_proj_checked],
+})
