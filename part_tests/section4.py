@@ -1287,6 +1287,10 @@ class _PipeFakes:
         return [_steer_answer(q, coeff, max_new_tokens) for q in questions]
 
     def extract_trait_vectors(self, model, tokenizer, effective):
+        check(len(effective) > 0,
+              "run_trait_pipeline passed no effective pairs to extract_trait_vectors, although the test's judge makes"
+              " several pairs effective: check that each record gets its own trait and coherence score (the judge"
+              " items need their kind, in the item or the step name) and that filter_effective gets the thresholds")
         self.extractions += 1
         self.extracted_pairs.append([(p["instruction_idx"], p["question_idx"]) for p in effective])
         return _course_vectors(model, tokenizer, effective)
@@ -1324,6 +1328,19 @@ def _expected_pipeline_vectors(model, tokenizer, pairs, temperature: float = 0.0
                                                        temperature)}
         effective.append(pair)
     return _course_vectors(model, tokenizer, effective)
+
+
+class _DataWithOtherCoherencePrompt:
+    """The course's `data` module with another coherence prompt (patched into the notebook's globals)."""
+
+    def __init__(self, data):
+        self._data = data
+
+    def __getattr__(self, name):
+        return getattr(self._data, name)
+
+    def load_coherence_prompt(self) -> str:
+        return "Rate coherence strictly.\n" + self._data.load_coherence_prompt()
 
 
 def _pairs_of(result) -> list[tuple[int, int]]:
@@ -1448,6 +1465,13 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
         run(fakes3, judge3, cache_a, trait_data=changed)
         check(judge3.calls > 0, "changing the trait's eval_prompt did not re-run the judge: the judge steps' keys must include"
                                 " the eval prompt (stale results)")
+        from utils import data as course_data
+
+        fakes3b, judge3b = _PipeFakes(model, tokenizer), _pipe_judge()
+        with using(run_trait_pipeline, data=_DataWithOtherCoherencePrompt(course_data)):
+            run(fakes3b, judge3b, cache_a)
+        check(judge3b.calls > 0, "changing the coherence prompt (data.load_coherence_prompt()) did not re-run the judge: the"
+                                 " judge steps' keys must include the coherence prompt (stale results)")
         fakes4, judge4 = _PipeFakes(model, tokenizer), _pipe_judge()
         run(fakes4, judge4, cache_a, at_layer=layer - 1)
         check(fakes4.steered_items == n_steered,

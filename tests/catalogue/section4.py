@@ -549,6 +549,8 @@ def _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer
     coherence_template = coherence_template if coherence_template is not None else data.load_coherence_prompt()
     if mistake == "coherence_with_trait_template":
         coherence_template = eval_prompt_template
+    if mistake == "trait_with_coherence_template":
+        eval_prompt_template = coherence_template
     records = []
     for k, coeff in enumerate(coefficients):
         if mistake == "per_question":
@@ -899,7 +901,7 @@ def _pipeline(model, tokenizer, trait_name, trait_data, layer, coefficients=(-3,
     coherence_prompt = data.load_coherence_prompt()
     eval_prompt = trait_data["eval_prompt"]
     runner = StepRunner(cache_dir, context={"model": model_id(model), "trait": trait_name}, verbose=verbose)
-    judge_shared = {"coherence_prompt": coherence_prompt}
+    judge_shared = {} if mistake == "judge_key_without_coherence_prompt" else {"coherence_prompt": coherence_prompt}
     if mistake != "judge_key_without_judge":
         judge_shared["judge"] = judge_identity(judge)
     if mistake != "judge_key_without_eval_prompt":
@@ -914,8 +916,18 @@ def _pipeline(model, tokenizer, trait_name, trait_data, layer, coefficients=(-3,
                        for kind in JUDGE_KINDS}
             return [{**r, "trait_score": by_kind["trait"][i]["value"], "coherence_score": by_kind["coherence"][i]["value"]}
                     for i, r in enumerate(records)]
+        if mistake == "judge_kinds_share_keys":  # two map_each calls, one step name, items without their kind
+            by_kind = {kind: runner.map_each(step, [{"question": r["question"], "answer": r["response"]} for r in records],
+                                             lambda item, kind=kind: judge_call(judge, {**item, "kind": kind}, eval_prompt,
+                                                                                coherence_prompt),
+                                             shared=judge_shared, cache_if=is_final)
+                       for kind in JUDGE_KINDS}
+            return [{**r, "trait_score": by_kind["trait"][i]["value"], "coherence_score": by_kind["coherence"][i]["value"]}
+                    for i, r in enumerate(records)]
         items = [{"kind": kind, "question": r["question"], "answer": r["response"]} for r in records for kind in JUDGE_KINDS]
-        if mistake == "judge_uncached":
+        if mistake == "judge_map_batched":  # runner.map over the whole step: cached only when every call has returned
+            results = runner.map(step, items, lambda batch: [one(item) for item in batch], shared=judge_shared, cache_if=is_final)
+        elif mistake == "judge_uncached":
             results = [one(item) for item in items]
         elif mistake == "judge_whole_step":
             results = runner.json(step, {"items": items, **judge_shared}, lambda: [one(item) for item in items])
@@ -1192,6 +1204,7 @@ CATALOGUE = {
         (_experiment_variant("swapped"), "swapped"),
         (_experiment_variant("scores_shifted"), "do not belong"),
         (_experiment_variant("coherence_with_trait_template"), "load_coherence_prompt"),
+        (_experiment_variant("trait_with_coherence_template"), "score the trait with eval_prompt_template"),
         (_experiment_variant("ignores_judge"), "ignored the judge passed in"),
         (_experiment_variant("ignores_coherence_template"), "ignored coherence_template"),
         (_experiment_variant("positions_not_passed"), "pass positions on"),
@@ -1236,6 +1249,9 @@ CATALOGUE = {
         (_pipeline_variant("extract_uncached"), "extracted the vectors again"),
         (_pipeline_variant("judge_key_without_eval_prompt"), "eval prompt"),
         (_pipeline_variant("judge_key_without_judge"), "judge_identity"),
+        (_pipeline_variant("judge_key_without_coherence_prompt"), "must include the coherence prompt"),
+        (_pipeline_variant("judge_map_batched"), "as soon as it returns"),
+        (_pipeline_variant("judge_kinds_share_keys"), "own trait and coherence score"),
         (_pipeline_variant("generate_key_without_settings"), "generation settings"),
         (_pipeline_variant("generate_key_without_temperature"), "changing temperature"),
         (_pipeline_variant("generate_settings_not_passed"), "generate_responses was called with"),
