@@ -77,10 +77,6 @@ def _clean_afterwards(model, own: bool):
             remove_leftover_hooks(model)
 
 
-def _short(texts, n: int = 3) -> str:
-    return "[" + ", ".join(repr(t[:40]) for t in list(texts)[:n]) + (", ...]" if len(texts) > n else "]")
-
-
 # ======================================================================================
 # Exercise 4.1 -- ActivationSteerer
 # ======================================================================================
@@ -942,7 +938,7 @@ class _Projector:
     }
 
     def __init__(self, model, tokenizer, systems, questions, responses, vector):
-        from utils.chat import build_messages, format_chat, render
+        from utils.chat import build_messages, format_chat, normalize_messages, render
 
         self.model, self.tokenizer, self.vector = model, tokenizer, vector.double()
         self.systems, self.questions, self.responses = list(systems), list(questions), list(responses)
@@ -950,8 +946,6 @@ class _Projector:
         for s, q, r in zip(systems, questions, responses):
             msgs = build_messages(s, q, r)
             chat = format_chat(msgs, tokenizer)
-            from utils.chat import normalize_messages
-
             norm = normalize_messages(msgs, tokenizer)
             n_tok = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
             prompt_gen = n_tok(render(tokenizer, norm[:-1], add_generation_prompt=True))

@@ -15,7 +15,7 @@ import contextlib
 import numpy as np
 import torch
 
-from utils.chat import format_chat, format_prompt, render
+from utils.chat import format_chat, format_prompt
 from utils.hooks import get_blocks, hidden_of, with_hidden
 from utils.reference import load
 from utils.steering import Steerer
@@ -42,7 +42,6 @@ is_final = ref.is_final
 judge_identity = ref.judge_identity
 filter_effective = ref.filter_effective
 extract_trait_vectors = ref.extract_trait_vectors
-score_responses = ref.score_responses
 JUDGE_KINDS = ref.JUDGE_KINDS
 LAYER = 2  # the notebook's LAYER on the tiny model: a function that reads it instead of `layer` uses block 2
 
