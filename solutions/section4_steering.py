@@ -50,6 +50,8 @@
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from utils import config, data
 from utils.activations import conversations_from, response_mean_activations
@@ -159,7 +161,8 @@ class ActivationSteerer:
 
     POSITIONS = ("all", "prompt", "response")
 
-    def __init__(self, model, vector: torch.Tensor, coeff: float = 1.0, layer: int = 19, positions: str = "all"):
+    def __init__(self, model, vector: Float[Tensor, "d_model"], coeff: float = 1.0, layer: int = 19,
+                 positions: str = "all"):
         ### BEGIN SOLUTION
         if positions not in self.POSITIONS:
             raise ValueError(f"positions must be one of {self.POSITIONS}, got {positions!r}")
@@ -203,10 +206,15 @@ class ActivationSteerer:
         return False  # an exception inside the block propagates
         ### END SOLUTION
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=2
 from part_tests import section4 as tests
 
 tests.test_activation_steerer(ActivationSteerer)
+
+# %% tags=["test"] points=1
+from part_tests import section4 as tests
+
+tests.test_activation_steerer_input_checks(ActivationSteerer)
 
 # %% [markdown]
 # **What the test checks.** The test runs a prompt through the tiny Qwen2 model, records block
@@ -356,7 +364,7 @@ def filter_effective(records: list[dict], threshold: float = 50, coherence_thres
     return kept
 
 
-def extract_trait_vectors(model, tokenizer, effective: list[dict]) -> torch.Tensor:
+def extract_trait_vectors(model, tokenizer, effective: list[dict]) -> Float[Tensor, "n_layers d_model"]:
     """mean(pos response activations) - mean(neg response activations) at every block: [num_layers, d_model]."""
     if not effective:
         raise ValueError("no effective pairs to extract a vector from: lower the thresholds or use more questions")
@@ -428,8 +436,8 @@ print(f"vector at block {LAYER}: norm {syc_vector.norm():.2f}")
 # :::
 
 # %% tags=["exercise"]
-def generate_with_steerer(model, tokenizer, questions: list[str], vector: torch.Tensor, coeff: float, layer: int,
-                          positions: str = "response", system_prompt: str | None = None,
+def generate_with_steerer(model, tokenizer, questions: list[str], vector: Float[Tensor, "d_model"], coeff: float,
+                          layer: int, positions: str = "response", system_prompt: str | None = None,
                           max_new_tokens: int = 64, batch_size: int = 32) -> list[str]:
     """Greedy answers to `questions` while steering block `layer` by `coeff * vector`."""
     ### BEGIN SOLUTION
@@ -439,8 +447,8 @@ def generate_with_steerer(model, tokenizer, questions: list[str], vector: torch.
     ### END SOLUTION
 
 
-def run_steering_experiment(model, tokenizer, questions: list[str], vector: torch.Tensor, eval_prompt_template: str,
-                            layer: int, coefficients=(-3, -1, 0, 1, 3, 5), judge=None,
+def run_steering_experiment(model, tokenizer, questions: list[str], vector: Float[Tensor, "d_model"],
+                            eval_prompt_template: str, layer: int, coefficients=(-3, -1, 0, 1, 3, 5), judge=None,
                             coherence_template: str | None = None, max_new_tokens: int = 64,
                             positions: str = "response") -> list[dict]:
     """One record per question x coefficient: question, coeff, response, trait_score, coherence_score."""
@@ -457,10 +465,14 @@ def run_steering_experiment(model, tokenizer, questions: list[str], vector: torc
     return records
     ### END SOLUTION
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=1
 from part_tests import section4 as tests
 
 tests.test_generate_with_steerer(generate_with_steerer)
+
+# %% tags=["test"] points=2
+from part_tests import section4 as tests
+
 tests.test_run_steering_experiment(run_steering_experiment)
 
 # %% [markdown]
@@ -607,7 +619,7 @@ glue("s4_top_coherence", coherence_by_coeff[max(coeffs)])
 
 # %% tags=["exercise"]
 def compute_trait_projections(model, tokenizer, system_prompts: list[str | None], questions: list[str],
-                              responses: list[str], vector: torch.Tensor, layer: int) -> list[float]:
+                              responses: list[str], vector: Float[Tensor, "d_model"], layer: int) -> list[float]:
     """Mean response activation at block `layer`, projected onto `vector` (a·v/‖v‖), one float per response."""
     ### BEGIN SOLUTION
     d_model = model.config.get_text_config().hidden_size
@@ -619,10 +631,15 @@ def compute_trait_projections(model, tokenizer, system_prompts: list[str | None]
     return (acts @ (vector / vector.norm())).tolist()
     ### END SOLUTION
 
-# %% tags=["test"] points=2
+# %% tags=["test"] points=1
 from part_tests import section4 as tests
 
 tests.test_compute_trait_projections(compute_trait_projections)
+
+# %% tags=["test"] points=1
+from part_tests import section4 as tests
+
+tests.test_compute_trait_projections_input_checks(compute_trait_projections)
 
 # %% [markdown]
 # :::{tip} Before you run
@@ -881,8 +898,9 @@ glue("s4_n_pairs", len(result["records"]) // 2)
 # :::
 
 # %% tags=["exercise"]
-def trait_cosine_matrix(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
-    """Cosine similarity of every pair of trait vectors: ([n, n] tensor, names in row order)."""
+def trait_cosine_matrix(vectors: dict[str, Float[Tensor, "d_model"]]
+                        ) -> tuple[Float[Tensor, "n_traits n_traits"], list[str]]:
+    """Cosine similarity of every pair of trait vectors: ([n_traits, n_traits] float32 tensor, names in row order)."""
     ### BEGIN SOLUTION
     names = list(vectors)
     if not names:
@@ -902,6 +920,11 @@ def trait_cosine_matrix(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 from part_tests import section4 as tests
 
 tests.test_trait_cosine_matrix(trait_cosine_matrix)
+
+# %% tags=["test"] points=1
+from part_tests import section4 as tests
+
+tests.test_trait_cosine_matrix_input_checks(trait_cosine_matrix)
 
 # %% [markdown]
 # Now the vectors of all seven traits at block `LAYER`: from disk where Section 3 or an earlier run
