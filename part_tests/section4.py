@@ -499,6 +499,11 @@ def _construct_and_enter(ActivationSteerer, model, vector, positions, layer):
         pass
 
 
+def _enter_with_coeff(ActivationSteerer, model, vector, coeff, layer) -> None:
+    with ActivationSteerer(model, vector, coeff=coeff, layer=layer, positions="all"):
+        pass
+
+
 def test_activation_steerer_input_checks(ActivationSteerer, model=None, tokenizer=None) -> None:
     """A vector that is not [d_model] and an unknown `positions` are rejected with ValueError, and
     no hook is left behind."""
@@ -511,11 +516,17 @@ def test_activation_steerer_input_checks(ActivationSteerer, model=None, tokenize
         (torch.zeros(d + 1), "all", f"a vector of shape [{d + 1}] (d_model is {d})"),
         (torch.zeros(1, d), "all", f"a vector of shape [1, {d}] (it must be [d_model], not [1, d_model])"),
         (torch.zeros(d), "middle", "positions='middle' (one of 'all', 'prompt', 'response')"),
+        (torch.full((d,), float("nan")), "all", "a vector holding NaN (it would fill the residual stream with NaN)"),
+        (torch.ones(d).index_fill(0, torch.tensor([0]), float("inf")), "all", "a vector holding inf"),
     ]
     with _clean_afterwards(model, own):
         for vector, positions, what in bad_inputs:
             expect_value_error(_construct_and_enter, ActivationSteerer, model, vector, positions, layer,
                                name="ActivationSteerer", what=what)
+            no_hooks_left(model, "ActivationSteerer (after a ValueError)")
+        for coeff in (float("inf"), float("nan")):
+            expect_value_error(lambda: _enter_with_coeff(ActivationSteerer, model, torch.ones(d), coeff, layer),
+                               name="ActivationSteerer", what=f"coeff={coeff} (a steering coefficient must be finite)")
             no_hooks_left(model, "ActivationSteerer (after a ValueError)")
     passed("test_activation_steerer_input_checks")
 
@@ -1188,7 +1199,9 @@ def test_compute_trait_projections_input_checks(compute_trait_projections, model
     for args, what in [((s[:2], q, r, vector), "lists of different lengths (2 system prompts, 3 questions, 3 responses)"),
                        ((s, q, r[:2], vector), "lists of different lengths (3 system prompts, 3 questions, 2 responses)"),
                        ((s, q, r, torch.ones(d + 1)), f"a vector of shape [{d + 1}] (d_model is {d})"),
-                       ((s, q, r, torch.ones(1, d)), f"a vector of shape [1, {d}] (it must be [d_model])")]:
+                       ((s, q, r, torch.ones(1, d)), f"a vector of shape [1, {d}] (it must be [d_model])"),
+                       ((s, q, r, torch.zeros(d)), "a zero vector (there is no direction to project onto)"),
+                       ((s, q, r, torch.full((d,), float("nan"))), "a vector holding NaN")]:
         expect_value_error(compute_trait_projections, model, tokenizer, *args, layer, name="compute_trait_projections", what=what)
         no_hooks_left(model, "compute_trait_projections")
     passed("test_compute_trait_projections_input_checks")
@@ -1662,7 +1675,9 @@ def test_trait_cosine_matrix_input_checks(trait_cosine_matrix) -> None:
     """2-D vectors (all layers: pick one first) and vectors of different sizes are rejected with ValueError."""
     require_implemented(trait_cosine_matrix, "trait_cosine_matrix")
     for bad, what in [({"a": torch.ones(3, 4), "b": torch.ones(3, 4)}, "2-D vectors ([n_layers, d_model]): pick one layer first"),
-                      ({"a": torch.ones(4), "b": torch.ones(5)}, "vectors of different sizes ([4] and [5])")]:
+                      ({"a": torch.ones(4), "b": torch.ones(5)}, "vectors of different sizes ([4] and [5])"),
+                      ({"a": torch.zeros(4), "b": torch.ones(4)}, "a zero vector (it has no direction, hence no cosine)"),
+                      ({"a": torch.tensor([1.0, float("nan"), 0.0, 2.0]), "b": torch.ones(4)}, "a vector holding NaN")]:
         expect_value_error(trait_cosine_matrix, bad, name="trait_cosine_matrix", what=what)
     passed("test_trait_cosine_matrix_input_checks")
 

@@ -49,6 +49,8 @@
 # %% tags=["export"]
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -120,8 +122,9 @@ print(f"judge: {JUDGE.label}")
 # ```
 #
 # - `__init__` checks its inputs: `positions` must be one of `"all"`, `"prompt"`, `"response"`
-#   and `vector` must have shape `[d_model]` (`model.config.get_text_config().hidden_size`);
-#   raise `ValueError` otherwise. It registers nothing yet.
+#   and `vector` must have shape `[d_model]` (`model.config.get_text_config().hidden_size`) and
+#   hold finite numbers, and `coeff` must be finite; raise `ValueError` otherwise. It registers
+#   nothing yet.
 # - `__enter__` registers a forward hook on block `layer` (`get_blocks(model)[layer]`) and returns
 #   `self`; `__exit__` removes it, whether the block ended normally or with an exception, and
 #   does not swallow the exception.
@@ -170,6 +173,10 @@ class ActivationSteerer:
         vector = torch.as_tensor(vector)
         if vector.ndim != 1 or vector.shape[0] != d_model:
             raise ValueError(f"vector must have shape [{d_model}] (d_model), got {tuple(vector.shape)}")
+        if not bool(torch.isfinite(vector).all()):
+            raise ValueError("vector holds NaN or inf: steering with it would fill the residual stream with NaN")
+        if not math.isfinite(float(coeff)):
+            raise ValueError(f"coeff must be a finite number, got {coeff!r}")
         self.model = model
         self.vector = vector.detach()
         self.coeff = float(coeff)
@@ -609,7 +616,7 @@ glue("s4_top_coherence", coherence_by_coeff[max(coeffs)])
 # for each (system prompt, question, response), the mean activation over the **response tokens**
 # at block `layer`, projected onto the vector: `a·v/‖v‖`. `system_prompts` entries may be None or
 # "" (no system prompt). Check that the three lists have the same length and that `vector` has
-# shape `[d_model]` (`ValueError` otherwise).
+# shape `[d_model]` and is neither zero nor holds NaN or inf (`ValueError` otherwise).
 #
 # :::{dropdown} Hint
 # `utils.activations.conversations_from` builds the chats and `response_mean_activations(model,
@@ -626,6 +633,8 @@ def compute_trait_projections(model, tokenizer, system_prompts: list[str | None]
     vector = torch.as_tensor(vector, dtype=torch.float32)
     if vector.shape != (d_model,):
         raise ValueError(f"vector must have shape [{d_model}], got {tuple(vector.shape)}")
+    if not bool(torch.isfinite(vector).all()) or not bool(vector.any()):
+        raise ValueError("vector is zero or holds NaN/inf: there is no direction to project onto")
     conversations = conversations_from(system_prompts, questions, responses)  # checks the lengths
     acts = response_mean_activations(model, tokenizer, conversations, layers=[layer])[:, 0]  # [n, d]
     return (acts @ (vector / vector.norm())).tolist()
@@ -887,8 +896,8 @@ glue("s4_n_pairs", len(result["records"]) // 2)
 #
 # Write `trait_cosine_matrix(vectors: dict[str, Tensor[d_model]]) -> (sim, names)`: the cosine
 # similarity of every pair of trait vectors (taken at one layer), as an `[n, n]` tensor, with the
-# names in the order of the rows. Raise `ValueError` if a vector is not 1-D (pick a layer first) or
-# the sizes differ.
+# names in the order of the rows. Raise `ValueError` if a vector is not 1-D (pick a layer first),
+# the sizes differ, or a vector is zero or holds NaN or inf (it has no direction, hence no cosine).
 #
 # Trait vectors are *differences* of means, so unlike Section 1's raw persona means they are not
 # all dominated by one shared component: do **not** centre them here.
@@ -912,6 +921,9 @@ def trait_cosine_matrix(vectors: dict[str, Float[Tensor, "d_model"]]
     if len(sizes) != 1:
         raise ValueError(f"vectors have different sizes {sorted(sizes)}")
     X = torch.stack([torch.as_tensor(vectors[n], dtype=torch.float32) for n in names])
+    bad = [n for n, row in zip(names, X) if not bool(torch.isfinite(row).all()) or not bool(row.any())]
+    if bad:
+        raise ValueError(f"vectors {bad} are zero or hold NaN/inf: they have no direction, hence no cosine")
     X = X / X.norm(dim=1, keepdim=True)
     return X @ X.T, names
     ### END SOLUTION

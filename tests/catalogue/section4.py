@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+import math
+
 import torch
 
 from utils.chat import format_chat, format_prompt
@@ -349,12 +351,16 @@ class RegistersThenChecks(Ref):
 class ClosureSteerer:
     """A closure hook built in __enter__, positions as a 0/1 mask, an ExitStack for cleanup."""
 
+    check_numbers = True
+
     def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
         d = model.config.get_text_config().hidden_size
         if positions not in ("all", "prompt", "response"):
             raise ValueError(f"unknown positions {positions!r}")
         if torch.as_tensor(vector).shape != (d,):
             raise ValueError("vector must be [d_model]")
+        if self.check_numbers and (not torch.isfinite(torch.as_tensor(vector)).all() or not math.isfinite(coeff)):
+            raise ValueError("vector and coeff must be finite")
         self.model, self.vector, self.coeff, self.layer, self.positions = model, torch.as_tensor(vector), coeff, layer, positions
         self._stack = None
 
@@ -632,14 +638,24 @@ def experiment_score_many(model, tokenizer, questions, vector, eval_prompt_templ
 # --------------------------------------------------------------------------------------
 # 4.3 compute_trait_projections
 # --------------------------------------------------------------------------------------
-def _check_inputs(model, system_prompts, questions, responses, vector):
+def _check_inputs(model, system_prompts, questions, responses, vector, directions=True):
     d = model.config.get_text_config().hidden_size
     vector = torch.as_tensor(vector, dtype=torch.float32)
     if vector.shape != (d,):
         raise ValueError("bad vector")
     if not len(system_prompts) == len(questions) == len(responses):
         raise ValueError("lengths differ")
+    if directions and (not torch.isfinite(vector).all() or not vector.any()):
+        raise ValueError("vector has no direction")
     return vector
+
+
+def proj_no_direction_check(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Checks shapes and lengths, but a zero vector gives NaN projections."""
+    vector = _check_inputs(model, system_prompts, questions, responses, vector, directions=False)
+    convs = conversations_from(system_prompts, questions, responses)
+    acts = response_mean_activations(model, tokenizer, convs, layers=[layer])[:, 0]
+    return (acts.float() @ (vector / vector.norm())).tolist()
 
 
 def _projections(model, tokenizer, system_prompts, questions, responses, vector, layer, *, denom="norm", span="response", offset=0):
@@ -1030,11 +1046,22 @@ def pipeline_swallows_judge_errors(model, tokenizer, trait_name, trait_data, lay
 # --------------------------------------------------------------------------------------
 # 4.5 trait_cosine_matrix
 # --------------------------------------------------------------------------------------
-def _check_vectors(vectors):
+def _check_vectors(vectors, directions=True):
     if any(torch.as_tensor(v).ndim != 1 for v in vectors.values()):
         raise ValueError("pick one layer first")
     if len({torch.as_tensor(v).shape[0] for v in vectors.values()}) != 1:
         raise ValueError("sizes differ")
+    if directions and any(not torch.isfinite(torch.as_tensor(v)).all() or not torch.as_tensor(v).any() for v in vectors.values()):
+        raise ValueError("a vector has no direction")
+
+
+def cos_no_direction_check(vectors):
+    """Checks shapes, but a zero or NaN vector gives a NaN row."""
+    _check_vectors(vectors, directions=False)
+    names = list(vectors)
+    X = torch.stack([torch.as_tensor(vectors[n]).float() for n in names])
+    X = X / X.norm(dim=1, keepdim=True)
+    return X @ X.T, names
 
 
 def _stack(vectors, dtype=torch.float32):
@@ -1311,3 +1338,14 @@ CORRECT_ALTERNATIVES = {
     "test_trait_cosine_matrix": [cos_pairwise, cos_numpy_float64, cos_loops, cos_no_size_check],
     "test_trait_cosine_matrix_input_checks": [cos_pairwise, cos_numpy_float64, cos_loops],
 }
+
+
+class SteererNoFiniteCheck(ClosureSteerer):
+    """Checks shapes and positions, but steers with a NaN vector (every later activation is NaN)."""
+
+    check_numbers = False
+
+
+CATALOGUE["test_activation_steerer_input_checks"][1].append((SteererNoFiniteCheck, "a vector holding NaN"))
+CATALOGUE["test_compute_trait_projections_input_checks"][1].append((proj_no_direction_check, "a zero vector"))
+CATALOGUE["test_trait_cosine_matrix_input_checks"][1].append((cos_no_direction_check, "a zero vector"))
