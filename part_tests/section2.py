@@ -1079,15 +1079,14 @@ def test_compute_capping_threshold(compute_capping_threshold) -> None:
 def test_compute_capping_threshold_input_checks(compute_capping_threshold) -> None:
     require_implemented(compute_capping_threshold, "compute_capping_threshold")
     x = THRESHOLD_X
-    for q, want in ((0.0, -2.0), (1.0, 4.0)):
+    for q in (0.0, 1.0):  # valid edges: only that they are accepted (their values are the maths test's job)
         try:
-            got = compute_capping_threshold(x, q)
+            compute_capping_threshold(x, q)
         except NotImplementedError as err:
             raise NotImplementedYet("compute_capping_threshold: not implemented yet") from err
         except ValueError:
             fail(f"compute_capping_threshold(x, {q}) raised ValueError: 0 and 1 are valid quantiles (the minimum and the "
                  "maximum); reject only values outside [0, 1]")
-        check(abs(float(got) - want) < 1e-9, f"compute_capping_threshold(x, {q}) = {got}, expected {want}")
     for bad_q in (25, -0.1, 1.5):
         expect_value_error(compute_capping_threshold, x, bad_q, name="compute_capping_threshold",
                            what=f"quantile = {bad_q} (quantile is a fraction in [0, 1]; the paper's 25th percentile is 0.25)")
