@@ -18,6 +18,7 @@ import pytest
 import torch
 from jaxtyping import AbstractArray
 
+from utils.config import REPO_ROOT as ROOT
 from utils.reference import _source_path, load, sections
 from utils.sources import solution_code
 
@@ -139,3 +140,55 @@ def test_detector_catches_bare_annotations():
 def test_exercise_tensors_are_annotated(section):
     problems = _missing(section)
     assert not problems, f"{section}: tensor arguments/returns without a jaxtyping shape:\n  " + "\n  ".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# utils: every public function that takes or returns tensors says their shapes
+
+JAX_TYPES = ("Float[", "Int[", "Bool[", "Shaped[", "Num[", "Integer[", "Real[")
+
+
+def _bare_tensor(annotation: str) -> bool:
+    """An annotation that names a tensor without a jaxtyping shape (`torch.Tensor`, `list[Tensor]`)."""
+    import re
+
+    if not re.search(r"\b(torch\.)?Tensor\b", annotation):
+        return False
+    stripped = annotation
+    for jt in JAX_TYPES:  # drop every jaxtyping type, then see whether a bare Tensor is left
+        stripped = re.sub(re.escape(jt) + r"[^\[\]]*(\[[^\]]*\])?[^\]]*\]", "", stripped)
+    # a mapping of named tensors of different shapes (a state dict) has no one shape to state
+    stripped = re.sub(r"(Mapping|dict)\[str, (torch\.)?Tensor\]", "", stripped)
+    return bool(re.search(r"\b(torch\.)?Tensor\b", stripped))
+
+
+def _utils_missing() -> list[str]:
+    import ast
+
+    missing = []
+    for path in sorted((ROOT / "utils").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        scopes = [(None, n) for n in tree.body]
+        scopes += [(c.name, n) for c in tree.body if isinstance(c, ast.ClassDef) and not c.name.startswith("_") for n in c.body]
+        for owner, node in scopes:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_") and node.name != "__init__":
+                continue
+            where = f"{path.name}: {owner + '.' if owner else ''}{node.name}"
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            for a in args:
+                if a.annotation is not None and _bare_tensor(ast.unparse(a.annotation)):
+                    missing.append(f"{where}: argument `{a.arg}: {ast.unparse(a.annotation)}`")
+            if node.returns is not None and _bare_tensor(ast.unparse(node.returns)):
+                missing.append(f"{where}: returns `{ast.unparse(node.returns)}`")
+    return missing
+
+
+def test_bare_tensor_detector():
+    assert _bare_tensor("torch.Tensor") and _bare_tensor("list[Tensor]") and _bare_tensor("tuple[Float[Tensor, 'n d'], Tensor]")
+    assert not _bare_tensor("Float[Tensor, 'n d_model']") and not _bare_tensor("tuple[Float[Tensor, 'n n'], list[str]]")
+    assert not _bare_tensor("Mapping[str, torch.Tensor]") and not _bare_tensor("int")
+
+
+def test_utils_tensor_functions_are_annotated():
+    missing = _utils_missing()
+    assert not missing, "public utils functions with a tensor but no jaxtyping shape:\n" + "\n".join(missing)

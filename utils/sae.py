@@ -79,7 +79,7 @@ class SparseAutoencoder(torch.nn.Module):
         b_enc: Float[Tensor, "d_sae"],
         W_dec: Float[Tensor, "d_sae d_model"],
         b_dec: Float[Tensor, "d_model"],
-        threshold: float | torch.Tensor = 0.0,
+        threshold: float | Float[Tensor, "d_sae"] = 0.0,
         apply_b_dec_to_input: bool = True,
         meta: Mapping | None = None,
     ):
