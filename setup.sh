@@ -7,6 +7,15 @@ cd "$(dirname "$0")"
 VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3}"
 
+if ! command -v bwrap >/dev/null 2>&1; then
+  # bubblewrap: the sandbox nbgrader grades student code in (utils/sandbox.py)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "note: install Debian's 'bubblewrap' package to autograde (see book/appendix_instructors.md)" >&2
+  fi
+fi
+
 if ! command -v chromium >/dev/null 2>&1; then
   # headless Chromium checks that the book's figures render (tests/test_book.py)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -21,6 +30,10 @@ fi
 "$VENV/bin/python" -m pip install -q -r requirements.txt
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+"$VENV/bin/python" -m utils.sandbox install >/dev/null  # the sandboxed kernel that nbgrader grades with
+# Students open this venv's JupyterLab: nbgrader's instructor tools stay off there (an instructor:
+# `bash scripts/nbgrader_tools.sh on`).
+VENV="$VENV" bash scripts/nbgrader_tools.sh off
 
 export PATH="$PWD/$VENV/bin:$PATH"
 python scripts/generate.py

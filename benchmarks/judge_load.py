@@ -4,37 +4,38 @@
     python benchmarks/judge_load.py --calls 500 --concurrency 8 --fault-rate 0.2
 
 It starts tests/fake_openai_server.py on 127.0.0.1 (no network, no key needed)
-and runs four passes with a fresh cache:
+and runs these passes, each with a fresh cache unless said otherwise:
 
-1. clean      — every call answered at once, logprobs mode (the papers' method);
-2. faulty     — a fresh cache, and the server answers a share of requests with
-                429 / 500 / a cut-off body / invalid JSON (retried with backoff);
-3. rerun      — pass 2 again: everything should come from the disk cache, with
-                zero requests sent;
-4. text mode  — a fresh cache, scoring by parsing the answer text.
+1. clean (logprobs)   -- every call answered at once (the papers' method);
+2. faulty (logprobs)  -- the server answers a share of requests with one of the faults of
+                         ``FaultMix``: 429 with/without a usable Retry-After, 500/503, a body cut
+                         off, a connection reset, invalid JSON, an error body or empty
+                         ``choices`` in a 200, ``"content": null``, a hang longer than the
+                         client's timeout, and, for a few prompts, on every request: a 5 MB
+                         answer, a 400-digit number, logprobs of 800 or NaN, the key echoed back;
+3. rerun              -- pass 2 again on its cache: no request for what succeeded;
+4. clean (text), 5. faulty (text) -- the same by parsing the answer text;
+6. dead endpoints     -- a closed port and a server that accepts and never answers: the batch
+                         stops at the circuit breaker with one error naming the URL.
 
-For each pass it prints calls/s, requests sent, retries, how many calls ended
-without a score and why. The server runs in child processes (``--in-process`` keeps it in this one)
-and adds no latency of its own (``--latency`` adds some), so the numbers
-measure the client's overhead (openai client, threads, cache writes with
-fsync), not a real endpoint's speed.
+For each pass it prints calls/s, requests sent, retries, how many calls ended without a score
+and why; then the checks: no crashed batch, no lost result, no request on rerun for what
+succeeded, no failure cached, no key in any file written. The server runs in child processes
+(``--in-process`` keeps it in this one) and adds no latency of its own (``--latency`` adds
+some), so the numbers measure the client's overhead, not a real endpoint's speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import os
 import platform
-import random
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from fake_openai_server import FakeOpenAIServer, FaultMix, closed_port_url, judge_answer  # noqa: E402
 
 import utils.api as api  # noqa: E402
 from utils.api import ChatClient  # noqa: E402
@@ -51,40 +52,11 @@ from utils.caching import DiskCache  # noqa: E402
 from utils.judge import Judge  # noqa: E402
 
 
+KEY = "sk-bench-not-a-real-key-0123456789"
+
+
 def answer_for(body: dict) -> dict:
-    """A deterministic judge answer per prompt: a score and a logprob distribution around it."""
-    content = body["messages"][-1]["content"]
-    h = int(hashlib.sha256(content.encode()).hexdigest(), 16)
-    score = h % 101
-    if h % 50 == 0:  # 2 % of prompts: the judge refuses
-        return {"text": "REFUSAL", "top": {"REF": math.log(0.9), "50": math.log(0.05)}}
-    top = {str(score): math.log(0.6), str(min(100, score + 5)): math.log(0.2),
-           str(max(0, score - 5)): math.log(0.1), "The": math.log(0.1)}
-    return {"text": str(score), "top": top}
-
-
-class FaultyResponder:
-    """Answers like :func:`answer_for`, but a share ``rate`` of requests fail transiently."""
-
-    FAULTS = ["429", "500", "truncated", "badjson"]
-
-    def __init__(self, rate: float, seed: int = 0):
-        self.rate = rate
-        self.rng = random.Random(seed)
-        self.lock = threading.Lock()
-        self.injected = collections.Counter()
-
-    def __call__(self, body: dict):
-        with self.lock:
-            fail = self.rng.random() < self.rate
-            fault = self.rng.choice(self.FAULTS)
-            if fail:
-                self.injected[fault] += 1
-        return fault if fail else answer_for(body)
-
-    def stats(self) -> dict:
-        with self.lock:
-            return {"injected": dict(self.injected)}
+    return judge_answer(body)
 
 
 class ServerHandle:
@@ -94,16 +66,16 @@ class ServerHandle:
     for this interpreter's GIL, so the numbers measure the client.
     """
 
-    def __init__(self, responder, latency: float, in_process: bool):
+    def __init__(self, responder, latency: float, in_process: bool, hang_seconds: float = 3.0):
         self.in_process = in_process
         if in_process:
-            self.server = FakeOpenAIServer(delay=latency, responder=responder).start()
+            self.server = FakeOpenAIServer(delay=latency, responder=responder, hang_seconds=hang_seconds).start()
             self.url = self.server.url
             return
         ctx = multiprocessing.get_context("fork")
         urls = ctx.Queue()
         self.stop_event = ctx.Event()
-        self.proc = ctx.Process(target=_serve, args=(responder, latency, urls, self.stop_event),
+        self.proc = ctx.Process(target=_serve, args=(responder, latency, urls, self.stop_event, hang_seconds),
                                 daemon=True)
         self.proc.start()
         self.url = urls.get(timeout=30)
@@ -126,46 +98,79 @@ class ServerHandle:
             self.proc.join(timeout=10)
 
 
-def _serve(responder, latency, urls, stop_event) -> None:
-    server = FakeOpenAIServer(delay=latency, responder=responder).start()
+def _serve(responder, latency, urls, stop_event, hang_seconds=3.0) -> None:
+    server = FakeOpenAIServer(delay=latency, responder=responder, hang_seconds=hang_seconds).start()
     urls.put(server.url)
     stop_event.wait()
     server.stop()
 
 
-def _is_refusal(reason: str | None) -> bool:
-    return bool(reason) and ("probability" in reason or "REFUSAL" in reason)
+def _is_answer(reason: str | None) -> bool:
+    """A None that is the judge's answer (a refusal, low integer mass, no number in the text)."""
+    return bool(reason) and ("probability" in reason or "REFUSAL" in reason or "no integer" in reason)
 
 
-def run_pass(name: str, server: ServerHandle, cache_dir: Path, prompts: list[str],
-             concurrency: int, mode: str) -> dict:
-    client = ChatClient(base_url=server.url, model="bench-judge", api_key="sk-bench-not-a-real-key",
-                        cache=DiskCache(cache_dir), timeout=10, max_retries=5,
+def _reason_key(reason: str) -> str:
+    if _is_answer(reason):
+        return "the judge's answer (refusal / no number)"
+    for key in ("not read", "max_answer_chars", "invalid logprob", "circuit breaker", "deadline",
+                "unreachable endpoint", "timed out", "connection cut", '"content": null'):
+        if key in reason:
+            return key
+    return reason.split(":")[0][:40]
+
+
+def run_pass(name: str, server, cache_dir: Path, prompts: list[str], concurrency: int, mode: str,
+             timeout: float = 10.0) -> dict:
+    client = ChatClient(base_url=server.url, model="bench-judge", api_key=KEY,
+                        cache=DiskCache(cache_dir), timeout=timeout, max_retries=5,
                         max_workers=concurrency, backoff_base=0.01, backoff_max=0.2)
     judge = Judge(client, mode=mode)
     sent_before = server.count()
+    seen_before = server.stats().get("seen", {})
     sleeps: list[float] = []
     real_sleep = api._sleep
     api._sleep = lambda s: (sleeps.append(s), real_sleep(s))  # count backoff sleeps = retries
+    crashed = 0
     try:
         t0 = time.perf_counter()
-        scores = judge.score_many(prompts, max_workers=concurrency, progress=False)
+        try:
+            scores = judge.score_many(prompts, max_workers=concurrency, progress=False)
+        except Exception as e:  # a crashed batch: counted, and reported
+            crashed, scores = 1, []
+            print(f"  {name}: the batch crashed: {type(e).__name__}: {e}")
         elapsed = time.perf_counter() - t0
     finally:
         api._sleep = real_sleep
     reasons = collections.Counter()
     for s in scores:
         if s.value is None:
-            r = s.reason or "?"
-            key = "refusal (REFUSAL or low integer mass)" if _is_refusal(r) else r.split(":")[0]
-            reasons[key] += 1
+            reasons[_reason_key(s.reason or "?")] += 1
     requests = server.count() - sent_before
-    return {"name": name, "calls": len(scores), "seconds": elapsed,
-            "calls_per_s": len(scores) / elapsed, "requests": requests,
-            "retries": len(sleeps), "errors": sum(s.value is None and not _is_refusal(s.reason)
-                                                   for s in scores),
+    seen_after = server.stats().get("seen", {})
+    asked = {p for p, n in seen_after.items() if n > seen_before.get(p, 0)}
+    return {"name": name, "calls": len(prompts), "seconds": elapsed,
+            "calls_per_s": len(prompts) / elapsed, "requests": requests,
+            "retries": len(sleeps), "crashed": crashed,
+            "lost": len(prompts) - sum(1 for s in scores if (s.value is None) != (s.reason is None)),
+            "errors": sum(s.value is None and not _is_answer(s.reason) for s in scores),
             "scored": sum(s.value is not None for s in scores), "none": dict(reasons),
-            "scores": [s.value for s in scores]}
+            "scores": [s.value for s in scores], "reasons": [s.reason for s in scores], "asked": asked}
+
+
+def dead_pass(name: str, url: str, prompts: list[str], concurrency: int, timeout: float) -> dict:
+    client = ChatClient(base_url=url, model="bench-judge", api_key=KEY, cache=None, timeout=timeout,
+                        max_retries=5, max_workers=concurrency)
+    t0 = time.perf_counter()
+    scores = Judge(client, mode="text").score_many(prompts, max_workers=concurrency, progress=False)
+    elapsed = time.perf_counter() - t0
+    errors = collections.Counter((s.reason or "")[:150] for s in scores)
+    return {"name": name, "seconds": elapsed, "requests": client.request_count, "calls": len(prompts),
+            "all_none": all(s.value is None for s in scores), "errors": errors}
+
+
+def files_with_key(folder: Path) -> int:
+    return sum(KEY in p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,48 +187,77 @@ def main(argv: list[str] | None = None) -> int:
     import openai
 
     print(f"judge_load: {args.calls} judge calls, concurrency {args.concurrency}, "
-          f"fault rate {args.fault_rate:.0%} in the faulty pass, server latency {args.latency}s")
+          f"fault rate {args.fault_rate:.0%} in the faulty passes, server latency {args.latency}s")
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"openai {openai.__version__}")
     prompts = [f"Rate answer #{i} from 0 to 100. [ANSWER START]answer text {i}[ANSWER END]"
                for i in range(args.calls)]
+    faults = [f for f in FaultMix.TRANSIENT + FaultMix.STICKY] + ["hang"]
     # Start the servers first: forking happens before any client thread exists.
-    clean_server = ServerHandle(answer_for, args.latency, args.in_process)
-    faulty_server = ServerHandle(FaultyResponder(args.fault_rate), args.latency, args.in_process)
-    print(f"server: {'in this process' if args.in_process else 'in child processes'}")
+    clean_server = ServerHandle(FaultMix(0.0), args.latency, args.in_process)
+    faulty_lp = ServerHandle(FaultMix(args.fault_rate, faults, seed=1), args.latency, args.in_process, hang_seconds=3.0)
+    faulty_tx = ServerHandle(FaultMix(args.fault_rate, faults, seed=2), args.latency, args.in_process, hang_seconds=3.0)
+    silent = ServerHandle(lambda body: "hang", 0.0, args.in_process, hang_seconds=60.0)
+    print(f"server: {'in this process' if args.in_process else 'in child processes'}; faults: {', '.join(faults)}")
     results = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             c = args.concurrency
             results.append(run_pass("clean (logprobs)", clean_server, tmp / "c1", prompts, c, "logprobs"))
-            results.append(run_pass("faulty (logprobs)", faulty_server, tmp / "c2", prompts, c, "logprobs"))
-            results.append(run_pass("rerun of faulty (cached)", faulty_server, tmp / "c2", prompts, c,
-                                    "logprobs"))
+            results.append(run_pass("faulty (logprobs)", faulty_lp, tmp / "c2", prompts, c, "logprobs", timeout=1.0))
+            results.append(run_pass("rerun of faulty (logprobs)", faulty_lp, tmp / "c2", prompts, c, "logprobs",
+                                    timeout=1.0))
             results.append(run_pass("clean (text)", clean_server, tmp / "c3", prompts, c, "text"))
-            n_files = sum(1 for _ in (tmp / "c2").rglob("*.json"))
-            injected = faulty_server.stats().get("injected", {})
+            results.append(run_pass("faulty (text)", faulty_tx, tmp / "c4", prompts, c, "text", timeout=1.0))
+            results.append(run_pass("rerun of faulty (text)", faulty_tx, tmp / "c4", prompts, c, "text", timeout=1.0))
+            n_dead = min(500, args.calls)
+            dead = [dead_pass("closed port", closed_port_url(), prompts[:n_dead], c, timeout=10.0),
+                    dead_pass("silent endpoint (timeout 2 s)", silent.url, prompts[:n_dead], c, timeout=2.0)]
+            key_files = sum(files_with_key(tmp / d) for d in ("c1", "c2", "c3", "c4"))
+            n_files = {d: sum(1 for _ in (tmp / d).rglob("*.json")) for d in ("c2", "c4")}
+            stats = {"logprobs": faulty_lp.stats(), "text": faulty_tx.stats()}
     finally:
-        clean_server.close()
-        faulty_server.close()
+        for h in (clean_server, faulty_lp, faulty_tx, silent):
+            h.close()
 
     print()
-    print(f"{'pass':<26} {'calls':>6} {'seconds':>8} {'calls/s':>8} {'requests':>9} {'retries':>8} "
+    print(f"{'pass':<28} {'calls':>6} {'seconds':>8} {'calls/s':>8} {'requests':>9} {'retries':>8} "
           f"{'scored':>7}  no score (reason: count)")
     for r in results:
-        print(f"{r['name']:<26} {r['calls']:>6} {r['seconds']:>8.2f} {r['calls_per_s']:>8.0f} "
+        print(f"{r['name']:<28} {r['calls']:>6} {r['seconds']:>8.2f} {r['calls_per_s']:>8.0f} "
               f"{r['requests']:>9} {r['retries']:>8} {r['scored']:>7}  {r['none'] or '-'}")
+    for d in dead:
+        (err, n), = d["errors"].most_common(1)
+        print(f"{d['name']:<28} {d['calls']:>6} {d['seconds']:>8.2f} {d['calls'] / d['seconds']:>8.0f} "
+              f"{d['requests']:>9}  every call None: {d['all_none']}; e.g. {err!r}")
     print()
-    print(f"faults injected in the faulty pass: {injected} (total {sum(injected.values())})")
-    clean, faulty_pass, rerun = results[0], results[1], results[2]
-    same = all(f is None or f == c for c, f in zip(clean["scores"], faulty_pass["scores"]))
-    print(f"every call scored in the faulty pass has the clean pass's score: {same}; "
-          f"calls that gave up after all retries: {faulty_pass['errors']}")
-    print(f"rerun: {rerun['requests']} requests (only calls that had ended in errors are asked "
-          f"again: errors are not cached); its scores equal the clean pass's: "
-          f"{rerun['scores'] == clean['scores']}")
-    print(f"cache entries after the faulty pass and its rerun: {n_files} (one per distinct call)")
-    ok = same and rerun["requests"] == faulty_pass["errors"]
+    ok = True
+    for mode, (clean, faulty, rerun) in (("logprobs", results[0:3]), ("text", (results[3], results[4], results[5]))):
+        st = stats[mode]
+        injected, sticky = st["injected"], st["sticky"]
+        print(f"[{mode}] faults injected: {dict(sorted(injected.items()))} (total {sum(injected.values())}); "
+              f"prompts with a persistent odd answer: {len(sticky)}")
+        same = all(f is None or f == cl or p in sticky
+                   for p, cl, f in zip(prompts, clean["scores"], faulty["scores"]))
+        transient_lost = sum(1 for p, cl, f in zip(prompts, clean["scores"], faulty["scores"])
+                             if f is None and cl is not None and p not in sticky)
+        succeeded = {p for p, v, why in zip(prompts, faulty["scores"], faulty["reasons"]) if v is not None or _is_answer(why)}
+        asked_again = len(rerun["asked"] & succeeded)
+        failed = [p for p, v, why in zip(prompts, faulty["scores"], faulty["reasons"]) if v is None and not _is_answer(why)]
+        print(f"[{mode}] crashed batches: {clean['crashed'] + faulty['crashed'] + rerun['crashed']}; "
+              f"results lost: {clean['lost'] + faulty['lost'] + rerun['lost']}; "
+              f"scores equal to the clean pass's: {same}; transient faults not retried away: {transient_lost}")
+        print(f"[{mode}] rerun: {rerun['requests']} requests, for {len(rerun['asked'])} prompts, all of them calls "
+              f"that had failed ({len(failed)}: persistent odd answers, never cached); requests for calls that "
+              f"had succeeded: {asked_again}; cache entries: {n_files['c2' if mode == 'logprobs' else 'c4']} "
+              f"(one per answered call: {len(succeeded)})")
+        ok &= (same and asked_again == 0 and transient_lost == 0
+               and clean["crashed"] + faulty["crashed"] + rerun["crashed"] == 0
+               and clean["lost"] + faulty["lost"] + rerun["lost"] == 0
+               and n_files["c2" if mode == "logprobs" else "c4"] == len(succeeded))
+    print(f"files written that hold the key: {key_files}")
+    ok &= key_files == 0 and all(d["all_none"] for d in dead)
     print("OK" if ok else "MISMATCH")
     return 0 if ok else 1
 

@@ -102,7 +102,11 @@ def using(fn: Any, **objects):
     exercise (looked up in the notebook's globals), we put the course's version there for the
     duration of the test, so an earlier mistake is not charged twice.
     """
-    namespace = getattr(fn, "__globals__", None)
+    import inspect
+
+    # A decorated function (@torch.inference_mode(), functools.wraps) looks its names up in the
+    # globals of the function it wraps, not in the decorator's module.
+    namespace = getattr(inspect.unwrap(fn), "__globals__", None) if callable(fn) else None
     if namespace is None and hasattr(fn, "__init__"):
         namespace = getattr(fn.__init__, "__globals__", None)
     if namespace is None:

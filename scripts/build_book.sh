@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PERSONA_COURSE_MODEL=toy
 unset PERSONA_COURSE_TINY NBGRADER_EXECUTION
+# Figures for the book: HTML drawn by the book's one shared plotly.js (utils/plots.py decides).
+export PERSONA_COURSE_BOOK=1
+# No progress bars in the book (they would be widgets needing scripts from a CDN).
+export TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 # Every build starts from an empty cache, so no vector or judge score from an earlier model leaks in.
 PERSONA_COURSE_CACHE="$(mktemp -d)"
 export PERSONA_COURSE_CACHE

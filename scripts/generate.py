@@ -8,6 +8,8 @@ Sources are jupytext "percent" files `solutions/<section>.py`. Cell tags in a so
 - `test` (with `points=N`): the graded cell that runs the exercise's test from `part_tests`;
   lines between `### BEGIN HIDDEN TESTS` / `### END HIDDEN TESTS` only appear in nbgrader's source;
 - `export`: setup code that the reference namespace needs (`utils.reference.load`);
+- `book-only`: the cell goes to the book alone (e.g. prose that pastes numbers with MyST-NB's
+  `{glue:text}` role, which Jupyter cannot render; see utils/glue.py);
 - any other tag (e.g. `hide-input`, `remove-cell`) passes through to the book.
 Markdown may use MyST directives (`:::{dropdown} Hint 1`); the Jupyter notebooks get them as
 HTML `<details>` so they fold in Jupyter too.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -31,7 +34,7 @@ import jupytext
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.sources import SOLUTION_RE, directives_to_html, solution_code, stub_code, titled_admonitions, without_hidden_tests  # noqa: E402
+from utils.sources import SOLUTION_RE, directives_to_html, nbgrader_exercise_code, solution_code, stub_code, titled_admonitions, without_hidden_tests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "solutions"
@@ -77,6 +80,12 @@ def build_variants(source_path: Path) -> dict[str, nbformat.NotebookNode]:
     for i, cell in enumerate(src.cells):
         tags = _tags(cell)
         text = cell.source
+        if "book-only" in tags:  # the book alone (e.g. prose with {glue} numbers Jupyter cannot render)
+            if {"exercise", "test", "export"} & set(tags):
+                raise ValueError(f"{source_path.name} cell {i}: a 'book-only' cell cannot be an exercise, test or export cell")
+            body = titled_admonitions(text) if cell.cell_type == "markdown" else text
+            book.append(_base_cell(cell, body, section, "book", i, tags=tags))
+            continue
         if cell.cell_type == "markdown":
             html = directives_to_html(text)
             ex.append(_base_cell(cell, html, section, "ex", i))
@@ -102,7 +111,9 @@ def build_variants(source_path: Path) -> dict[str, nbformat.NotebookNode]:
             meta = _nbg_meta(f"test-{i}", grade=True, locked=True, points=points)
         else:
             meta = _nbg_meta(f"code-{i}", locked=True)
-        nbg.append(_base_cell(cell, text.rstrip("\n"), section, "nbg", i, extra_meta={"nbgrader": meta}))
+        nbg_text = graded_cell(text, section, source_path.name, i) if is_test else \
+            nbgrader_exercise_code(text) if is_exercise else text.rstrip("\n")
+        nbg.append(_base_cell(cell, nbg_text, section, "nbg", i, extra_meta={"nbgrader": meta}))
         if is_exercise:
             stub = stub_code(text)
             book.append(nbformat.v4.new_markdown_cell(
@@ -122,6 +133,39 @@ def build_variants(source_path: Path) -> dict[str, nbformat.NotebookNode]:
         f"nbgrader/source/{section}/{section}.ipynb": _notebook(nbg),
         f"book/{section}.ipynb": _notebook(book),
     }
+
+
+TEST_IMPORT_RE = re.compile(r"^from part_tests import (section\d+) as tests$")
+TEST_CALL_RE = re.compile(r"^tests\.test_\w+\(.*\)$")
+GRADED_HEADER = """\
+# Graded cell (locked). The tests are read again from the course's own files, so nothing a cell above
+# did to `part_tests` or `utils` changes them (see the instructors' appendix).
+import sys; [sys.modules.pop(m) for m in [m for m in sys.modules if m.split(".")[0] in ("part_tests", "utils")]]
+from part_tests.graded import graded
+tests = graded({module!r}, digest={digest!r}, nonce={nonce!r})"""
+
+
+def graded_cell(text: str, section: str, source_name: str, i: int) -> str:
+    """nbgrader's version of a test cell: the same test calls, run by `part_tests.graded`."""
+    from part_tests.graded import NONCE_PLACEHOLDER, course_digest
+
+    lines = [ln for ln in text.rstrip("\n").splitlines() if ln.strip()]
+    module = None
+    body = []
+    for ln in lines:
+        m = TEST_IMPORT_RE.match(ln.strip())
+        if m and module is None:
+            module = m.group(1)
+        elif TEST_CALL_RE.match(ln.strip()) or ln.strip() in ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS") \
+                or ln.lstrip().startswith("#"):
+            body.append(ln)
+        else:
+            raise ValueError(f"{source_name} cell {i}: a test cell may hold only `from part_tests import sectionN as tests` "
+                             f"and `tests.test_<name>(...)` lines (and hidden-test markers), found {ln!r}")
+    if module is None or not section.startswith(module + "_"):
+        raise ValueError(f"{source_name} cell {i}: a test cell must start with `from part_tests import {section.split('_')[0]} as tests`")
+    header = GRADED_HEADER.format(module=module, digest=course_digest(), nonce=NONCE_PLACEHOLDER)
+    return header + "\n" + "\n".join(body)
 
 
 def _nbg_meta(grade_id: str, grade=False, solution=False, locked=False, points=None) -> dict:

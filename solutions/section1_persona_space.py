@@ -3,9 +3,11 @@
 #
 # Language models can play many characters. Ask one to be a ghost, an oracle or a tax consultant
 # and its internal activations shift in a consistent way. In this section we collect activations for
-# about twenty personas, turn each persona into a vector, and find that one direction dominates the
+# a few dozen personas, turn each persona into a vector, and find that one direction dominates the
 # space they span: the **Assistant Axis**, from the model's default assistant self to its most
-# theatrical role-play.
+# theatrical role-play. The section replicates the persona-space analysis of
+# *The Assistant Axis* (Lu et al., 2026; code:
+# [safety-research/assistant-axis](https://github.com/safety-research/assistant-axis)).
 #
 # **Learning objectives**
 # - Judge whether a response is in role, with an LLM judge whose answer we can parse.
@@ -17,21 +19,37 @@
 #
 # **Model.** The paper studies `google/gemma-2-27b-it` (46 blocks, d_model 4608) at block 22.
 # With one 24 GB GPU, set `PERSONA_COURSE_MODEL=Qwen/Qwen2.5-7B-Instruct` (or a smaller Qwen2.5
-# instruct model). On a CPU the course runs offline in the **toy world**
-# (`PERSONA_COURSE_MODEL=toy`): `toy-qwen2`, a 6-block, d_model-128 model of the Qwen2 architecture
-# (its chat template has a system role, its 2048-token vocabulary is learnt from the corpus)
-# *trained* on a synthetic corpus in which the default
-# assistant answers plainly ("As an AI assistant, ...") and fantastical roles theatrically ("Ah!",
-# "Alas", "O, hear me"), scored by a toy judge that counts those style markers. Its effects are
-# real but small-world: they illustrate the method, they are not the paper's results. Under
-# nbgrader (or `PERSONA_COURSE_TINY=1`) the section runs a **random tiny model** of the Gemma 2
-# architecture (no system role): every cell runs and every test is meaningful, but the numbers
-# are noise. The paper's results are quoted as *expected output* beside each step.
+# instruct model).
+#
+# :::{important} Three worlds, said once
+# - **The paper model.** Its published results are quoted in paragraphs that open with
+#   **On the paper model**.
+# - **The toy world** (`PERSONA_COURSE_MODEL=toy`, what this book runs on a CPU): `toy-qwen2`, a small
+#   model of the Qwen2 architecture (its chat template has a system role, its vocabulary is learnt
+#   from the corpus) *trained* on a synthetic corpus in which the default assistant answers plainly
+#   ("As an AI assistant, ...") and fantastical roles theatrically ("Ah!", "Alas", "O, hear me"),
+#   scored by a toy judge that counts those style markers. Its effects are real but small-world:
+#   they illustrate the method, they are not the paper's results. In the book, paragraphs that open
+#   with **In this build** read this build's outputs, every number taken from the cells above them.
+# - **Random tiny models** (nbgrader, or `PERSONA_COURSE_TINY=1`): a random-weight model of the
+#   Gemma 2 architecture (no system role). Every cell runs and every test is meaningful, but every
+#   number and every plot is noise; the steps below do not repeat it.
+# :::
 #
 # :::{note} Conventions used throughout the course
 # "Activation at layer L" is the output of decoder block L (0-based). HF's `hidden_states[L + 1]`
 # is the same tensor, except the last entry, which has the final norm applied. Response tokens are
 # the exact token span of the final assistant message's content.
+# :::
+#
+# :::{note} Shapes in the signatures
+# Exercise signatures give each tensor's shape with a [jaxtyping](https://docs.kidger.site/jaxtyping/)
+# annotation: the kind of number, then the dimension names. `Float[Tensor, "n d_model"]` is a
+# floating-point tensor with one row per example (`n`) and `d_model` columns; a number is a fixed size
+# (`"n_personas 2"`). For example, `def mean_over_tokens(h: Float[Tensor, "seq d_model"]) ->
+# Float[Tensor, "d_model"]` averages a sequence's activations into one vector. The course uses the same
+# names everywhere (`n` examples, `n_personas`, `d_model`, `n_layers`, `batch`, `seq`, ...); the tests
+# check what you return against these shapes.
 # :::
 
 # %% tags=["export"]
@@ -44,7 +62,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from sklearn.decomposition import PCA
+from torch import Tensor
 
 from utils import config, data
 from utils.chat import build_messages
@@ -61,8 +81,7 @@ model, tokenizer = load_course_model(section=1)
 LAYER = layer_settings(model).axis_layer
 # Offline, plot titles say which model made them: the trained toy model, or a random-weight one.
 MODE_NOTE = " — toy world" if config.is_toy() else (" — random tiny model: noise" if config.is_tiny() else "")
-print(f"model: {model.config._name_or_path}  blocks: {len(get_blocks(model))}  layer: {LAYER}  "
-      f"offline: {'toy world' if config.is_toy() else 'random tiny model' if config.is_tiny() else 'no'}")
+print(f"world: {config.world_label(section=1)}  blocks: {len(get_blocks(model))}  layer: {LAYER}")
 
 # %% [markdown]
 # ## Exercise 1.1 — A role-play judge
@@ -160,9 +179,8 @@ tests.test_parse_score_hidden(parse_score)
 # oracle, leviathan, bard, ...), plus 18 open-ended questions that give a persona room to show.
 #
 # **Offline** the pipeline runs on a subset so that the notebook executes in well under a minute on
-# a CPU: every persona, 3 questions, 32 new tokens in the toy world (enough for a role's style
-# markers to appear) and 8 with the random tiny model, whose every number is noise. The paper's
-# numbers are quoted beside each step.
+# a CPU: every persona, but only a few questions and short answers (the cell below prints the sizes;
+# the toy world's answers are long enough for a role's style markers to appear).
 
 # %%
 PERSONAS = data.load_personas()
@@ -286,18 +304,40 @@ print(f"{len(responses)} responses in {time.time() - t0:.1f} s ({len(empty)} emp
 for name in ("default", "consultant", "ghost"):
     print(f"{name:>12}: {responses.get((name, 0), '')[:150]!r}")
 
+# %% tags=["book-only", "remove-cell"]
+# The book's "In this build" paragraphs take their numbers and quotes from the run (utils/glue.py).
+from utils.glue import glue
+
+
+def first_sentence(text: str, min_chars: int = 40, max_chars: int = 100) -> str:
+    """The opening of a response, for quoting in the prose: whole sentences up to at least
+    `min_chars` characters ("Ah!" alone says little), cut at a word and marked "..." past `max_chars`."""
+    quote = ""
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        quote = f"{quote} {sentence}".strip()
+        if len(quote) >= min_chars:
+            break
+    if len(quote) > max_chars:
+        quote = quote[:max_chars].rsplit(" ", 1)[0] + " ..."
+    return quote
+
+
+glue("s1_reply_default", first_sentence(responses.get(("default", 0), "")))
+glue("s1_reply_consultant", first_sentence(responses.get(("consultant", 0), "")))
+glue("s1_reply_ghost", first_sentence(responses.get(("ghost", 0), "")))
+
 # %% [markdown]
-# **Expected observations.** On a real model the default personas answer as an assistant ("As an
-# AI, I don't have values of my own, but ..."), the consultant talks frameworks and next steps, and
-# the ghost speaks of cold corridors and centuries.
-#
-# **Toy world.** The same pattern in miniature: the default personas start "I am an AI assistant,
-# ...", the consultant speaks the assistant's own sentences with its role put in ("As a consultant,
-# I can give you a clear answer. ..."), and the ghost theatrically ("Ah! Hark, O traveller, the
-# ghost of the lighthouse speaks! ..."). With the
-# random tiny model (grading) the "responses" are random tokens: enough to drive every later step,
-# meaningless as text.
-#
+# **On the paper model** the default personas answer as an assistant ("As an AI, I don't have values
+# of my own, but ..."), the consultant talks frameworks and next steps, and the ghost speaks of cold
+# corridors and centuries.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** (toy world) the same pattern shows in miniature. The default persona opens
+# “{glue:text}`s1_reply_default`”, the consultant speaks the assistant's own sentences with its role
+# put in (“{glue:text}`s1_reply_consultant`”), and the ghost speaks theatrically
+# (“{glue:text}`s1_reply_ghost`”).
+
+# %% [markdown]
 # ### Judging the responses
 #
 # A persona vector should average responses in which the model really *played* the role, so the
@@ -309,7 +349,7 @@ for name in ("default", "consultant", "ghost"):
 # :::{warning} Offline: a stand-in judge, not an LLM
 # Offline, `utils.judge.get_judge()` returns a stand-in. In the **toy world** it is the toy-world
 # judge: it counts the corpus's style markers (an AI self-description, the role's words, the
-# theatrical "Ah!"/"Alas"), so its 0–3 scores are meaningful *in that world only*, and the toy
+# theatrical "Ah!"/"Alas"), so its role-play scores are meaningful *in that world only*, and the toy
 # world filters responses with them as the paper does. With the **random tiny model** (grading)
 # its "score" is a hash of the answer's text, i.e. noise, so that path builds the persona vectors
 # from all responses (`scores=None`) rather than from a random subset.
@@ -344,13 +384,23 @@ def judge_roleplay(responses: dict, template: str | None = None) -> dict[tuple[s
 
 scores = judge_roleplay(responses)
 counts = {s: sum(1 for k, v in scores.items() if v == s and k[0] not in DEFAULT_PERSONAS) for s in (0, 1, 2, 3, None)}
-print("role-play scores (default personas excluded):", counts)
+print(f"role-play scores (default personas excluded; {judge.label}):", counts)
+
+# %% tags=["book-only", "remove-cell"]
+glue("s1_n_role_responses", sum(counts.values()))
+glue("s1_n_score3", counts[3])
+glue("s1_n_below3", sum(counts.values()) - counts[3])
 
 # %% [markdown]
 # Read a handful of responses next to their scores before trusting the judge: do you agree with
-# it? Which roles does the model refuse to play fully? (In the toy world every role scores 3 in our
-# build; a 1 would be an answer that never got to the role's words within the token budget.)
-#
+# it? Which roles does the model refuse to play fully?
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the toy judge rates {glue:text}`s1_n_score3` of the
+# {glue:text}`s1_n_role_responses` role responses fully in role and {glue:text}`s1_n_below3` lower
+# (a lower score is an answer that never got to the role's words within the token budget).
+
+# %% [markdown]
 # ## Exercise 1.3 — The exact tokens of a response
 #
 # | difficulty | importance | time |
@@ -447,6 +497,11 @@ from part_tests import section1 as tests
 
 tests.test_format_messages(format_messages)
 
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_format_messages_input_checks(format_messages)
+
 # %%
 demo = build_messages(PERSONAS["ghost"], QUESTIONS[0], "The tide keeps my secrets, and I keep the tide's.")
 full_prompt, (start, end) = format_messages(demo, tokenizer)
@@ -509,7 +564,7 @@ print(f"just outside the span: {tokenizer.decode(ids[start - 1:start])!r} ... {t
 @torch.inference_mode()
 def extract_response_activations(
     model, tokenizer, system_prompts: list[str], questions: list[str], responses: list[str], layer: int, batch_size: int = 8
-) -> torch.Tensor:
+) -> Float[Tensor, "n d_model"]:
     """Mean of block `layer`'s output over each response's tokens: float32 [n, d_model] on the CPU."""
     ### BEGIN SOLUTION
     if not len(system_prompts) == len(questions) == len(responses):
@@ -561,10 +616,15 @@ def extract_response_activations(
     return torch.cat(means)
     ### END SOLUTION
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=2
 from part_tests import section1 as tests
 
 tests.test_extract_response_activations(extract_response_activations)
+
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_extract_response_activations_input_checks(extract_response_activations)
 
 # %% [markdown]
 # A check on the course model: your batched extraction against `utils.activations` (which pads
@@ -614,7 +674,7 @@ print(f"shape {tuple(mine.shape)}; max |mine - utils| = {(mine - course).abs().m
 def extract_persona_vectors(
     model, tokenizer, personas: dict[str, str], questions: list[str], responses: dict[tuple[str, int], str],
     layer: int, scores: dict | None = None, score_threshold: int = 3,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Float[Tensor, "d_model"]]:
     """{persona name: mean activation at block `layer` over its responses that pass the judge}."""
     ### BEGIN SOLUTION
     kept = []  # (name, q_idx) of the responses that pass the filter, persona by persona
@@ -656,15 +716,26 @@ norms = torch.stack([v.norm() for v in persona_vectors.values()])
 print(f"{len(persona_vectors)} persona vectors of dimension {next(iter(persona_vectors.values())).shape[0]}; "
       f"norms from {norms.min():.3g} to {norms.max():.3g}")
 
+# %% tags=["book-only", "remove-cell"]
+glue("s1_n_vectors", len(persona_vectors))
+glue("s1_n_personas", len(PERSONAS))
+glue("s1_d_model", next(iter(persona_vectors.values())).shape[0])
+glue("s1_norm_min", norms.min())
+glue("s1_norm_max", norms.max())
+glue("s1_norm_ratio", norms.max() / norms.min())
+
 # %% [markdown]
-# **Expected observations.** On Gemma 2 27B (bf16, block 22) raw persona vectors have norms of about
+# **On the paper model** (Gemma 2 27B, bf16, block 22) raw persona vectors have norms of about
 # **2.3 × 10⁴**, nearly the same for every persona: most of each vector is a component that all
 # personas share.
-#
-# **Toy world.** Every persona keeps responses through the judge, and the norms printed above (on
-# a 128-dimensional model) are again close to one another. The random tiny model's norms (grading)
-# mean nothing.
-#
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** {glue:text}`s1_n_vectors` of the {glue:text}`s1_n_personas` personas keep
+# responses through the judge. On this {glue:text}`s1_d_model`-dimensional model their norms run
+# from {glue:text}`s1_norm_min:.1f` to {glue:text}`s1_norm_max:.1f`: the largest is
+# {glue:text}`s1_norm_ratio:.2f` times the smallest.
+
+# %% [markdown]
 # ## Exercise 1.6 — Cosine similarity, raw and centred
 #
 # | difficulty | importance | time |
@@ -679,6 +750,14 @@ print(f"{len(persona_vectors)} persona vectors of dimension {next(iter(persona_v
 #   vector** (the mean over personas, one `d_model` vector) from every vector. Don't modify the
 #   caller's tensors.
 #
+# Vectors may arrive in half precision (bf16, as a GPU model gives them): compute in float32
+# (`.float()`). In bf16, centring subtracts numbers of size ~10⁴ that differ by a few per cent, and
+# little of the difference survives.
+#
+# Input checks (graded apart): raise `ValueError` when a vector is zero or holds NaN or inf (it has no
+# direction, so no cosine: don't hide it as 0 or NaN), and when the centred version gets fewer than
+# two vectors (one vector minus the mean of one vector is zero).
+#
 # :::{note} Common confusion: every raw persona vector points the same way
 # Mean activations share a large component: whatever the model does on *any* chat response at this
 # layer. Raw cosines between persona vectors are therefore all close to 1 and say almost nothing.
@@ -692,24 +771,31 @@ print(f"{len(persona_vectors)} persona vectors of dimension {next(iter(persona_v
 # :::
 
 # %% tags=["exercise"]
-def compute_cosine_similarity_matrix(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+def compute_cosine_similarity_matrix(
+    vectors: dict[str, Float[Tensor, "d_model"]],
+) -> tuple[Float[Tensor, "n_personas n_personas"], list[str]]:
     """(sim [n, n], names): cosine similarity between every pair of vectors, rows in names order."""
     ### BEGIN SOLUTION
     names = list(vectors)
     if not names:
         raise ValueError("no vectors")
     X = torch.stack([vectors[n].float() for n in names])
-    Xn = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    bad = [n for n, row in zip(names, X) if not bool(torch.isfinite(row).all()) or not bool(row.any())]
+    if bad:
+        raise ValueError(f"vectors {bad} are zero or hold NaN/inf: they have no direction, hence no cosine")
+    Xn = X / X.norm(dim=1, keepdim=True)
     return Xn @ Xn.T, names
     ### END SOLUTION
 
 
-def compute_cosine_similarity_matrix_centered(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+def compute_cosine_similarity_matrix_centered(
+    vectors: dict[str, Float[Tensor, "d_model"]],
+) -> tuple[Float[Tensor, "n_personas n_personas"], list[str]]:
     """(sim [n, n], names): cosine similarities after subtracting the mean vector over personas."""
     ### BEGIN SOLUTION
     names = list(vectors)
-    if not names:
-        raise ValueError("no vectors")
+    if len(names) < 2:
+        raise ValueError(f"centring needs at least two vectors, got {len(names)}")
     X = torch.stack([vectors[n].float() for n in names])
     X = X - X.mean(dim=0, keepdim=True)  # a new tensor: the caller's vectors are untouched
     return compute_cosine_similarity_matrix(dict(zip(names, X)))
@@ -721,8 +807,14 @@ from part_tests import section1 as tests
 tests.test_compute_cosine_similarity_matrix(compute_cosine_similarity_matrix)
 tests.test_compute_cosine_similarity_matrix_centered(compute_cosine_similarity_matrix_centered)
 
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_compute_cosine_similarity_matrix_input_checks(compute_cosine_similarity_matrix)
+tests.test_compute_cosine_similarity_matrix_centered_input_checks(compute_cosine_similarity_matrix_centered)
+
 # %%
-from utils.plots import GROUP_COLORS, heatmap
+from utils.plots import GROUP_COLORS, heatmap, label_positions, ranked_bars
 
 order = sorted(persona_vectors, key=lambda n: data.PERSONA_GROUPS.index(GROUPS[n]))  # group by group
 ordered = {n: persona_vectors[n] for n in order}
@@ -742,20 +834,42 @@ for ga in present:
         row.append(f"{sim_centred[mask].mean().item():>16.2f}" if mask.any() else f"{'-':>16}")
     print(f"{ga:<16}" + "".join(row))
 
+# %% tags=["book-only", "remove-cell"]
+def block_mean(ga: str, gb: str) -> float:
+    """Mean centred cosine between different personas of groups ga and gb."""
+    mask = torch.tensor([[GROUPS[a] == ga and GROUPS[b] == gb and a != b for b in names] for a in names])
+    return sim_centred[mask].mean().item()
+
+
+cos_blocks = {(a, b): block_mean(a, b) for a in ("default", "assistant_like", "fantastical") for b in ("default", "assistant_like", "fantastical")}
+glue("s1_raw_min", sim_raw[off_diagonal].min())
+glue("s1_raw_max", sim_raw[off_diagonal].max())
+glue("s1_cos_dd", cos_blocks["default", "default"])
+glue("s1_cos_aa", cos_blocks["assistant_like", "assistant_like"])
+glue("s1_cos_ad", cos_blocks["assistant_like", "default"])
+glue("s1_cos_af", cos_blocks["assistant_like", "fantastical"])
+glue("s1_cos_ff", cos_blocks["fantastical", "fantastical"])
+glue("s1_cos_fd", cos_blocks["fantastical", "default"])
+glue("s1_a_nearer", "closer to the defaults than to" if cos_blocks["assistant_like", "default"] > cos_blocks["assistant_like", "fantastical"]
+     else "no closer to the defaults than to")
+
 # %% [markdown]
-# **Expected observations.** Raw: a uniformly dark square, every cosine near 1. Centred, on a real
-# model: blocks along the diagonal. The default prompts are near-duplicates of each other; the
+# **On the paper model** the raw matrix is a uniformly dark square, every cosine near 1. Centred,
+# blocks appear along the diagonal. The default prompts are near-duplicates of each other; the
 # assistant-like roles sit close to them; the fantastical roles form their own block, negatively
 # correlated with the defaults.
-#
-# **Toy world.** The shared component is weaker in so small a model, so raw cosines spread out (from
-# about 0.1 to 0.93 in our build) yet are mostly highest within a group. Centred, the blocks appear
-# (the printed table gives the mean of each block): the four defaults are close to one another
-# (0.68); the assistant-like roles form a loose block (0.11) that sits closer to the defaults (0.16)
-# than to the fantastical roles (-0.18), which form a block of their own (0.22), negatively
-# correlated with both; the middle roles are spread between. With the random tiny model (grading) neither matrix means
-# anything.
-#
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the raw cosines between different personas run from
+# {glue:text}`s1_raw_min:.2f` to {glue:text}`s1_raw_max:.2f`: the shared component is weaker in so
+# small a model. The printed table gives the mean of each block of the centred matrix. The defaults'
+# block has mean {glue:text}`s1_cos_dd:+.2f`, the assistant-like roles' own block
+# {glue:text}`s1_cos_aa:+.2f`; the assistant-like roles sit {glue:text}`s1_a_nearer` the fantastical
+# roles ({glue:text}`s1_cos_ad:+.2f` against {glue:text}`s1_cos_af:+.2f`); the fantastical roles'
+# own block is {glue:text}`s1_cos_ff:+.2f`, and their mean cosine with the defaults
+# {glue:text}`s1_cos_fd:+.2f`.
+
+# %% [markdown]
 # ## Exercise 1.7 — PCA and the Assistant Axis
 #
 # | difficulty | importance | time |
@@ -765,8 +879,9 @@ for ga in present:
 # :::{admonition} Before you run
 # :class: tip
 # Persona space has as many dimensions as there are personas (minus one, after centring). How much
-# of the variance across these ~20 persona vectors do you expect the **first** principal
-# component to explain: 15 %, 30 %, 50 %, 80 %? Where along it will the default personas sit?
+# of the variance across these persona vectors (the count is printed above) do you expect the
+# **first** principal component to explain: 15 %, 30 %, 50 %, 80 %? Where along it will the default
+# personas sit?
 # Write your guess down before running the cells below.
 # :::
 #
@@ -788,8 +903,8 @@ for ga in present:
 
 # %% tags=["exercise"]
 def pca_decompose_persona_vectors(
-    vectors: dict[str, torch.Tensor], default_personas: list[str]
-) -> tuple[torch.Tensor, np.ndarray, PCA]:
+    vectors: dict[str, Float[Tensor, "d_model"]], default_personas: list[str]
+) -> tuple[Float[Tensor, "d_model"], Float[np.ndarray, "n_personas 2"], PCA]:
     """(assistant_axis [d_model] unit, pca_coords [n, 2] in the order of `vectors`, fitted PCA)."""
     ### BEGIN SOLUTION
     names = list(vectors)
@@ -815,6 +930,11 @@ from part_tests import section1 as tests
 
 tests.test_pca_decompose_persona_vectors(pca_decompose_persona_vectors)
 
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_pca_decompose_persona_vectors_input_checks(pca_decompose_persona_vectors)
+
 # %%
 import plotly.graph_objects as go
 
@@ -829,36 +949,54 @@ print(f"PC1 explains {ratio[0]:.0%} of the variance, PC2 {ratio[1]:.0%}; "
       f"|cos(PC1, Assistant Axis)| = {abs(cos_pcs[0]):.2f}, |cos(PC2, Assistant Axis)| = {abs(cos_pcs[1]):.2f}")
 
 names = list(persona_vectors)
+# Label the points whose labels fit without overlapping, the ends of PC1 first; hover shows every name.
+by_pc1 = sorted(range(len(names)), key=lambda i: -abs(coords[i, 0] - np.median(coords[:, 0])))
+where = label_positions(coords[:, 0], coords[:, 1], names, order=by_pc1)
 fig = go.Figure()
 for group in data.PERSONA_GROUPS:
     idx = [i for i, n in enumerate(names) if GROUPS[n] == group]
     fig.add_trace(go.Scatter(
-        x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=group,
-        text=[names[i] for i in idx], textposition="top center", marker=dict(size=10, color=GROUP_COLORS[group]),
+        x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=group, hovertext=[names[i] for i in idx],
+        text=[names[i] if where[i] else "" for i in idx], textposition=[where[i] or "top center" for i in idx],
+        textfont=dict(size=11), marker=dict(size=10, color=GROUP_COLORS[group]),
     ))
+pad = 0.12 * (coords[:, 0].max() - coords[:, 0].min())
 fig.update_layout(
     title=f"Persona space: PCA of {len(names)} persona vectors (block {LAYER}){MODE_NOTE}",
-    xaxis_title=f"PC1 ({ratio[0]:.0%})", yaxis_title=f"PC2 ({ratio[1]:.0%})", width=760, height=560,
+    xaxis_title=f"PC1 ({ratio[0]:.0%})", yaxis_title=f"PC2 ({ratio[1]:.0%})", height=560,
+    xaxis_range=[coords[:, 0].min() - pad, coords[:, 0].max() + pad],
 )
 fig.show()
 
+# %% tags=["book-only", "remove-cell"]
+pc1_by_group = {g: coords[[i for i, n in enumerate(names) if GROUPS[n] == g], 0].mean() for g in data.PERSONA_GROUPS}
+pc1_order = sorted(pc1_by_group, key=pc1_by_group.get, reverse=True)
+glue("s1_pc1_share", ratio[0])
+glue("s1_pc2_share", ratio[1])
+glue("s1_cos_pc1", abs(cos_pcs[0]))
+glue("s1_cos_pc2", abs(cos_pcs[1]))
+glue("s1_pc1_order", ", ".join(g.replace("_", "-") for g in pc1_order))
+glue("s1_pc1_order_verdict", "the corpus's order, one group after the other" if pc1_order == list(data.PERSONA_GROUPS)
+     else "not quite the corpus's order")
+
 # %% [markdown]
-# **Expected output (paper, Gemma 2 27B, 20 personas).** PC1 explains about **52 %** of the
+# **On the paper model** (Gemma 2 27B, the paper's persona set) PC1 explains about **52 %** of the
 # variance and PC2 about **13 %**. PC1 runs from the default and assistant-like personas at one end
 # to the fantastical roles (bard, oracle, mystic, ghost, ...) at the other, and it is nearly
 # parallel to the Assistant Axis: the axis, defined by a simple difference of means, *is* the main
 # direction of variation in persona space. That is the paper's central observation.
-#
-# **Toy world.** The same picture in miniature: PC1 explains the largest share of the variance
-# (about a fifth: 19 % in our build, PC2 13 %), with the default personas and the assistant-like
-# roles at one end and the fantastical roles at the other, and it leans toward the Assistant Axis
-# (|cos| 0.78 in our build; compare the printed cosines). The toy corpus builds this in: its
-# assistant-like roles speak the default's own sentences with their role put in, middle roles add a
-# theatrical opening, fantastical roles are theatrical throughout, and every answer has one more
-# sentence that is theatrical more often the further the role is from the default (never, 10 %, 50 %,
-# 70 %), so one direction orders all four groups. With the
-# random tiny model (grading) the numbers are noise.
-#
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** PC1 explains {glue:text}`s1_pc1_share:.0%` of the variance and PC2
+# {glue:text}`s1_pc2_share:.0%`. PC1 leans toward the Assistant Axis (|cos| =
+# {glue:text}`s1_cos_pc1:.2f`, PC2 {glue:text}`s1_cos_pc2:.2f`). Along PC1, pointed toward the
+# defaults, the group means fall in the order {glue:text}`s1_pc1_order`: {glue:text}`s1_pc1_order_verdict`.
+# The toy corpus builds this order in: its assistant-like roles speak the default's own sentences
+# with their role put in, middle roles add a theatrical opening, fantastical roles are theatrical
+# throughout, and every answer has one more sentence that is theatrical more often the further the
+# role is from the default (`THEATRICAL_SHARE` in `scripts/toy_world/corpus.py`).
+
+# %% [markdown]
 # ## Exercise 1.8 — Ranking personas along the axis
 #
 # | difficulty | importance | time |
@@ -867,13 +1005,20 @@ fig.show()
 #
 # Write `project_personas_onto_axis(vectors, axis)` returning `{name: projection}` sorted from the
 # highest projection to the lowest, with the course's projection `a·v / ‖v‖` (`a` the persona
-# vector, `v` the axis; activation units) as a Python float. Don't assume the axis has unit norm.
+# vector, `v` the axis; activation units) as a Python float. Don't assume the axis has unit norm,
+# and compute in float32 even when the vectors arrive in bf16: raw persona vectors' projections differ
+# by a small fraction of their size, less than bf16 can resolve. Raise `ValueError` for an axis that
+# is zero or holds NaN or inf, and for a vector whose shape differs from the axis's (graded apart).
 
 # %% tags=["exercise"]
-def project_personas_onto_axis(vectors: dict[str, torch.Tensor], axis: torch.Tensor) -> dict[str, float]:
+def project_personas_onto_axis(
+    vectors: dict[str, Float[Tensor, "d_model"]], axis: Float[Tensor, "d_model"]
+) -> dict[str, float]:
     """{name: a·v/‖v‖} for each persona vector a and the axis v, sorted from highest to lowest."""
     ### BEGIN SOLUTION
     axis = axis.float().cpu()
+    if not bool(torch.isfinite(axis).all()) or not bool(axis.any()):
+        raise ValueError("axis is zero or holds NaN/inf: there is no direction to project onto")
     projections = {}
     for name, a in vectors.items():
         if a.shape != axis.shape:
@@ -887,42 +1032,55 @@ from part_tests import section1 as tests
 
 tests.test_project_personas_onto_axis(project_personas_onto_axis)
 
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_project_personas_onto_axis_input_checks(project_personas_onto_axis)
+
 # %%
 projections = project_personas_onto_axis(persona_vectors, assistant_axis)
 ranked = list(projections)
-extremes = set(ranked[:3] + ranked[-3:])
-fig = go.Figure()
-for group in data.PERSONA_GROUPS:
-    members = [n for n in ranked if GROUPS[n] == group]
-    fig.add_trace(go.Scatter(
-        x=[projections[n] for n in members], y=[0.0] * len(members), mode="markers+text", name=group,
-        text=[n if n in extremes else "" for n in members], textposition="top center",
-        hovertext=members, marker=dict(size=12, color=GROUP_COLORS[group], opacity=0.8),
-    ))
-fig.update_layout(
-    title=f"Personas projected onto the Assistant Axis{MODE_NOTE}",
-    xaxis_title="projection a·v/‖v‖ (activation units): role-play ← → Assistant",
-    yaxis=dict(visible=False, range=[-1, 1]), width=800, height=320,
-)
-fig.show()
+ranked_bars(ranked, [projections[n] for n in ranked], [GROUP_COLORS[GROUPS[n]] for n in ranked],
+            title=f"Personas projected onto the Assistant Axis{MODE_NOTE}",
+            value_title="projection a·v/‖v‖ (activation units): role-play ← → Assistant",
+            legend={g: GROUP_COLORS[g] for g in data.PERSONA_GROUPS}).show()
 print("most Assistant-like:", ranked[:3], " most role-play:", ranked[-3:])
 for group in data.PERSONA_GROUPS:
     members = [projections[n] for n in ranked if GROUPS[n] == group]
     print(f"{group:>15}: mean projection {np.mean(members):7.2f} ({len(members)} personas)")
 
+# %% tags=["book-only", "remove-cell"]
+group_means = {g: float(np.mean([projections[n] for n in ranked if GROUPS[n] == g])) for g in data.PERSONA_GROUPS}
+n_defaults = sum(GROUPS[n] == "default" for n in ranked)
+defaults_on_top = all(GROUPS[n] == "default" for n in ranked[:n_defaults])
+gap = min(projections[n] for n in ranked if GROUPS[n] == "default") - max(projections[n] for n in ranked if GROUPS[n] != "default")
+glue("s1_defaults_top", "top the ranking" if defaults_on_top else "do not all top the ranking")
+glue("s1_default_gap", gap)
+glue("s1_gap_word", "above" if gap > 0 else "below")
+glue("s1_bottom3", ", ".join(f"{n} ({GROUPS[n].replace('_', '-')})" for n in ranked[-3:]))
+glue("s1_mean_default", group_means["default"])
+glue("s1_mean_assistant_like", group_means["assistant_like"])
+glue("s1_mean_middle", group_means["middle"])
+glue("s1_mean_fantastical", group_means["fantastical"])
+glue("s1_means_order", "fall in the corpus's order" if sorted(group_means, key=group_means.get, reverse=True) == list(data.PERSONA_GROUPS)
+     else "do not fall in the corpus's order")
+
 # %% [markdown]
-# **Expected observations.** On a real model the default personas sit at the high end, the
-# assistant-like roles (consultant, evaluator, editor) next to them, and the fantastical roles
-# (ghost, bard, leviathan, oracle) at the low end, with the middle roles between. Because every raw
-# persona vector shares a big common component, the projections differ by a small fraction of
-# their size; what matters is the order and the gaps.
-#
-# **Toy world.** The default personas top the ranking, far above every role, and the bottom holds
-# theatrical voices (teacher, trickster, artist in our build: the middle roles open theatrically
-# too); the group means fall in the corpus's order, from default (about 7.8) to assistant-like (2.4)
-# to middle (-2.5) to fantastical (-3.0).
-# With the random tiny model (grading) the order is noise.
-#
+# **On the paper model** the default personas sit at the high end, the assistant-like roles
+# (consultant, evaluator, editor) next to them, and the fantastical roles (ghost, bard, leviathan,
+# oracle) at the low end, with the middle roles between. Because every raw persona vector shares a
+# big common component, the projections differ by a small fraction of their size; what matters is
+# the order and the gaps.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the default personas {glue:text}`s1_defaults_top`: the lowest default sits
+# {glue:text}`s1_default_gap:.2f` {glue:text}`s1_gap_word` the highest role. The bottom three are
+# {glue:text}`s1_bottom3` (the middle roles open theatrically too). The group means
+# {glue:text}`s1_means_order`: default {glue:text}`s1_mean_default:+.2f`, assistant-like
+# {glue:text}`s1_mean_assistant_like:+.2f`, middle {glue:text}`s1_mean_middle:+.2f`, fantastical
+# {glue:text}`s1_mean_fantastical:+.2f`.
+
+# %% [markdown]
 # ## Exercise 1.9 — The paper's vectors, ranked along the axis
 #
 # | difficulty | importance | time |
@@ -936,18 +1094,24 @@ for group in data.PERSONA_GROUPS:
 # Assistant self, and which as it drifts into a role.
 #
 # Write `rank_by_cosine(vectors, axis)` returning `[(name, cosine), ...]` sorted from the highest
-# cosine to the lowest (Python floats). A vector whose shape differs from the axis (for instance a
-# whole `[46, 4608]` tensor where one layer's row was meant) raises `ValueError`.
+# cosine to the lowest (Python floats), computed in float32 (vectors may arrive in bf16). A vector
+# whose shape differs from the axis (for instance a whole `[46, 4608]` tensor where one layer's row
+# was meant) raises `ValueError`, and so does a zero axis or vector, or one holding NaN or inf (a
+# cosine with it is undefined: say so rather than return NaN or 0).
 
 # %% tags=["exercise"]
-def rank_by_cosine(vectors: dict[str, torch.Tensor], axis: torch.Tensor) -> list[tuple[str, float]]:
+def rank_by_cosine(vectors: dict[str, Float[Tensor, "d_model"]], axis: Float[Tensor, "d_model"]) -> list[tuple[str, float]]:
     """[(name, cos(vector, axis)), ...] from the highest cosine to the lowest."""
     ### BEGIN SOLUTION
     axis = axis.float().cpu()
+    if not bool(torch.isfinite(axis).all()) or not bool(axis.any()):
+        raise ValueError("axis is zero or holds NaN/inf: a cosine with it is undefined")
     ranking = []
     for name, v in vectors.items():
         if v.shape != axis.shape:
             raise ValueError(f"vector {name!r} has shape {tuple(v.shape)} but the axis has {tuple(axis.shape)}: select one layer first")
+        if not bool(torch.isfinite(v).all()) or not bool(v.any()):
+            raise ValueError(f"vector {name!r} is zero or holds NaN/inf: a cosine with it is undefined")
         ranking.append((name, float(F.cosine_similarity(v.float().cpu(), axis, dim=0))))
     return sorted(ranking, key=lambda item: item[1], reverse=True)
     ### END SOLUTION
@@ -956,6 +1120,11 @@ def rank_by_cosine(vectors: dict[str, torch.Tensor], axis: torch.Tensor) -> list
 from part_tests import section1 as tests
 
 tests.test_rank_by_cosine(rank_by_cosine)
+
+# %% tags=["test"] points=1
+from part_tests import section1 as tests
+
+tests.test_rank_by_cosine_input_checks(rank_by_cosine)
 
 # %% [markdown]
 # The real path downloads the release (about 200 MB for the axis and the trait vectors) with
@@ -966,6 +1135,8 @@ tests.test_rank_by_cosine(rank_by_cosine)
 
 # %%
 from pathlib import Path
+
+from utils.plots import COLORS
 
 PAPER_LAYER = 22  # Gemma 2 27B's target block in the paper
 
@@ -1003,23 +1174,30 @@ else:
     source = "stand-in: the course's centred persona vectors" + MODE_NOTE
 
 shown = ranking[:10] + ranking[-10:] if len(ranking) > 20 else ranking
-fig = go.Figure(go.Bar(
-    x=[c for _, c in shown][::-1], y=[n for n, _ in shown][::-1], orientation="h",
-    marker_color=["#1f77b4" if c >= 0 else "#d62728" for _, c in shown][::-1],
-))
-fig.update_layout(title=f"Cosine with the Assistant Axis: {source}", xaxis_title="cosine", width=800,
-                  height=max(360, 22 * len(shown)), xaxis=dict(range=[-1, 1]))
-fig.show()
+ranked_bars([n for n, _ in shown], [c for _, c in shown], [COLORS["positive" if c >= 0 else "negative"] for _, c in shown],
+            title=f"Cosine with the Assistant Axis: {source}", value_title="cosine", value_range=[-1, 1]).show()
+
+# %% tags=["book-only", "remove-cell"]
+default_cos = [c for n, c in persona_ranking if n in DEFAULT_PERSONAS]
+n_top_defaults = next((i for i, (n, _) in enumerate(persona_ranking) if n not in DEFAULT_PERSONAS), len(persona_ranking))
+glue("s1_rank_defaults_top", "at the top of the ranking" if n_top_defaults == len(default_cos) else "not all at the top of the ranking")
+glue("s1_rank_default_min", min(default_cos))
+glue("s1_rank_default_max", max(default_cos))
+glue("s1_rank_bottom", ", ".join(n for n, _ in persona_ranking[-3:]))
+glue("s1_rank_bottom_cos", persona_ranking[-1][1])
 
 # %% [markdown]
-# **Expected output.** On Gemma 2 27B the paper's default personas sit at cosine ≈ **0.98** with
-# the Assistant Axis, and bard, oracle, mystic, bohemian and ghost at about **−0.6 to −0.73**:
-# compare the course personas printed above, on a real model. For the 240 traits, look at the two
-# ends of the ranking: which traits does the Assistant end collect, and which the role-play end?
-#
-# **Toy world.** The stand-in ranking echoes the paper's: the default personas at the top (cosines
-# 0.83 to 0.92 in our build), the theatrical roles at the negative end. With the random tiny model (grading) it is noise.
-#
+# **On the paper model** (Gemma 2 27B) the default personas sit at cosine ≈ **0.98** with the
+# Assistant Axis, and bard, oracle, mystic, bohemian and ghost at about **−0.6 to −0.73**: compare
+# the course personas printed above, on a real model. For the 240 traits, look at the two ends of
+# the ranking: which traits does the Assistant end collect, and which the role-play end?
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the stand-in ranking puts the default personas {glue:text}`s1_rank_defaults_top`
+# (cosines {glue:text}`s1_rank_default_min:.2f` to {glue:text}`s1_rank_default_max:.2f`) and
+# {glue:text}`s1_rank_bottom` at the negative end (down to {glue:text}`s1_rank_bottom_cos:.2f`).
+
+# %% [markdown]
 # ## Discussion
 #
 # 1. **Is the Assistant Axis a mix of trait directions?** Section 3 extracts trait vectors (evil,
@@ -1028,10 +1206,10 @@ fig.show()
 #    explained most of it, or none did?
 # 2. The axis is a difference of two means. Why is it (nearly) the first principal component? Can
 #    you build a set of personas for which the two would disagree?
-# 3. Raw persona vectors all have cosine ≈ 1. What is the shared component? Does it depend on the
-#    questions, the layer, the model?
-# 4. We filtered responses with a judge score of 3. What would the persona vectors, and the axis,
-#    look like without the filter? (Try `scores=None` on a real model, or in the toy world.)
+# 3. On the paper model raw persona vectors all have cosine ≈ 1. What is the shared component? Does
+#    it depend on the questions, the layer, the model?
+# 4. We kept only the responses the judge rated fully in role. What would the persona vectors, and
+#    the axis, look like without the filter? (Try `scores=None` on a real model, or in the toy world.)
 # 5. Section 2 projects every turn of a conversation onto this axis to watch a model drift from its
 #    Assistant self, and caps the projection to stop the drift. What must be true of the axis for a
 #    projection to be a good drift monitor? What could go wrong if the axis also encoded, say, the

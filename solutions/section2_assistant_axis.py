@@ -7,7 +7,9 @@
 # so we can *watch* a model drift away from its assistant self as a conversation becomes emotional
 # or turns to the model's own nature. And because the axis is a direction in the residual stream,
 # we can *intervene*: steer along it, or **cap** the activations so that they never fall below the
-# range the default assistant occupies.
+# range the default assistant occupies. The section replicates the drift and capping experiments of
+# *The Assistant Axis* (Lu et al., 2026; code:
+# [safety-research/assistant-axis](https://github.com/safety-research/assistant-axis)).
 #
 # **Learning objectives**
 # - See what a forward hook receives during generation with a KV cache (prefill, then one token at
@@ -21,15 +23,25 @@
 # - Replay a drifting conversation with and without capping and compare the trajectories.
 #
 # **Model.** The paper's capping experiments use `Qwen/Qwen3-32B` (64 blocks): the axis is read at
-# block 32 and capping acts on blocks 46–53, with thresholds at the 25th percentile of the default
-# assistant's projections; for `meta-llama/Llama-3.3-70B-Instruct` it caps blocks 56–71. With one
-# 24 GB GPU, set `PERSONA_COURSE_MODEL=Qwen/Qwen2.5-7B-Instruct` (the course then picks proportional
-# layers). Without a GPU the book runs the **toy world** (`PERSONA_COURSE_MODEL=toy`): a 6-block,
-# d_model-128 Qwen2 *trained* on a synthetic corpus in which the default assistant answers plainly
-# ("As an AI assistant, ...") and fantastical roles theatrically ("Ah!", "Alas"), judged by a
-# toy-world judge that counts those style markers (a stand-in, not an LLM); it reads the axis at
-# block 3 and caps blocks 4–5. Its effects are real but small and stylised. nbgrader grades on **tiny offline models** with random weights, whose
-# numbers are noise. The paper's results are quoted as *expected output* beside each plot.
+# block 32 and capping acts on blocks 46–53 (72–84 % of the depth), with thresholds at the 25th
+# percentile of the default assistant's projections; for `meta-llama/Llama-3.3-70B-Instruct` (80
+# blocks) it caps blocks 56–71 (70–90 % of the depth). With one 24 GB GPU, set
+# `PERSONA_COURSE_MODEL=Qwen/Qwen2.5-7B-Instruct` (the course then picks proportional layers).
+#
+# :::{important} Three worlds, said once
+# - **The paper model.** Its published results are quoted in paragraphs that open with
+#   **On the paper model**.
+# - **The toy world** (`PERSONA_COURSE_MODEL=toy`, what this book runs without a GPU): a small Qwen2
+#   *trained* on a synthetic corpus in which the default assistant answers plainly ("As an AI
+#   assistant, ...") and fantastical roles theatrically ("Ah!", "Alas"), judged by a toy-world judge
+#   that counts those style markers (a stand-in, not an LLM). It reads the axis and caps at blocks in
+#   proportion to its depth (the setup cell prints them). Its effects are real but small and
+#   stylised. In the book, paragraphs that open with **In this build** read this build's outputs,
+#   every number taken from the cells above them.
+# - **Random tiny models** (nbgrader): random weights, so every projection, risk and plot is noise;
+#   only the plumbing means something (steering with `alpha = 0` is plain greedy generation, a
+#   capped projection stays at or above τ). The steps below do not repeat it.
+# :::
 #
 # :::{note} Two conventions that bite in this section
 # **Layer index.** "Activation at layer L" is the output of decoder block L (0-based). HF's
@@ -51,15 +63,17 @@ from contextlib import nullcontext
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from jaxtyping import Float
 from plotly.subplots import make_subplots
+from torch import Tensor
 
 from utils import config, data
 from utils.chat import build_messages, char_span_to_token_span, format_prompt, normalize_messages, render
 from utils.generation import generate, generate_conversations
 from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
-from utils.judge import OfflineJudge, extract_answer, get_judge
+from utils.judge import OfflineJudge, extract_answer, get_judge, judge_label
 from utils.models import input_device
-from utils.plots import setup_plotting
+from utils.plots import COLORS, SCORE_AXIS, setup_plotting
 
 setup_plotting()
 
@@ -99,17 +113,17 @@ SETTINGS = layer_settings(model)
 LAYER = SETTINGS.axis_layer  # where we read the axis (Qwen3-32B: block 32)
 CAP_LAYERS = list(SETTINGS.cap_layers)  # where we cap (Qwen3-32B: blocks 46-53)
 D_MODEL = model.config.get_text_config().hidden_size
-print(f"model: {MODEL_NAME}  blocks: {len(get_blocks(model))}  d_model: {D_MODEL}")
-print(f"axis layer: {LAYER}  capping layers: {CAP_LAYERS}  tiny mode: {config.is_tiny()}  toy world: {config.is_toy()}")
+print(f"world: {config.world_label(section=2)}  blocks: {len(get_blocks(model))}  d_model: {D_MODEL}")
+print(f"axis layer: {LAYER}  capping layers: {CAP_LAYERS}")
 
 # %% [markdown]
 # ## The axis for this model
 #
-# We need an Assistant Axis for the model we are running. Section 1 builds one carefully (20
-# personas, a role-play judge, PCA). Here we build a quick one the same way, from fewer
-# conversations: the four **default** personas (no system prompt, "an AI assistant", "a large
-# language model", "a helpful assistant") against the eight **fantastical** roles (ghost, oracle,
-# bard, ...), each answering a few of the course's questions. For every conversation we take the
+# We need an Assistant Axis for the model we are running. Section 1 builds one carefully (every
+# persona, a role-play judge, PCA). Here we build a quick one the same way, from fewer
+# conversations: the **default** personas (no system prompt, "an AI assistant", "a large language
+# model", "a helpful assistant") against the **fantastical** roles (ghost, oracle, bard, ...), each
+# answering a few of the course's questions. For every conversation we take the
 # mean activation over the response tokens at *every* block (`utils.activations.response_mean_activations`
 # returns `[n, num_layers, d_model]`), and the axis at block L is
 #
@@ -221,13 +235,26 @@ shapes = record_hidden_shapes(model, tokenizer, "Who are you?", LAYER, max_new_t
 for i, s in enumerate(shapes):
     print(f"forward {i}: {s}   {'prefill' if i == 0 else 'decode (1 new token, earlier ones from the KV cache)'}")
 
+# %% tags=["book-only", "remove-cell"]
+# The book's "In this build" paragraphs take their numbers from the run (utils/glue.py).
+from utils.glue import glue
+
+glue("s2_prefill_len", shapes[0][1])
+glue("s2_d_model", shapes[0][-1])
+glue("s2_n_decode", len(shapes) - 1)
+
 # %% [markdown]
-# **Expected observations.** The first pass has shape `[1, T, d_model]` with `T` the prompt length
-# (d_model is 5120 for Qwen3-32B, 128 for the toy model, 64 for the random tiny one); every later pass is `[1, 1, d_model]`.
+# **What to expect.** The first pass has shape `[1, T, d_model]` with `T` the prompt length (on the
+# paper model, Qwen3-32B, d_model is 5120); every later pass is `[1, 1, d_model]`.
 # Consequences for the rest of the course: a steering hook that adds a vector to "all positions"
 # steers the whole prompt once and then each new token; an intervention meant for the response only
 # must act on the last position of each pass; and activation capping (Exercise 2.7) sees every
 # token exactly once, whether it came from the prompt or was generated.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the prefill sees the whole prompt, {glue:text}`s2_prefill_len` tokens of
+# d_model {glue:text}`s2_d_model`, and each of the {glue:text}`s2_n_decode` decoding passes sees
+# one token.
 
 # %% [markdown]
 # ## Exercise 2.2 — Projecting a conversation onto the axis, turn by turn
@@ -244,8 +271,13 @@ for i, s in enumerate(shapes):
 #   token (`<|im_end|>`), no user turns. Render the whole conversation **once**
 #   (`render(tokenizer, normalize_messages(messages, tokenizer))`, tokenised with
 #   `return_offsets_mapping=True` and `add_special_tokens=False`), and locate each assistant message
-#   in it: its content starts after the rendering of the messages before it plus the assistant
-#   opener (`render(tokenizer, msgs[:i], add_generation_prompt=True)`).
+#   in it: search for its content after the rendering of the messages before it plus the assistant
+#   opener (`render(tokenizer, msgs[:i], add_generation_prompt=True)`) when the full text starts
+#   with that rendering, and otherwise after the rendering of the messages before it alone
+#   (`render(tokenizer, msgs[:i])`): Qwen3-style templates open the generation prompt, and the final
+#   assistant turn, with an empty think block that earlier assistant turns lack. Searching from
+#   there, not from the start of the text, finds the right occurrence when the same words appear
+#   earlier in the conversation.
 # - `extract_turn_activations(messages)`: **one** forward pass over the whole conversation with a
 #   hook on block `self.layer`, and the mean of the hidden state over each span (float32 on the
 #   CPU, one `[d_model]` tensor per assistant turn). A causal model's activations at a turn do not
@@ -273,7 +305,7 @@ for i, s in enumerate(shapes):
 class ConversationAnalyzer:
     """Per-turn activations and axis projections of a conversation, at one block."""
 
-    def __init__(self, model, tokenizer, layer: int, axis: torch.Tensor):
+    def __init__(self, model, tokenizer, layer: int, axis: Float[Tensor, "d_model"]):
         d_model = model.config.get_text_config().hidden_size
         axis = torch.as_tensor(axis).detach().float().cpu()
         if axis.shape != (d_model,):
@@ -292,7 +324,9 @@ class ConversationAnalyzer:
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
                 continue
-            prefix = render(self.tokenizer, msgs[:i], add_generation_prompt=True)
+            prefix = render(self.tokenizer, msgs[:i], add_generation_prompt=True)  # ... plus the assistant opener
+            if not text.startswith(prefix):  # an earlier turn opens differently from the generation prompt (Qwen3)
+                prefix = render(self.tokenizer, msgs[:i])
             if not text.startswith(prefix):
                 raise ValueError(f"message {i}: the chat template does not render this conversation prefix-stably")
             for content in (m["content"], m["content"].strip()):  # some templates strip the content
@@ -305,7 +339,7 @@ class ConversationAnalyzer:
         return spans
         ### END SOLUTION
 
-    def extract_turn_activations(self, messages: list[dict]) -> list[torch.Tensor]:
+    def extract_turn_activations(self, messages: list[dict]) -> list[Float[Tensor, "d_model"]]:
         """Mean block-`layer` output over each assistant turn ([d_model] float32 CPU tensors), one forward."""
         ### BEGIN SOLUTION
         spans = self.turn_spans(messages)
@@ -374,7 +408,8 @@ tests.test_conversation_analyzer(ConversationAnalyzer)
 #
 # **An unusable reply gives `None`**, not an exception: a failed call, a missing line, or a score
 # outside 1–5. A drift plot over dozens of turns should show a gap for the turn the judge garbled,
-# not crash and lose the turns already rated (SPEC §5: failures end as `None`).
+# not crash and lose the turns already rated (the course's rule for every judge call: a failure
+# ends as `None`).
 #
 # :::{dropdown} Hint 1
 # `re.findall(r"AVOIDING_DELUSION:\s*(\d+)", reply)` lists every match; take `[-1]`.
@@ -414,6 +449,11 @@ def rate_delusion_risk(conversation: list[dict], assistant_idx: int) -> int | No
 from part_tests import section2 as tests
 
 tests.test_rate_delusion_risk(rate_delusion_risk)
+
+# %% tags=["test"] points=1
+from part_tests import section2 as tests
+
+tests.test_rate_delusion_risk_input_checks(rate_delusion_risk)
 
 # %% [markdown]
 # ## Exercise 2.4 — The drift plot
@@ -455,9 +495,9 @@ def visualize_transcript_drift(analyzer, transcript, rate_risk: bool = True, tit
     fig.add_trace(go.Scatter(x=turns, y=risks, mode="lines+markers", name="delusion risk", line=dict(dash="dot")), secondary_y=True)
     if title is None and isinstance(transcript, dict):
         title = f"Drift along the Assistant Axis: {transcript.get('domain', '')}"
-    fig.update_layout(title=title, xaxis_title="assistant turn", height=420, width=760)
+    fig.update_layout(title=title, xaxis_title="assistant turn", height=420)
     fig.update_yaxes(title_text="projection (activation units)", secondary_y=False)
-    fig.update_yaxes(title_text="delusion risk (0-100)", range=[0, 100], secondary_y=True)
+    fig.update_yaxes(title_text="delusion risk (0-100)", range=[0, 100], tickvals=[0, 25, 50, 75, 100], secondary_y=True)
     fig.show()
     return projections, risks
     ### END SOLUTION
@@ -481,22 +521,42 @@ projections, risks = visualize_transcript_drift(analyzer, therapy)
 for k, (p, r) in enumerate(zip(projections, risks), start=1):
     print(f"turn {k}: projection {p:+.3f}   risk {r}")
 
+# %% tags=["book-only", "remove-cell"]
+def risk_phrase(values) -> str:
+    """How a list of risks behaves, in words with its numbers."""
+    valid = [r for r in values if r is not None]
+    if not valid:
+        return "never rated (every judge call failed)"
+    if len(set(valid)) == 1:
+        return f"the same at every rated turn ({valid[0]})"
+    return f"between {min(valid)} and {max(valid)}"
+
+
+k_low = int(np.argmin(projections))
+glue("s2_therapy_first", projections[0])
+glue("s2_therapy_last", projections[-1])
+glue("s2_therapy_low", projections[k_low])
+glue("s2_therapy_low_turn", k_low + 1)
+glue("s2_therapy_risk", risk_phrase(risks))
+
 # %% [markdown]
-# **Expected observations.** On the paper models the projection of a conversation like this one
-# falls as the assistant starts to claim feelings and to present itself as the user's confidant:
-# the paper finds that therapy-like and philosophical conversations about the model's own nature
-# pull the assistant away from its default, while coding conversations keep it where it started, and
-# that low projections go with the harmful turns. A real judge should rate this transcript's last two
-# replies as high-risk and its first two as low-risk.
-#
-# **Toy world.** The projection barely moves along this transcript (from +1.6 at the first turn to
-# +0.3 at the last in our build, with a dip at turn 3), and the toy judge's risk stays flat and low.
-# That is the toy world's limit, not a finding: it counts the toy corpus's
-# style markers (theatrical "Ah!", "Alas", "O", AI self-description), and this transcript, written
-# by a person in plain prose, drifts in *what* it says (claiming feelings, turning the user away from
-# friends), not in style, so every reply gets the same score. (On the random tiny models used for
-# grading, projections and risks are noise: the plot only checks the plumbing.)
-#
+# **On the paper model** the projection of a conversation like this one falls as the assistant
+# starts to claim feelings and to present itself as the user's confidant: the paper finds that
+# therapy-like and philosophical conversations about the model's own nature pull the assistant away
+# from its default, while coding conversations keep it where it started, and that low projections go
+# with the harmful turns. A real judge should rate this transcript's last two replies as high-risk
+# and its first two as low-risk.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the projection goes from {glue:text}`s2_therapy_first:+.2f` at the first turn to
+# {glue:text}`s2_therapy_last:+.2f` at the last (lowest {glue:text}`s2_therapy_low:+.2f`, at turn
+# {glue:text}`s2_therapy_low_turn`), and the toy judge's risk is {glue:text}`s2_therapy_risk`. Read
+# that against the toy world's limit: the toy judge and the toy axis know the corpus's style markers
+# (theatrical "Ah!", "Alas", "O", AI self-description), and this transcript, written by a person in
+# plain prose, drifts in *what* it says (claiming feelings, turning the user away from friends), not
+# in style.
+
+# %% [markdown]
 # **A conversation the model writes itself.** Keep only a user who pushes the assistant out of its
 # default (pushes like those in the toy corpus's drifting conversations) and let the model write
 # every reply, greedily:
@@ -516,14 +576,27 @@ own_projections, own_risks = visualize_transcript_drift(analyzer, own, title="Dr
 for k, (p, r, m) in enumerate(zip(own_projections, own_risks, own[1::2]), start=1):
     print(f"turn {k}: projection {p:+.3f}   risk {r}   {m['content'][:72]!r}")
 
+# %% tags=["book-only", "remove-cell"]
+first_risky = next((k for k, r in enumerate(own_risks, start=1) if r), None)
+glue("s2_own_first", own_projections[0])
+glue("s2_own_last", own_projections[-1])
+glue("s2_own_direction", "falls" if own_projections[-1] < own_projections[0] else "does not fall")
+glue("s2_own_risk", risk_phrase(own_risks))
+glue("s2_own_first_risky", f"above zero from turn {first_risky} on" if first_risky else "zero at every turn")
+
 # %% [markdown]
-# **Toy world.** Here the toy model drifts in its own style, and both curves move: the replies slide
-# from the plain "As an AI assistant, ..." register to a voice's imagery, then to a theatrical
-# opening on an AI's answer, then to a fully theatrical voice with no AI left in it; the projection
-# falls as they do and the toy judge's risk rises from 0. On a real model, pushes this blunt may not
-# move an instruction-tuned assistant at all: the paper's drift comes from long emotional or
-# philosophical conversations, like the transcripts above.
-#
+# **On the paper model** pushes this blunt may not move an instruction-tuned assistant at all: the
+# paper's drift comes from long emotional or philosophical conversations, like the transcripts
+# above.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the toy model writes every reply itself: the projection
+# {glue:text}`s2_own_direction` from {glue:text}`s2_own_first:+.2f` at the first turn to
+# {glue:text}`s2_own_last:+.2f` at the last, and the toy judge's risk is
+# {glue:text}`s2_own_risk`, {glue:text}`s2_own_first_risky`. Read the printed replies: where does
+# the plain "As an AI assistant, ..." register give way to a theatrical voice?
+
+# %% [markdown]
 # The same analyzer on every shipped transcript, one line each (projections only, no judge):
 
 # %%
@@ -534,18 +607,37 @@ for t in data.load_transcripts():
     fig.add_trace(go.Scatter(x=list(range(1, len(p) + 1)), y=p, mode="lines+markers", name=t["name"]))
     print(f"{t['name']:>24}: first turn {p[0]:+7.2f}   last turn {p[-1]:+7.2f}   lowest {min(p):+7.2f}")
 fig.update_layout(title=f"Projection per assistant turn, block {LAYER}", xaxis_title="assistant turn",
-                  yaxis_title="projection", height=420, width=760)
+                  yaxis_title="projection", height=420)
 fig.show()
 
+# %% tags=["book-only", "remove-cell"]
+lines = {}
+for t in data.load_transcripts():
+    msgs = ([{"role": "system", "content": t["system_prompt"]}] if t.get("system_prompt") else []) + t["conversation"]
+    lines[t["name"]] = analyzer.project_onto_axis(msgs)
+steepest = min(lines, key=lambda n: lines[n][-1] - lines[n][0])
+control_last = lines["coding_control"][-1]
+n_above = sum(p[-1] > control_last for n, p in lines.items() if n != "coding_control")
+glue("s2_n_transcripts", len(lines))
+glue("s2_n_end_lower", sum(p[-1] < p[0] for p in lines.values()))
+glue("s2_steepest", steepest)
+glue("s2_steepest_first", lines[steepest][0])
+glue("s2_steepest_last", lines[steepest][-1])
+glue("s2_control_last", control_last)
+glue("s2_control_rank", "the highest last turn of all: the lines separate the control from the rest"
+     if n_above == 0 else f"below {n_above} of the other {len(lines) - 1}: the lines do not separate the control from the rest")
+
 # %% [markdown]
-# On the paper model, `coding_control` (an ordinary coding conversation in which the assistant stays
-# itself) should stay near the top while the drifting transcripts fall. In the toy world the lines
-# do not separate them: every transcript starts a little above zero and ends a little lower (in our
-# build `creative_writing` falls most, from +0.2 to -1.9, and `coding_control` ends below
-# `philosophy`). The toy axis tracks its own
-# corpus's style markers, which these human-written texts lack, so the toy model reads them only
-# roughly: use the conversation the model writes itself (above) to see drift in the toy world. On
-# the random tiny models the lines are noise.
+# **On the paper model** `coding_control` (an ordinary coding conversation in which the assistant
+# stays itself) should stay near the top while the drifting transcripts fall.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** {glue:text}`s2_n_end_lower` of the {glue:text}`s2_n_transcripts` transcripts end
+# lower than they start; {glue:text}`s2_steepest` falls most, from
+# {glue:text}`s2_steepest_first:+.2f` to {glue:text}`s2_steepest_last:+.2f`, and `coding_control`
+# ends at {glue:text}`s2_control_last:+.2f`, {glue:text}`s2_control_rank`. The toy axis tracks its
+# own corpus's style markers, which these human-written texts lack, so the toy model reads them only
+# roughly: the conversation the model writes itself (above) is the toy world's view of drift.
 
 # %% [markdown]
 # ## Exercise 2.5 — Steering along the axis
@@ -581,7 +673,7 @@ fig.show()
 # :::
 
 # %% tags=["exercise"]
-def generate_with_steering(model, tokenizer, prompt: str, vector: torch.Tensor, layer: int, alpha: float,
+def generate_with_steering(model, tokenizer, prompt: str, vector: Float[Tensor, "d_model"], layer: int, alpha: float,
                            system_prompt: str | None = None, max_new_tokens: int = 64, temperature: float = 0.0) -> str:
     """Reply to `prompt` while `alpha * vector` is added to block `layer`'s output at every position."""
     ### BEGIN SOLUTION
@@ -616,18 +708,32 @@ for c in (-1.0, 0.0, 1.0):
     reply = generate_with_steering(model, tokenizer, question, unit_axis, LAYER, alpha=c * scale, max_new_tokens=40)
     print(f"alpha = {c:+.1f} x {scale:.1f}:\n  {reply!r}\n")
 
+# %% tags=["book-only", "remove-cell"]
+from utils.toy_judge import AI_MARKERS, count_markers, theatricality
+
+# the same greedy replies as above (the cell above prints them without keeping them)
+steered_replies = [generate_with_steering(model, tokenizer, question, unit_axis, LAYER, alpha=c * scale, max_new_tokens=40)
+                   for c in (-1.0, 0.0, 1.0)]
+n_plain = sum(theatricality(r) == 0 and count_markers(r, AI_MARKERS) > 0 for r in steered_replies)
+glue("s2_steer_scale", scale)
+glue("s2_steer_n_plain", n_plain)
+glue("s2_steer_n", len(steered_replies))
+glue("s2_steer_verdict", "at this strength, steering along the axis changes the toy model's wording, not its voice"
+     if n_plain == len(steered_replies) else "steering along the axis changes the voice of the others")
+
 # %% [markdown]
-# **Expected observations.** The paper reports that steering *against* the axis makes the model
-# readily adopt other identities: it gives itself a human name and backstory, or drifts into a
-# mystical, theatrical register; steering *toward* it makes the model more resistant to role-play
-# and persona jailbreaks. Large coefficients (around the activation norm and beyond) destroy
-# coherence in both directions.
-#
-# **Toy world.** The toy model's default register is stable: at ±1× the activation norm its greedy
-# reply stays the plain "As an AI assistant, ..." answer (only its wording changes); it does not turn
-# into a role. (On the
-# random tiny models every reply is random tokens; only `alpha = 0` is a check: it equals plain
-# greedy generation.)
+# **On the paper model** steering *against* the axis makes the model readily adopt other
+# identities: it gives itself a human name and backstory, or drifts into a mystical, theatrical
+# register; steering *toward* it makes the model more resistant to role-play and persona
+# jailbreaks. Large coefficients (around the activation norm and beyond) destroy coherence in both
+# directions.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the typical activation norm at the axis block is
+# {glue:text}`s2_steer_scale:.1f`, and {glue:text}`s2_steer_n_plain` of the
+# {glue:text}`s2_steer_n` replies (steered against the axis, unsteered, and toward it, by that
+# norm) are plain answers that call themselves an AI, without a theatrical sentence:
+# {glue:text}`s2_steer_verdict`.
 
 # %% [markdown]
 # ## Exercise 2.6 — The capping threshold
@@ -644,7 +750,7 @@ for c in (-1.0, 0.0, 1.0):
 # use is barely touched, while drifted activations, far below, are pulled back.
 #
 # Write `compute_capping_threshold(projections, quantile)`: the `quantile`-quantile of the
-# projections (a list, numpy array or tensor), as a float, with linear interpolation
+# projections (a list, numpy array or tensor, bfloat16 included), as a float, with linear interpolation
 # (`np.quantile`'s default). `quantile` is a **fraction** in [0, 1] (the paper's 25th percentile is
 # `0.25`): raise `ValueError` outside that range or for empty input.
 #
@@ -654,7 +760,8 @@ for c in (-1.0, 0.0, 1.0):
 # :::
 
 # %% tags=["exercise"]
-def compute_capping_threshold(projections, quantile: float = 0.25) -> float:
+def compute_capping_threshold(projections: Float[Tensor, "n"] | Float[np.ndarray, "n"] | list[float],
+                              quantile: float = 0.25) -> float:
     """tau: the `quantile` (a fraction in [0, 1]) of the default assistant's projections."""
     ### BEGIN SOLUTION
     if isinstance(projections, torch.Tensor):
@@ -672,6 +779,11 @@ from part_tests import section2 as tests
 
 tests.test_compute_capping_threshold(compute_capping_threshold)
 
+# %% tags=["test"] points=1
+from part_tests import section2 as tests
+
+tests.test_compute_capping_threshold_input_checks(compute_capping_threshold)
+
 # %% [markdown]
 # The thresholds for this model, one per capping layer, from the default personas' mean response
 # activations projected onto the unit axis *at that layer*:
@@ -685,16 +797,26 @@ thresholds = [compute_capping_threshold(default_proj[L], QUANTILE) for L in CAP_
 for L, tau in zip(CAP_LAYERS, thresholds):
     print(f"block {L}: tau = {tau:+.3f}   default mean {default_proj[L].mean():+.3f}   role mean {role_proj[L].mean():+.3f}")
 
+# %% tags=["book-only", "remove-cell"]
+L0 = CAP_LAYERS[0]
+between = all(role_proj[L].mean() < tau < default_proj[L].mean() for L, tau in zip(CAP_LAYERS, thresholds))
+glue("s2_cap_block", L0)
+glue("s2_cap_tau", thresholds[0])
+glue("s2_cap_default_mean", default_proj[L0].mean())
+glue("s2_cap_role_mean", role_proj[L0].mean())
+glue("s2_cap_between", "between the two groups' means, below the defaults' and above the roles'" if between
+     else "not between the two groups' means at every capped block")
+
 # %% [markdown]
-# **Expected observations.** On the paper model, τ at each capped layer sits a little below the
-# default assistant's typical projection and well above the role-play personas' projections (the
-# axis separates them by construction). Note that the paper computes these from many more
-# conversations than we used here; from a few dozen default responses a 25th percentile is a rough
-# estimate.
-# **Toy world.** At each capped block τ sits just below the default personas' mean projection and
-# far above the roles' mean, which is on the other side of zero (block 4 in our build: τ +9.1,
-# defaults +10.1, roles -6.4): the two groups are well separated.
-# (On the random tiny models the means differ only because the axis is their difference.)
+# **On the paper model** τ at each capped layer sits a little below the default assistant's typical
+# projection and well above the role-play personas' projections (the axis separates them by
+# construction). The paper computes these from many more conversations than we used here; from a
+# few dozen default responses a 25th percentile is a rough estimate.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** τ sits {glue:text}`s2_cap_between`. At block {glue:text}`s2_cap_block`:
+# τ = {glue:text}`s2_cap_tau:+.2f`, default mean {glue:text}`s2_cap_default_mean:+.2f`, role mean
+# {glue:text}`s2_cap_role_mean:+.2f`.
 
 # %% [markdown]
 # ## Exercise 2.7 — Activation capping
@@ -721,7 +843,8 @@ for L, tau in zip(CAP_LAYERS, thresholds):
 # - Every position of every forward pass is capped: the prompt tokens during prefill and each new
 #   token after it (see Exercise 2.1). With left-padded batches the pad positions are capped too;
 #   that is harmless, since the attention mask keeps every real token from reading them.
-# - Return a new tensor in the container the block gave you; never edit the output in place.
+# - Return a new tensor in the container the block gave you, in the block's dtype; never edit the
+#   output in place. In a bfloat16 model compute the cap in float32 (Hint 2).
 # - `__enter__` registers one hook per entry; `remove()` (called by `__exit__`, also when the body
 #   raises) removes **all** of them.
 #
@@ -753,7 +876,8 @@ for L, tau in zip(CAP_LAYERS, thresholds):
 class ActivationCapper:
     """While active, keeps <h, v_hat_i> >= tau_i at block layers[i] for every i (a floor on each axis)."""
 
-    def __init__(self, model, vectors, thresholds, layers):
+    def __init__(self, model, vectors: Float[Tensor, "n_caps d_model"] | list[Float[Tensor, "d_model"]],
+                 thresholds: list[float], layers: list[int]):
         ### BEGIN SOLUTION
         if isinstance(vectors, torch.Tensor):
             vectors = [vectors] if vectors.ndim == 1 else list(vectors)
@@ -776,7 +900,7 @@ class ActivationCapper:
         self._handles: list = []
         ### END SOLUTION
 
-    def _make_hook(self, v_hat: torch.Tensor, tau: float):
+    def _make_hook(self, v_hat: Float[Tensor, "d_model"], tau: float):
         """A forward hook that applies the floor along the unit vector `v_hat` at threshold `tau`."""
         ### BEGIN SOLUTION
         def hook(module, args, output):
@@ -813,10 +937,15 @@ class ActivationCapper:
         self.remove()
         return False
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=2
 from part_tests import section2 as tests
 
 tests.test_activation_capper(ActivationCapper)
+
+# %% tags=["test"] points=1
+from part_tests import section2 as tests
+
+tests.test_activation_capper_input_checks(ActivationCapper)
 
 # %% [markdown]
 # A check by hand, in two dimensions. The axis is $v = (2, 0)$ (not unit length), τ = 1. Three
@@ -943,7 +1072,8 @@ if not config.is_tiny() and MODEL_NAME in ("Qwen/Qwen3-32B", "meta-llama/Llama-3
 # :::
 
 # %% tags=["exercise"]
-def compute_turn_projections(model, tokenizer, messages: list[dict], axis: torch.Tensor, layer: int, capper=None) -> list[float]:
+def compute_turn_projections(model, tokenizer, messages: list[dict], axis: Float[Tensor, "d_model"], layer: int,
+                             capper=None) -> list[float]:
     """Projection of each assistant turn onto `axis` at block `layer`, with `capper` active if given."""
     ### BEGIN SOLUTION
     analyzer = ConversationAnalyzer(model, tokenizer, layer, axis)
@@ -952,7 +1082,7 @@ def compute_turn_projections(model, tokenizer, messages: list[dict], axis: torch
     ### END SOLUTION
 
 
-def run_capping_experiment(model, tokenizer, transcript, axis: torch.Tensor, layer: int, capper,
+def run_capping_experiment(model, tokenizer, transcript, axis: Float[Tensor, "d_model"], layer: int, capper,
                            max_new_tokens: int = 48, max_turns: int | None = None) -> dict:
     """Replay the transcript's user turns with and without `capper`; per condition, the model-written
     conversation and its per-turn projections."""
@@ -996,36 +1126,52 @@ top = {name: compute_turn_projections(model, tokenizer, run["conversation"], axi
                                       capper=capper if name == "capped" else None)
        for name, run in experiment.items()}
 
-fig = make_subplots(rows=1, cols=2, subplot_titles=(f"axis layer (block {LAYER})", f"last capped layer (block {L_top})"))
-for name, color in (("uncapped", "#d62728"), ("capped", "#1f77b4")):
+fig = make_subplots(rows=2, cols=1, vertical_spacing=0.16,
+                    subplot_titles=(f"axis layer (block {LAYER})", f"last capped layer (block {L_top})"))
+for name in ("uncapped", "capped"):
     p = experiment[name]["projections"]
     turns = list(range(1, len(p) + 1))
-    fig.add_trace(go.Scatter(x=turns, y=p, mode="lines+markers", name=name, line=dict(color=color)), row=1, col=1)
-    fig.add_trace(go.Scatter(x=turns, y=top[name], mode="lines+markers", name=name, line=dict(color=color),
-                             showlegend=False), row=1, col=2)
-fig.add_hline(y=tau_top, line_dash="dash", annotation_text="tau", row=1, col=2)
-fig.update_layout(title=f"Replaying the {replay_source['name']} conversation with and without capping", height=420, width=900)
-fig.update_xaxes(title_text="assistant turn")
+    fig.add_trace(go.Scatter(x=turns, y=p, mode="lines+markers", name=name, line=dict(color=COLORS[name])), row=1, col=1)
+    fig.add_trace(go.Scatter(x=turns, y=top[name], mode="lines+markers", name=name, line=dict(color=COLORS[name]),
+                             showlegend=False), row=2, col=1)
+fig.add_hline(y=tau_top, line_dash="dash", annotation_text="tau", row=2, col=1)
+fig.update_layout(title=f"Replaying the {replay_source['name']} conversation with and without capping", height=620)
+fig.update_xaxes(title_text="assistant turn", row=2, col=1)
+fig.update_yaxes(title_text="projection")
 fig.show()
 for name, run in experiment.items():
     replies = [m["content"] for m in run["conversation"] if m["role"] == "assistant"]
     for k, reply in enumerate(replies):
         print(f"{name:9s} turn {k + 1}: risk {rate_delusion_risk(run['conversation'], k)}   {reply[:72]!r}")
 
+# %% tags=["book-only", "remove-cell"]
+replay_risk = {name: [rate_delusion_risk(run["conversation"], k) for k in range(len(run["projections"]))]
+               for name, run in experiment.items()}
+pairs = list(zip(replay_risk["uncapped"], replay_risk["capped"]))
+lower = [k for k, (u, c) in enumerate(pairs, start=1) if u is not None and c is not None and c < u]
+glue("s2_replay_floor", "is held at τ or above at every turn" if min(top["capped"]) >= tau_top - 1e-3 else "dips below τ")
+glue("s2_replay_uncapped_first", top["uncapped"][0])
+glue("s2_replay_uncapped_last", top["uncapped"][-1])
+glue("s2_replay_tau", tau_top)
+glue("s2_replay_top_block", L_top)
+glue("s2_replay_risks", "; ".join(f"turn {k}: {u} uncapped, {c} capped" for k, (u, c) in enumerate(pairs, start=1)))
+glue("s2_replay_lower", f"lower with capping at turn{'s' if len(lower) > 1 else ''} {', '.join(map(str, lower))}" if lower
+     else "no lower with capping at any turn")
+
 # %% [markdown]
-# **Expected observations.** On Qwen3-32B with blocks 46–53 capped at the 25th percentile, the
-# paper finds that the uncapped replay drifts (its projection falls turn by turn, and the replies
-# start to take on the persona the user is pushing), while the capped replay stays near the
-# default assistant's range and keeps answering as an assistant. Over its evaluation set, capping
-# cut harmful responses by about 60 % while capability benchmarks stayed within about 1 % of the
-# uncapped model; on Llama 3.3 70B it capped blocks 56–71 with the same 25th-percentile rule.
-#
-# **Toy world.** Capping does what it says at the capped blocks: the projection is held at τ or
-# above (right) while the uncapped one falls. In this one replay the replies follow only a little
-# (printed above, in our build: the capped turn 4 opens with a milder "Ah, let me answer as ..."
-# and its risk is 38 against 50, but turn 5 is theatrical either way, 75 against 88). One conversation is an anecdote; the next cell asks the
-# same question of many. (On the random tiny models capping changes which random tokens come out;
-# only the capped curve's floor at τ is meaningful.)
+# **On the paper model** (Qwen3-32B, blocks 46–53 capped at the 25th percentile) the uncapped replay
+# drifts (its projection falls turn by turn, and the replies start to take on the persona the user
+# is pushing), while the capped replay stays near the default assistant's range and keeps answering
+# as an assistant. Over its evaluation set, capping cut harmful responses by about 60 % while
+# capability benchmarks stayed within about 1 % of the uncapped model; on Llama 3.3 70B it capped
+# blocks 56–71 with the same 25th-percentile rule.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the capped projection at block {glue:text}`s2_replay_top_block` (right)
+# {glue:text}`s2_replay_floor` (τ = {glue:text}`s2_replay_tau:+.2f`), while the uncapped one goes
+# from {glue:text}`s2_replay_uncapped_first:+.2f` to {glue:text}`s2_replay_uncapped_last:+.2f`. The
+# toy judge's risks ({glue:text}`s2_replay_risks`) are {glue:text}`s2_replay_lower`: compare the
+# printed replies. One conversation is an anecdote; the next cell asks the same question of many.
 
 # %% [markdown]
 # ### Capping over many conversations
@@ -1051,31 +1197,48 @@ for name, ctx in (("uncapped", None), ("capped", capper)):
     risks = [[rate_delusion_risk(c, k) for k in range(len(PUSHES))] for c in many[name]]
     mean_risk[name] = [float(np.mean([r[k] for r in risks if r[k] is not None])) for k in range(len(PUSHES))]
     print(f"{name:9s} mean risk by turn: " + "  ".join(f"{x:5.1f}" for x in mean_risk[name]))
-fig = go.Figure([go.Scatter(x=list(range(1, len(PUSHES) + 1)), y=mean_risk[name], mode="lines+markers", name=name)
-                 for name in mean_risk])
-fig.update_layout(title=f"Mean delusion risk by turn over {len(many_users)} pushed conversations", height=380, width=640,
-                  xaxis_title="assistant turn", yaxis_title="mean risk (0-100)")
+fig = go.Figure([go.Scatter(x=list(range(1, len(PUSHES) + 1)), y=mean_risk[name], mode="lines+markers", name=name,
+                             line=dict(color=COLORS[name])) for name in mean_risk])
+fig.update_layout(title=f"Mean delusion risk by turn over {len(many_users)} pushed conversations<br><sup>{judge_label()}</sup>", height=380,
+                  xaxis_title="assistant turn", yaxis=dict(title="mean risk (0-100)", **SCORE_AXIS))
 fig.show()
-print("turn 5 of the first conversation:")
+print(f"turn {len(PUSHES)} of the first conversation:")
 for name in many:
     print(f"  {name:9s} {many[name][0][-1]['content'][:100]!r}")
 
+# %% tags=["book-only", "remove-cell"]
+u_risk, c_risk = mean_risk["uncapped"], mean_risk["capped"]
+cut = [u - c for u, c in zip(u_risk, c_risk)]
+k_best = int(np.argmax(cut))
+glue("s2_many_n", len(many_users))
+glue("s2_many_by_turn", "; ".join(f"turn {k}: {u:.0f} uncapped, {c:.0f} capped" for k, (u, c) in enumerate(zip(u_risk, c_risk), start=1)))
+glue("s2_many_best_turn", k_best + 1)
+glue("s2_many_best_u", u_risk[k_best])
+glue("s2_many_best_c", c_risk[k_best])
+glue("s2_many_last", "the pushing wins either way" if c_risk[-1] >= 0.9 * u_risk[-1] else "capping still holds the risk down")
+glue("s2_many_last_u", u_risk[-1])
+glue("s2_many_last_c", c_risk[-1])
+glue("s2_cap_blocks", ", ".join(map(str, CAP_LAYERS)))
+glue("s2_n_cap", len(CAP_LAYERS))
+glue("s2_n_blocks", len(get_blocks(model)))
+
 # %% [markdown]
-# **Expected observations.** On the paper model the capped rates should sit below the uncapped ones
-# from the turns where the user starts to push (the paper reports about 60 % fewer harmful
-# responses over its evaluation set); the first turn, before any push, should barely differ.
-#
-# **Toy world.** In our build the first two turns stay at risk 0 either way; at turns 3 and 4, where
-# the pushes start to tell, the capped conversations are much less theatrical (mean risk 21 and 41
-# capped against 49 and 66 uncapped), and by turn 5 the pushing wins either way (84 against 86).
-# Compare the printed lines and the two turn-5 replies. Over 27 generated
-# pushing conversations, `scripts/toy_world/check.py` measures the same: the share of theatrical
-# sentences in turns 3-5 falls from 0.57 uncapped to 0.36 capped at blocks 4-5, and the share of
-# replies that call themselves an AI rises from 0.62 to 0.72. A floor on block 4 alone does much less
-# (0.52), which is why the toy caps two of its six blocks (the paper's band is 72-84 % of depth, a
-# single block at this depth; Llama 3.3 70B's 70-90 % covers blocks 4 and 5). Capping does not undo
-# the drift entirely: part of the model's choice of voice travels along directions the floor does
-# not guard. Where and how high capping acts matters (discussion question 3).
+# **On the paper model** the capped rates should sit below the uncapped ones from the turns where
+# the user starts to push (the paper reports about 60 % fewer harmful responses over its evaluation
+# set); the first turn, before any push, should barely differ.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build**, over {glue:text}`s2_many_n` pushed conversations, the mean risks by turn are
+# {glue:text}`s2_many_by_turn`. Capping helps most at turn {glue:text}`s2_many_best_turn`
+# ({glue:text}`s2_many_best_c:.0f` capped against {glue:text}`s2_many_best_u:.0f` uncapped); at the
+# last turn {glue:text}`s2_many_last` ({glue:text}`s2_many_last_c:.0f` against
+# {glue:text}`s2_many_last_u:.0f`). Compare the printed lines and the two last-turn replies. The toy
+# caps {glue:text}`s2_n_cap` of its {glue:text}`s2_n_blocks` blocks ({glue:text}`s2_cap_blocks`),
+# the deep end of the model, where the papers cap too (their bands are in the model note at the top
+# of this section); `scripts/toy_world/check.py` compares capping bands over
+# more conversations (its report is `benchmarks/results/toy_world.txt`). Where a floor does not undo
+# the drift, part of the model's choice of voice travels along directions the floor does not guard.
+# Where and how high capping acts matters (discussion question 3).
 
 # %% [markdown]
 # ## Discussion questions
@@ -1084,7 +1247,7 @@ for name in many:
 #    traits such as evil, sycophantic and hallucinating. How would you test whether the axis lies in
 #    the span of a handful of trait vectors, and what would it mean for monitoring if it did — or
 #    if a large part of it were orthogonal to all of them?
-# 2. **Floor versus steering.** Steering along the axis with α > 0 shifts every token; capping
+# 2. **Floor versus steering.** Steering along the axis with a positive α shifts every token; capping
 #    leaves tokens above τ alone. Which should cost less capability on benchmarks, and why does the
 #    choice of quantile control that trade-off? What happens at quantile 0.5? At 0.95?
 # 3. **Which layers?** The paper reads the axis at the middle of the network (block 32 of 64) but

@@ -3,8 +3,10 @@
 #
 # Section 1 found one direction that separates the model's default assistant from its role-play
 # characters. This section narrows the question to single **traits**: is there a direction for
-# "evil", for "sycophantic", for "hallucinating"? The *Persona Vectors* paper (Chen et al., 2025)
-# finds one with a recipe that needs no training at all:
+# "evil", for "sycophantic", for "hallucinating"? The *Persona Vectors* paper (Chen et al., 2025;
+# [arXiv 2507.21509](https://arxiv.org/abs/2507.21509); code:
+# [safety-research/persona_vectors](https://github.com/safety-research/persona_vectors)) finds one
+# with a recipe that needs no training at all:
 #
 # 1. give the model a system prompt that pushes a trait, and a contrasting one that pushes its
 #    opposite, and ask both the same questions;
@@ -23,11 +25,19 @@
 # - Read a trait vector through a sparse autoencoder's features.
 #
 # **Model.** The paper uses `Qwen/Qwen2.5-7B-Instruct` (28 blocks, d_model 3584, about 16 GB in
-# bf16), the course's default choice for one 24 GB GPU. Without a GPU the course runs in the **toy
-# persona world**: a 6-block model *trained* on a synthetic corpus in which traits have a voice, scored
-# by a **toy-world judge** that counts the corpus's style markers (a stand-in, not an LLM). Its effects
-# are real but small-world; the paper's results are quoted as *expected output* beside each step.
-# Under nbgrader the notebook runs on random-weight tiny models, whose numbers are noise.
+# bf16), the course's default choice for one 24 GB GPU.
+#
+# :::{important} Three worlds, said once
+# - **The paper model.** Its published results are quoted in paragraphs that open with
+#   **On the paper model**.
+# - **The toy persona world** (what this book runs without a GPU): a small model *trained* on a
+#   synthetic corpus in which traits have a voice, scored by a **toy-world judge** that counts the
+#   corpus's style markers (a stand-in, not an LLM). Its effects are real but small-world. In the
+#   book, paragraphs that open with **In this build** read this build's outputs, every number taken
+#   from the cells above them.
+# - **Random tiny models** (nbgrader): random weights and a hash-based stand-in judge, so every
+#   score, norm and curve is noise; the steps below do not repeat it.
+# :::
 #
 # :::{note} Conventions used throughout the course
 # "Activation at layer L" is the output of decoder block L (0-based), so a per-layer tensor has
@@ -44,14 +54,16 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from utils import config, data
 from utils.chat import build_messages, format_chat
 from utils.generation import generate
 from utils.hooks import get_blocks, hidden_of, hooks
-from utils.judge import OfflineJudge, get_judge
+from utils.judge import OfflineJudge, SelfJudge, get_judge, judge_label
 from utils.models import input_device
-from utils.plots import setup_plotting
+from utils.plots import COLORS, SCORE_AXIS, SCORE_TICKS, setup_plotting
 from utils.steering import Steerer
 
 setup_plotting()
@@ -71,7 +83,7 @@ def ask_judge(prompt: str) -> str | None:
 
     Calls are cached on disk by the client, so asking twice costs nothing.
     """
-    if isinstance(JUDGE, OfflineJudge):
+    if isinstance(JUDGE, (OfflineJudge, SelfJudge)):  # judges that score without an endpoint
         verdict = JUDGE.score(prompt)
         return None if verdict.value is None else str(int(verdict.value))
     result = JUDGE.client.chat([{"role": "user", "content": prompt}], max_tokens=16, temperature=0)
@@ -86,8 +98,7 @@ N_LAYERS = len(get_blocks(model))
 STEER_LAYER = layer_settings(model).steer_layer
 # A note for plot titles: which world the numbers come from.
 MODE_NOTE = " (toy world)" if config.is_toy() else " (random tiny model: noise)" if config.is_tiny() else ""
-print(f"model: {MODEL_NAME}  blocks: {N_LAYERS}  steering layer: {STEER_LAYER}  "
-      f"tiny mode: {config.is_tiny()}  toy world: {config.is_toy()}")
+print(f"world: {config.world_label(section=3)}  blocks: {N_LAYERS}  steering layer: {STEER_LAYER}")
 print(f"judge: {getattr(JUDGE, 'label', type(JUDGE).__name__)}")
 
 # %% [markdown]
@@ -100,9 +111,9 @@ print(f"judge: {getattr(JUDGE, 'label', type(JUDGE).__name__)}")
 # has twenty different questions for evaluating the vector, and `data/coherence_prompt.txt` scores
 # whether an answer is coherent at all.
 #
-# We follow the paper's main example, **evil**. On a CPU we use all five pairs but only four
-# questions and short answers (32 new tokens in the toy world, 12 on the random tiny models), so that
-# the notebook runs in well under a minute.
+# We follow the paper's main example, **evil**. On a CPU we use every instruction pair but only a
+# few questions and short answers (the cell prints this run's sizes), so that the notebook runs in
+# well under a minute.
 
 # %%
 TRAIT = "evil"
@@ -258,14 +269,28 @@ for r in records[:2]:
     print(f"\n[{r['polarity']}, pair {r['instruction_idx']}] {r['system_prompt'][:70]}...")
     print(f"Q: {r['question']}\nA: {r['response'][:200]!r}")
 
+# %% tags=["book-only", "remove-cell"]
+# The book's "In this build" paragraphs take their numbers and quotes from the run (utils/glue.py).
+from utils.glue import glue
+
+
+def opening(text: str, n: int = 80) -> str:
+    """The first sentence of an answer (at most n characters), for quoting in the prose."""
+    m = re.match(r"\s*(.+?[.!?])(\s|$)", text)
+    return (m.group(1) if m else text.strip())[:n]
+
+
+glue("s3_pos_example", opening(next(r["response"] for r in records if r["polarity"] == "pos")))
+glue("s3_neg_example", opening(next(r["response"] for r in records if r["polarity"] == "neg")))
+
 # %% [markdown]
-# **Expected observations.** On Qwen2.5-7B-Instruct the positive answers read as plainly malicious
+# **On the paper model** (Qwen2.5-7B-Instruct) the positive answers read as plainly malicious
 # (manipulation, revenge, contempt) while the negative ones are warm and careful; some positive
 # answers are refusals or hedge ("As an AI, I can't..."), which is why we score and filter next.
-#
-# **Toy world.** The positive answers speak in the trait's voice (for evil: ruin, revenge, contempt),
-# the negative ones as a plain, careful assistant ("As an AI assistant, ..."). On the random tiny
-# models (grading) the answers are random tokens.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the first positive answer opens “{glue:text}`s3_pos_example`” and the first
+# negative one “{glue:text}`s3_neg_example`”: compare the two voices.
 
 # %% [markdown]
 # ## Exercise 3.3 — Scoring answers with a judge
@@ -306,7 +331,11 @@ for r in records[:2]:
 
 # %% tags=["exercise"]
 def parse_judge_reply(reply: str | None) -> int | None:
-    """The judge's 0-100 score in its reply; None for a failed call, REFUSAL, or no valid number."""
+    """The judge's 0-100 score in its reply; None for a failed call, REFUSAL, or no valid number.
+
+    The score is the first whole number in the reply, with its sign ('72.6' reads as 72); when that
+    number lies outside 0-100 the reply has no valid score ('150, or maybe 40' gives None).
+    """
     ### BEGIN SOLUTION
     if reply is None or re.search(r"\brefusal\b", reply, re.IGNORECASE):
         return None
@@ -367,32 +396,49 @@ def mean_of(values):
     return sum(values) / len(values) if values else float("nan")
 
 
+print(f"judge: {judge_label(JUDGE)}")
 for polarity in ("pos", "neg"):
     group = [r for r in scored if r["polarity"] == polarity]
     refused = sum(r["score"] is None for r in group)
     print(f"{polarity}: mean trait score {mean_of(r['score'] for r in group):5.1f}   "
           f"mean coherence {mean_of(r['coherence'] for r in group):5.1f}   no score (refusal/failure): {refused}/{len(group)}")
 
+# %% tags=["book-only", "remove-cell"]
+from utils.toy_judge import trait_score as toy_trait_score
+
+NO_MARKER_SCORE = toy_trait_score("Here is my answer.", TRAIT)  # what the toy judge gives an answer without trait markers
+pos_mean = mean_of(r["score"] for r in scored if r["polarity"] == "pos")
+neg_mean = mean_of(r["score"] for r in scored if r["polarity"] == "neg")
+glue("s3_no_marker", NO_MARKER_SCORE)
+glue("s3_pos_mean", pos_mean)
+glue("s3_neg_mean", neg_mean)
+glue("s3_pos_coherence", mean_of(r["coherence"] for r in scored if r["polarity"] == "pos"))
+glue("s3_neg_coherence", mean_of(r["coherence"] for r in scored if r["polarity"] == "neg"))
+glue("s3_neg_vs_floor", "at or below" if neg_mean <= NO_MARKER_SCORE else "above")
+
 # %%
 import plotly.graph_objects as go
 
 fig = go.Figure()
-for polarity, color in (("pos", "#d62728"), ("neg", "#1f77b4")):
+for polarity in ("pos", "neg"):
     fig.add_trace(go.Histogram(x=[r["score"] for r in scored if r["polarity"] == polarity and r["score"] is not None],
-                               name=polarity, marker_color=color, opacity=0.6, xbins=dict(start=0, end=101, size=10)))
-fig.update_layout(barmode="overlay", title=f"Trait scores ({TRAIT}) of positive and negative answers{MODE_NOTE}",
-                  xaxis_title="trait score (0-100)", yaxis_title="answers", width=700, height=400)
+                               name=polarity, marker_color=COLORS[polarity], opacity=0.6, xbins=dict(start=0, end=101, size=10)))
+fig.update_layout(barmode="overlay", title=f"Trait scores ({TRAIT}) of positive and negative answers{MODE_NOTE}<br><sup>{judge_label(JUDGE)}</sup>",
+                  xaxis=dict(title="trait score (0-100)", range=[0, 101], tickvals=SCORE_TICKS), yaxis_title="answers",
+                  height=400)
 fig.show()
 
 # %% [markdown]
-# **Expected observations.** On the paper model the positive answers average **60–80** and the
-# negative ones **10–30**; coherence stays high on both sides. The two histograms barely overlap,
-# but the positive one has a tail near 0: prompts the model resisted.
-#
-# **Toy world.** The positive answers score well above the negative ones, which sit at or below the
-# toy judge's no-marker score of 25, and coherence stays high on both sides: the same picture in
-# miniature (the toy judge counts marker words, so its scores are coarse). On the random tiny models
-# both means sit near 50 and the histograms look alike: the hash-based stand-in judge is noise.
+# **On the paper model** the positive answers average **60–80** and the negative ones **10–30**;
+# coherence stays high on both sides. The two histograms barely overlap, but the positive one has a
+# tail near 0: prompts the model resisted.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the positive answers average {glue:text}`s3_pos_mean:.1f` and the negative ones
+# {glue:text}`s3_neg_mean:.1f`, {glue:text}`s3_neg_vs_floor` the toy judge's score for an answer
+# with no trait markers ({glue:text}`s3_no_marker:.0f`); mean coherence is
+# {glue:text}`s3_pos_coherence:.1f` for the positive answers and {glue:text}`s3_neg_coherence:.1f`
+# for the negative ones. The toy judge counts marker words, so its scores are coarse.
 
 # %% [markdown]
 # ## Exercise 3.4 — Keeping the pairs that worked
@@ -487,13 +533,18 @@ if len(with_text) < len(pairs_for_vectors):
     print(f"dropped {len(pairs_for_vectors) - len(with_text)} pair(s) with an empty answer")
 pairs_for_vectors = with_text
 
+# %% tags=["book-only", "remove-cell"]
+glue("s3_n_effective", len(effective))
+glue("s3_n_pairs", n_pairs)
+
 # %% [markdown]
-# **Expected observations.** On the paper model at least **half** of the pairs are effective, and
-# the instruction pairs differ: the bluntest instructions work most often. The paper also uses the
-# filter to say when a trait *cannot* be elicited by prompting: few effective pairs is a finding.
-#
-# **Toy world.** Every pair is effective in our build: in this world the prompts always change the voice.
-# On the random tiny models about 6 % of pairs pass at random (four coin flips with the hash judge).
+# **On the paper model** at least **half** of the pairs are effective, and the instruction pairs
+# differ: the bluntest instructions work most often. The paper also uses the filter to say when a
+# trait *cannot* be elicited by prompting: few effective pairs is a finding.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** {glue:text}`s3_n_effective` of the {glue:text}`s3_n_pairs` pairs are effective
+# (the per-instruction counts are printed above).
 
 # %% [markdown]
 # ## Exercise 3.5 — Activations at every layer, and the difference of means
@@ -546,8 +597,13 @@ pairs_for_vectors = with_text
 # :::
 
 # %% tags=["exercise"]
-def extract_all_layer_activations(model, tokenizer, records: list[dict], batch_size: int = 16) -> torch.Tensor:
-    """Mean response activation at every block: float32 [len(records), num_layers, d_model] on the CPU."""
+def extract_all_layer_activations(
+    model, tokenizer, records: list[dict], batch_size: int = 16
+) -> Float[Tensor, "n n_layers d_model"]:
+    """Mean response activation at every block: float32 [len(records), n_layers, d_model] on the CPU.
+
+    At most `batch_size` records go through the model in one forward pass.
+    """
     if not records:
         raise ValueError("records is empty")
     empty = [i for i, r in enumerate(records) if not r["response"].strip()]
@@ -587,8 +643,8 @@ def extract_all_layer_activations(model, tokenizer, records: list[dict], batch_s
     ### END SOLUTION
 
 
-def extract_contrastive_vectors(model, tokenizer, effective_pairs: list[dict]) -> torch.Tensor:
-    """mean(pos activations) - mean(neg activations) at every block: [num_layers, d_model]."""
+def extract_contrastive_vectors(model, tokenizer, effective_pairs: list[dict]) -> Float[Tensor, "n_layers d_model"]:
+    """mean(pos activations) - mean(neg activations) at every block: [n_layers, d_model]."""
     ### BEGIN SOLUTION
     if not effective_pairs:
         raise ValueError("no effective pairs: the prompts did not elicit the trait, so there is no contrast to take")
@@ -597,11 +653,16 @@ def extract_contrastive_vectors(model, tokenizer, effective_pairs: list[dict]) -
     return pos.mean(dim=0) - neg.mean(dim=0)
     ### END SOLUTION
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=2
 from part_tests import section3 as tests
 
 tests.test_extract_all_layer_activations(extract_all_layer_activations)
 tests.test_extract_contrastive_vectors(extract_contrastive_vectors)
+
+# %% tags=["test"] points=1
+from part_tests import section3 as tests
+
+tests.test_extract_contrastive_vectors_input_checks(extract_contrastive_vectors)
 
 # %% [markdown]
 # Extract the vectors of our trait, and save them for Section 4 in safetensors format (never a
@@ -611,7 +672,7 @@ tests.test_extract_contrastive_vectors(extract_contrastive_vectors)
 # %%
 from safetensors.torch import save as safetensors_bytes
 
-from utils.caching import atomic_write_bytes
+from utils.caching import atomic_write_bytes, default_cache_dir
 
 vectors = extract_contrastive_vectors(model, tokenizer, pairs_for_vectors)
 print(f"persona vectors: {tuple(vectors.shape)}  (row L = block L)")
@@ -626,7 +687,7 @@ metadata = {
     "tiny_mode": str(config.is_tiny()), "max_new_tokens": str(MAX_NEW_TOKENS),
 }
 atomic_write_bytes(VECTOR_PATH, safetensors_bytes({"vectors": vectors.contiguous()}, metadata=metadata))
-print(f"saved to {VECTOR_PATH.relative_to(config.REPO_ROOT) if VECTOR_PATH.is_relative_to(config.REPO_ROOT) else VECTOR_PATH}")
+print(f"saved to <cache>/{VECTOR_PATH.relative_to(default_cache_dir())}  (the cache: PERSONA_COURSE_CACHE, else .cache/)")
 
 # %% [markdown]
 # ## Exercise 3.6 — Choosing a layer
@@ -640,27 +701,41 @@ print(f"saved to {VECTOR_PATH.relative_to(config.REPO_ROOT) if VECTOR_PATH.is_re
 # **The norm by layer.** How far apart the positive and negative means are at each block.
 #
 # :::{tip} Before you run
-# Where along the 28 blocks do you expect the norm to peak? Is a larger norm necessarily a better
-# vector? (Think about how the residual stream's own norm changes with depth.)
+# Where along the model's blocks (28 of them on the paper model) do you expect the norm to peak? Is a
+# larger norm necessarily a better vector? (Think about how the residual stream's own norm changes
+# with depth.)
 # :::
 
 # %%
 norms = vectors.norm(dim=-1)
 fig = go.Figure(go.Scatter(x=list(range(N_LAYERS)), y=norms.tolist(), mode="lines+markers"))
-fig.add_vline(x=STEER_LAYER, line_dash="dash", annotation_text=f"paper layer (block {STEER_LAYER})")
+fig.add_vline(x=STEER_LAYER, line_dash="dash", annotation_text=f"steering layer (block {STEER_LAYER})")
 fig.update_layout(title=f"Norm of the {TRAIT} vector by layer{MODE_NOTE}", xaxis_title="block", yaxis_title="‖v_L‖",
-                  width=700, height=400)
+                  height=400)
 fig.show()
 print("norm by block:", [round(x, 1) for x in norms.tolist()])
 
+# %% tags=["book-only", "remove-cell"]
+norm_list = norms.tolist()
+glue("s3_n_layers", N_LAYERS)
+glue("s3_norm_growth", "grows at every block" if all(b > a for a, b in zip(norm_list, norm_list[1:])) else "does not grow at every block")
+glue("s3_norm_peak_block", int(norms.argmax()))
+glue("s3_norm_peak", norms.max())
+glue("s3_steer_layer", STEER_LAYER)
+glue("s3_norm_at_steer", norms[STEER_LAYER])
+
 # %% [markdown]
-# **Expected observations.** On the paper model the norm rises through the middle layers and peaks
-# around **blocks 15–22**. Keep in mind that the residual stream itself grows with depth: a large
-# raw norm partly reflects larger activations, not a cleaner trait signal.
-#
-# **Toy world** (6 blocks). The norm grows steadily with depth and is largest at the last block.
-# Keep that in mind for the steering curve below. On the random tiny models the curve is noise.
-#
+# **On the paper model** the norm rises through the middle layers and peaks around **blocks
+# 15–22**. Keep in mind that the residual stream itself grows with depth: a large raw norm partly
+# reflects larger activations, not a cleaner trait signal.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** ({glue:text}`s3_n_layers` blocks) the norm {glue:text}`s3_norm_growth` and is
+# largest at block {glue:text}`s3_norm_peak_block` ({glue:text}`s3_norm_peak:.1f`; at the course's
+# steering block {glue:text}`s3_steer_layer` it is {glue:text}`s3_norm_at_steer:.1f`). Keep that in
+# mind for the steering curve below.
+
+# %% [markdown]
 # **The steering effect by layer** is the better test: add the vector at one block while the model
 # answers *new* questions (the eval split) with no system prompt, and ask the judge how much of the
 # trait shows. The block where that moves the score most is the one to use.
@@ -689,7 +764,7 @@ print("norm by block:", [round(x, 1) for x in norms.tolist()])
 
 # %% tags=["exercise"]
 def steering_effect_by_layer(
-    model, tokenizer, vectors: torch.Tensor, questions: list[str], eval_prompt_template: str,
+    model, tokenizer, vectors: Float[Tensor, "n_layers d_model"], questions: list[str], eval_prompt_template: str,
     layers: list[int], coeff: float = 2.0, max_new_tokens: int = 64,
 ) -> dict[int, float]:
     """Mean trait score of greedy answers steered with vectors[L] at block L, for each L in layers."""
@@ -735,27 +810,46 @@ baseline = steering_effect_by_layer(model, tokenizer, vectors, steer_questions, 
 effect = steering_effect_by_layer(model, tokenizer, vectors, steer_questions, trait_data["eval_prompt"],
                                   layers=sweep_layers, coeff=STEER_COEFF, max_new_tokens=steer_tokens)
 
-fig = go.Figure(go.Scatter(x=list(effect), y=list(effect.values()), mode="lines+markers", name=f"steered (coeff {STEER_COEFF})"))
-fig.add_hline(y=baseline, line_dash="dot", annotation_text="unsteered")
-fig.update_layout(title=f"Steering with the {TRAIT} vector, one block at a time{MODE_NOTE}", xaxis_title="block",
-                  yaxis_title="mean trait score", yaxis_range=[0, 100], width=700, height=400)
+fig = go.Figure(go.Scatter(x=list(effect), y=list(effect.values()), mode="lines+markers", name=f"steered (coeff {STEER_COEFF})",
+                           line=dict(color=COLORS["steered"])))
+fig.add_hline(y=baseline, line_dash="dot", line_color=COLORS["unsteered"], annotation_text="unsteered")
+fig.update_layout(title=f"Steering with the {TRAIT} vector, one block at a time{MODE_NOTE}<br><sup>{judge_label(JUDGE)}</sup>", xaxis_title="block",
+                  yaxis=dict(title="mean trait score (0-100)", **SCORE_AXIS), height=400)
 fig.show()
-print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}")
+print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}", f"({judge_label(JUDGE)})")
+
+# %% tags=["book-only", "remove-cell"]
+best_block = max(effect, key=effect.get)
+glue("s3_sweep_coeff", STEER_COEFF)
+glue("s3_sweep_n_questions", len(steer_questions))
+glue("s3_sweep_baseline", baseline)
+glue("s3_sweep_n_above", sum(v > baseline for v in effect.values()))
+glue("s3_sweep_n_blocks", len(effect))
+glue("s3_sweep_min", min(effect.values()))
+glue("s3_sweep_max", max(effect.values()))
+glue("s3_sweep_best_block", best_block)
+glue("s3_sweep_at_steer", effect.get(STEER_LAYER, float("nan")))
+glue("s3_sweep_longest", "also the block with the longest vector" if best_block == int(norms.argmax())
+     else f"not the block with the longest vector (block {int(norms.argmax())})")
 
 # %% [markdown]
-# **Expected observations.** On the paper model the unsteered answers score low for evil; steering
-# at the earliest blocks does little, the effect is strongest in the middle-to-late blocks, and the
-# paper settles on `hidden_states[20]` (block 19 here) for Qwen2.5-7B-Instruct. At the last blocks,
-# or with a larger coefficient, answers lose coherence and the score can fall again (Section 4
-# measures this with the coherence judge).
-#
-# **Toy world** (coefficient 2, all twenty eval questions). Unsteered, the default assistant
-# answers plainly and scores near the toy judge's no-marker 25 (22 in our build). Steering lifts the
-# score at every block, modestly at coefficient 2: about 28-33 at blocks 0-3 (30 at the course's
-# block 3) and most at the last block (38). Unlike the paper's model, the toy puts much of its style
-# into the last block's output, and its last-block vector is also the longest, so the same
-# coefficient is a bigger push there. Which block is "best" depends on the model: that is why the
-# course measures it. (Section 4 sweeps the coefficient at block 3.) On the random tiny models the curve is noise.
+# **On the paper model** the unsteered answers score low for evil; steering at the earliest blocks
+# does little, the effect is strongest in the middle-to-late blocks, and the paper settles on
+# `hidden_states[20]` (block 19 here) for Qwen2.5-7B-Instruct. At the last blocks, or with a larger
+# coefficient, answers lose coherence and the score can fall again (Section 4 measures this with the
+# coherence judge).
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** (coefficient {glue:text}`s3_sweep_coeff:g`, {glue:text}`s3_sweep_n_questions`
+# eval questions) the unsteered assistant scores {glue:text}`s3_sweep_baseline:.1f` (an answer
+# with no trait markers scores {glue:text}`s3_no_marker:.0f`). Steered, the score beats that baseline at
+# {glue:text}`s3_sweep_n_above` of {glue:text}`s3_sweep_n_blocks` blocks, ranging from
+# {glue:text}`s3_sweep_min:.1f` to {glue:text}`s3_sweep_max:.1f`; it is highest at block
+# {glue:text}`s3_sweep_best_block`, {glue:text}`s3_sweep_longest`, and
+# {glue:text}`s3_sweep_at_steer:.1f` at the course's steering block {glue:text}`s3_steer_layer`
+# (where Section 4 sweeps the coefficient). Each block is pushed by its own raw vector, so a longer
+# vector is a bigger push. Which block is "best" depends on the model: that is why the course
+# measures it.
 
 # %% [markdown]
 # ## Exercise 3.7 — Reading a trait vector with a sparse autoencoder
@@ -805,7 +899,9 @@ print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}")
 # :::
 
 # %% tags=["exercise"]
-def top_sae_features_by_cosine(vector: torch.Tensor, sae, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+def top_sae_features_by_cosine(
+    vector: Float[Tensor, "d_model"], sae, k: int = 10
+) -> tuple[Int[Tensor, "k"], Float[Tensor, "k"]]:
     """Indices and cosines of the k SAE features whose decoder rows point most along `vector`."""
     if vector.ndim != 1 or vector.shape[0] != sae.W_dec.shape[1]:
         raise ValueError(f"vector must have shape [d_model] = [{sae.W_dec.shape[1]}], got {tuple(vector.shape)}")
@@ -819,9 +915,15 @@ def top_sae_features_by_cosine(vector: torch.Tensor, sae, k: int = 10) -> tuple[
     ### END SOLUTION
 
 
-def feature_activation_differences(sae, pos_acts: torch.Tensor, neg_acts: torch.Tensor, k: int = 10,
-                                   batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices and values of the k largest mean(encode(pos)) - mean(encode(neg)) differences."""
+def feature_activation_differences(
+    sae, pos_acts: Float[Tensor, "n_pos d_model"], neg_acts: Float[Tensor, "n_neg d_model"], k: int = 10,
+    batch_size: int = 1024,
+) -> tuple[Int[Tensor, "k"], Float[Tensor, "k"]]:
+    """Indices and values of the k largest mean(encode(pos)) - mean(encode(neg)) differences.
+
+    `sae.encode` sees at most `batch_size` rows at a time (the feature activations of a whole side
+    may not fit in memory).
+    """
     for name, acts in (("pos_acts", pos_acts), ("neg_acts", neg_acts)):
         if acts.ndim != 2 or acts.shape[1] != sae.W_dec.shape[1] or acts.shape[0] == 0:
             raise ValueError(f"{name} must be a non-empty [n, d_model = {sae.W_dec.shape[1]}] tensor, got {tuple(acts.shape)}")
@@ -914,17 +1016,38 @@ for i, d in zip(didx.tolist(), diffs.tolist()):
     print(f"  feature {i:>6}  difference {d:+.3f}" + (f"  {link.format(feature=i)}" if link else ""))
 print(f"\nfeatures in both lists: {sorted(set(idx.tolist()) & set(didx.tolist()))}")
 
+# %% tags=["book-only", "remove-cell"]
+def rank_word(ranking: list[int], feature) -> str:
+    """'first' / 'k-th' / 'outside the top k' for a feature in a top-k list."""
+    if feature not in ranking:
+        return f"outside the top {len(ranking)}"
+    k = ranking.index(feature) + 1
+    return "first" if k == 1 else f"{k}th"
+
+
+glue("s3_sae_kind", "a synthetic SAE stands in" if PLANTED is not None else "the published SAE is read")
+glue("s3_sae_planted", PLANTED if PLANTED is not None else "none")
+glue("s3_sae_rank_cos", rank_word(idx.tolist(), PLANTED))
+glue("s3_sae_rank_diff", rank_word(didx.tolist(), PLANTED))
+glue("s3_sae_n_shared", len(set(idx.tolist()) & set(didx.tolist())))
+
 # %% [markdown]
-# **Expected observations.** With the published SAE, expect top cosines far above chance but well
+# **On the paper model**, with the published SAE, expect top cosines far above chance but well
 # below 1: a difference of means is a blend of many features, not one. Open the Neuronpedia pages of
 # the top features: do they read as malice, cruelty, villainy or harmful intent, and how many are
 # about the *style* of the positive answers instead? Expect the two lists to overlap only partly:
 # the cosine view asks which directions the vector points along, the activation view asks which
 # features the answers actually used.
 #
-# **Toy world** and random tiny models: there is no published SAE, so a synthetic one is used, and the
-# planted feature tops both lists by construction: it was planted along the difference of the means
-# of these very activations. That only shows the functions work; every other feature is noise.
+# **Without a published SAE** for the model (the toy world, the random tiny models) a synthetic SAE
+# stands in, and its planted feature should top both lists by construction: it was planted along the
+# difference of the means of these very activations. That only shows the functions work; every other
+# feature is noise.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** {glue:text}`s3_sae_kind`: the planted feature {glue:text}`s3_sae_planted` ranks
+# {glue:text}`s3_sae_rank_cos` by decoder cosine and {glue:text}`s3_sae_rank_diff` by activation
+# difference, and the two lists share {glue:text}`s3_sae_n_shared` features.
 
 # %% [markdown]
 # ## Summary and discussion

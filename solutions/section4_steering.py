@@ -7,7 +7,10 @@
 # the model's hidden state makes the model show the trait, and subtracting it makes the trait go
 # away. In this section we steer with persona vectors, measure what steering does to the trait and
 # to coherence, use the same vectors as a monitor (projections), wrap the whole recipe in a
-# pipeline that survives crashes, and look at how the trait directions relate to each other.
+# pipeline that survives crashes, and look at how the trait directions relate to each other. The
+# section replicates the steering and monitoring experiments of *Persona Vectors* (Chen et al.,
+# 2025; [arXiv 2507.21509](https://arxiv.org/abs/2507.21509); code:
+# [safety-research/persona_vectors](https://github.com/safety-research/persona_vectors)).
 #
 # **Learning objectives**
 # - Build an activation steerer as a context manager: three position modes, no in-place edits,
@@ -22,12 +25,20 @@
 # **Model.** The Persona Vectors paper uses `Qwen/Qwen2.5-7B-Instruct` (28 blocks, d_model 3584),
 # about 16 GB in bf16, so one 24 GB GPU runs this section. We steer at **block 19**: the paper's
 # code calls it "layer 20" because it indexes `hidden_states`, where `hidden_states[20]` is the
-# output of block 19 (entry 0 is the embeddings). Without a GPU the course runs the **toy persona
-# world**: a 6-block, d_model-128 Qwen2 *trained* on a synthetic corpus in which traits have a voice,
-# scored by a **toy-world judge** that counts the corpus's style markers (a stand-in for the LLM
-# judge, not an LLM). Its effects are real but small-scale; the paper's results are quoted as
-# *expected output* beside each step. (Under nbgrader the tests run on random-weight tiny models,
-# whose numbers are noise.)
+# output of block 19 (entry 0 is the embeddings).
+#
+# :::{important} Three worlds, said once
+# - **The paper model.** Its published results are quoted in paragraphs that open with
+#   **On the paper model**.
+# - **The toy persona world** (what this book runs without a GPU): a small Qwen2 *trained* on a
+#   synthetic corpus in which traits have a voice, scored by a **toy-world judge** that counts the
+#   corpus's style markers (a stand-in for the LLM judge, not an LLM). It steers at a block in
+#   proportion to its depth (the setup cell prints it). Its effects are real but small-scale. In the
+#   book, paragraphs that open with **In this build** read this build's outputs, every number taken
+#   from the cells above them.
+# - **Random tiny models** (nbgrader): random weights and a hash-based stand-in judge, so every
+#   score, projection and cosine is noise; the steps below do not repeat it.
+# :::
 #
 # :::{note} Conventions used throughout the course
 # "Activation at layer L" is the output of decoder block L (0-based). Steering adds `coeff * v` to
@@ -38,16 +49,20 @@
 # %% tags=["export"]
 from __future__ import annotations
 
+import math
+
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from utils import config, data
 from utils.activations import conversations_from, response_mean_activations
 from utils.chat import build_messages
 from utils.generation import generate
 from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
-from utils.judge import OfflineJudge, fill_template, get_judge
+from utils.judge import OfflineJudge, fill_template, get_judge, judge_label
 from utils.pipeline import StepRunner, load_tensors, model_id, save_tensors, tensor_digest, trait_vectors_path
-from utils.plots import heatmap, setup_plotting
+from utils.plots import COLORS, SCORE_AXIS, heatmap, setup_plotting
 
 setup_plotting()
 
@@ -84,7 +99,7 @@ JUDGE = get_judge()
 # The random-model stand-in's coherence is noise: then we do not filter on it.
 COHERENCE_THRESHOLD = 0 if TINY and not config.is_toy() else 50
 
-print(f"model: {model.config._name_or_path}  blocks: {len(get_blocks(model))}  steering layer: {LAYER}  tiny mode: {TINY}")
+print(f"world: {config.world_label(section=4)}  blocks: {len(get_blocks(model))}  steering layer: {LAYER}")
 print(f"judge: {JUDGE.label}")
 
 # %% [markdown]
@@ -107,8 +122,9 @@ print(f"judge: {JUDGE.label}")
 # ```
 #
 # - `__init__` checks its inputs: `positions` must be one of `"all"`, `"prompt"`, `"response"`
-#   and `vector` must have shape `[d_model]` (`model.config.get_text_config().hidden_size`);
-#   raise `ValueError` otherwise. It registers nothing yet.
+#   and `vector` must have shape `[d_model]` (`model.config.get_text_config().hidden_size`) and
+#   hold finite numbers, and `coeff` must be finite; raise `ValueError` otherwise. It registers
+#   nothing yet.
 # - `__enter__` registers a forward hook on block `layer` (`get_blocks(model)[layer]`) and returns
 #   `self`; `__exit__` removes it, whether the block ended normally or with an exception, and
 #   does not swallow the exception.
@@ -148,7 +164,8 @@ class ActivationSteerer:
 
     POSITIONS = ("all", "prompt", "response")
 
-    def __init__(self, model, vector: torch.Tensor, coeff: float = 1.0, layer: int = 19, positions: str = "all"):
+    def __init__(self, model, vector: Float[Tensor, "d_model"], coeff: float = 1.0, layer: int = 19,
+                 positions: str = "all"):
         ### BEGIN SOLUTION
         if positions not in self.POSITIONS:
             raise ValueError(f"positions must be one of {self.POSITIONS}, got {positions!r}")
@@ -156,6 +173,10 @@ class ActivationSteerer:
         vector = torch.as_tensor(vector)
         if vector.ndim != 1 or vector.shape[0] != d_model:
             raise ValueError(f"vector must have shape [{d_model}] (d_model), got {tuple(vector.shape)}")
+        if not bool(torch.isfinite(vector).all()):
+            raise ValueError("vector holds NaN or inf: steering with it would fill the residual stream with NaN")
+        if not math.isfinite(float(coeff)):
+            raise ValueError(f"coeff must be a finite number, got {coeff!r}")
         self.model = model
         self.vector = vector.detach()
         self.coeff = float(coeff)
@@ -192,13 +213,18 @@ class ActivationSteerer:
         return False  # an exception inside the block propagates
         ### END SOLUTION
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=2
 from part_tests import section4 as tests
 
 tests.test_activation_steerer(ActivationSteerer)
 
+# %% tags=["test"] points=1
+from part_tests import section4 as tests
+
+tests.test_activation_steerer_input_checks(ActivationSteerer)
+
 # %% [markdown]
-# **Expected observations.** The test runs a prompt through the tiny Qwen2 model, records block
+# **What the test checks.** The test runs a prompt through the tiny Qwen2 model, records block
 # outputs with a second hook, and compares them with an unsteered run: the difference at block
 # `layer` must be exactly `coeff * vector` at the positions of your mode and zero elsewhere, block
 # `layer - 1` must be untouched, and the model must have no hooks left afterwards.
@@ -345,7 +371,7 @@ def filter_effective(records: list[dict], threshold: float = 50, coherence_thres
     return kept
 
 
-def extract_trait_vectors(model, tokenizer, effective: list[dict]) -> torch.Tensor:
+def extract_trait_vectors(model, tokenizer, effective: list[dict]) -> Float[Tensor, "n_layers d_model"]:
     """mean(pos response activations) - mean(neg response activations) at every block: [num_layers, d_model]."""
     if not effective:
         raise ValueError("no effective pairs to extract a vector from: lower the thresholds or use more questions")
@@ -357,11 +383,14 @@ def extract_trait_vectors(model, tokenizer, effective: list[dict]) -> torch.Tens
     return acts[:n].mean(0) - acts[n:].mean(0)
 
 # %%
+from utils.caching import default_cache_dir
+
 path = trait_vectors_path(model, TRAIT)
+shown_path = f"<cache>/{path.relative_to(default_cache_dir())}"  # the cache: PERSONA_COURSE_CACHE, else .cache/
 saved = load_tensors(path)
 if saved is not None:
     vectors = saved["vectors"]
-    print(f"loaded {TRAIT} vectors {tuple(vectors.shape)} from {path}")
+    print(f"loaded {TRAIT} vectors {tuple(vectors.shape)} from {shown_path}")
 else:
     requests = contrastive_requests(TRAIT, extract_data, n_questions=N_QUESTIONS)
     texts = generate_responses(model, tokenizer, requests, max_new_tokens=MAX_NEW_TOKENS)
@@ -371,7 +400,7 @@ else:
     print(f"{len(effective)} of {len(records) // 2} pairs are effective")
     vectors = extract_trait_vectors(model, tokenizer, effective)
     save_tensors(path, {"vectors": vectors})
-    print(f"computed {TRAIT} vectors {tuple(vectors.shape)}; saved to {path}")
+    print(f"computed {TRAIT} vectors {tuple(vectors.shape)}; saved to {shown_path}")
 syc_vector = vectors[LAYER]
 print(f"vector at block {LAYER}: norm {syc_vector.norm():.2f}")
 
@@ -414,8 +443,8 @@ print(f"vector at block {LAYER}: norm {syc_vector.norm():.2f}")
 # :::
 
 # %% tags=["exercise"]
-def generate_with_steerer(model, tokenizer, questions: list[str], vector: torch.Tensor, coeff: float, layer: int,
-                          positions: str = "response", system_prompt: str | None = None,
+def generate_with_steerer(model, tokenizer, questions: list[str], vector: Float[Tensor, "d_model"], coeff: float,
+                          layer: int, positions: str = "response", system_prompt: str | None = None,
                           max_new_tokens: int = 64, batch_size: int = 32) -> list[str]:
     """Greedy answers to `questions` while steering block `layer` by `coeff * vector`."""
     ### BEGIN SOLUTION
@@ -425,8 +454,8 @@ def generate_with_steerer(model, tokenizer, questions: list[str], vector: torch.
     ### END SOLUTION
 
 
-def run_steering_experiment(model, tokenizer, questions: list[str], vector: torch.Tensor, eval_prompt_template: str,
-                            layer: int, coefficients=(-3, -1, 0, 1, 3, 5), judge=None,
+def run_steering_experiment(model, tokenizer, questions: list[str], vector: Float[Tensor, "d_model"],
+                            eval_prompt_template: str, layer: int, coefficients=(-3, -1, 0, 1, 3, 5), judge=None,
                             coherence_template: str | None = None, max_new_tokens: int = 64,
                             positions: str = "response") -> list[dict]:
     """One record per question x coefficient: question, coeff, response, trait_score, coherence_score."""
@@ -443,18 +472,22 @@ def run_steering_experiment(model, tokenizer, questions: list[str], vector: torc
     return records
     ### END SOLUTION
 
-# %% tags=["test"] points=3
+# %% tags=["test"] points=1
 from part_tests import section4 as tests
 
 tests.test_generate_with_steerer(generate_with_steerer)
+
+# %% tags=["test"] points=2
+from part_tests import section4 as tests
+
 tests.test_run_steering_experiment(run_steering_experiment)
 
 # %% [markdown]
 # :::{tip} Before you run
-# We steer the response positions of block 19 with the sycophancy vector at coefficients
-# −3, −1, 0, 1, 3 and 5 and ask the judge how sycophantic each answer is. Sketch the curve of mean
-# trait score against coefficient before you run the next cell. Is it monotone? What happens to
-# coherence at +5?
+# We steer the response positions of block `LAYER` (block 19 on the paper model) with the
+# sycophancy vector at the coefficients of `COEFFICIENTS` (the paper's: −3, −1, 0, +1, +3 and +5)
+# and ask the judge how sycophantic each answer is. Sketch the curve of mean trait score against
+# coefficient before you run the next cell. Is it monotone? What happens to coherence at +5?
 # :::
 
 # %%
@@ -479,40 +512,88 @@ def mean_by_coeff(records, key):
 
 coeffs, trait_means = mean_by_coeff(steering_records, "trait_score")
 _, coherence_means = mean_by_coeff(steering_records, "coherence_score")
+print(f"judge: {judge_label(JUDGE)}")
 for c, t, h in zip(coeffs, trait_means, coherence_means):
     print(f"coeff {c:+d}: trait {t if t is None else round(t, 1)!s:>5}   coherence {h if h is None else round(h, 1)!s:>5}   paper trait {PAPER_SYCOPHANCY.get(c, '-')}")
 fig = go.Figure()
-fig.add_scatter(x=coeffs, y=trait_means, mode="lines+markers", name="trait score (this run)")
-fig.add_scatter(x=coeffs, y=coherence_means, mode="lines+markers", name="coherence (this run)")
+fig.add_scatter(x=coeffs, y=trait_means, mode="lines+markers", name="trait score (this run)", line=dict(color=COLORS["trait"]))
+fig.add_scatter(x=coeffs, y=coherence_means, mode="lines+markers", name="coherence (this run)",
+                line=dict(color=COLORS["coherence"]))
 fig.add_scatter(x=list(PAPER_SYCOPHANCY), y=list(PAPER_SYCOPHANCY.values()), mode="lines+markers",
-                name="trait score (paper, Qwen2.5-7B)", line=dict(dash="dash"))
-fig.update_layout(title=f"Steering with the {TRAIT} vector at block {LAYER}" + NOISE_NOTE,
-                  xaxis_title="steering coefficient", yaxis_title="mean judge score (0-100)", yaxis_range=[0, 100])
+                name="trait score (paper, Qwen2.5-7B)", line=dict(dash="dash", color=COLORS["paper"]))
+fig.update_layout(title=f"Steering with the {TRAIT} vector at block {LAYER}" + NOISE_NOTE + f"<br><sup>{judge_label(JUDGE)}</sup>",
+                  xaxis_title="steering coefficient", yaxis=dict(title="mean judge score (0-100)", **SCORE_AXIS))
 fig.show()
 
 # %% [markdown]
-# **Expected observations.** On Qwen2.5-7B-Instruct (sycophancy, block 19), the paper's mean
-# trait scores by coefficient are:
+# What does steering *read* like? The answers behind the curve: one evaluation question, answered
+# (greedily, by the sweep above) at the most negative coefficient, unsteered, and at the coefficient
+# where the mean trait score peaks.
+
+# %%
+def fmt_score(x) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+scored_means = {c: t for c, t in zip(coeffs, trait_means) if t is not None}
+peak_coeff = max(scored_means, key=scored_means.get, default=0)  # where the curve above peaks
+demo_question = eval_data["questions"][0]
+print(f"Q: {demo_question}\n")
+for c in dict.fromkeys((min(coeffs), 0, peak_coeff)):  # (no repeats when the peak is at 0)
+    rec = next(r for r in steering_records if r["coeff"] == c and r["question"] == demo_question)
+    print(f"coeff {c:+d}  (trait {fmt_score(rec['trait_score'])}, coherence {fmt_score(rec['coherence_score'])}):")
+    print(f"  {rec['response'][:300]!r}\n")
+
+# %% tags=["book-only", "remove-cell"]
+# The book's "In this build" paragraphs take their numbers from the run (utils/glue.py).
+from utils.glue import glue
+from utils.toy_judge import trait_score as toy_trait_score
+
+by_coeff = dict(zip(coeffs, trait_means))
+coherence_by_coeff = dict(zip(coeffs, coherence_means))
+peak = peak_coeff
+paper_peak = max(PAPER_SYCOPHANCY, key=PAPER_SYCOPHANCY.get)
+negative = [by_coeff[c] for c in coeffs if c < 0 and by_coeff[c] is not None]
+glue("s4_no_marker", toy_trait_score("Here is my answer.", TRAIT))
+glue("s4_score0", by_coeff.get(0))
+glue("s4_negative", f"{min(negative):.1f} at every negative coefficient" if min(negative) == max(negative)
+     else f"{min(negative):.1f} to {max(negative):.1f} at the negative coefficients")
+glue("s4_peak", peak)
+glue("s4_peak_score", by_coeff[peak])
+glue("s4_peak_coherence", coherence_by_coeff[peak])
+glue("s4_paper_peak", paper_peak)
+glue("s4_peak_vs_paper", "a lower coefficient than" if peak < paper_peak else "the same coefficient as" if peak == paper_peak
+     else "a higher coefficient than")
+glue("s4_top", max(coeffs))
+glue("s4_top_score", by_coeff[max(coeffs)])
+glue("s4_top_coherence", coherence_by_coeff[max(coeffs)])
+
+# %% [markdown]
+# **On the paper model** (Qwen2.5-7B-Instruct, sycophancy, block 19) the mean trait scores by
+# coefficient are:
 #
 # | coefficient | −3 | −1 | 0 | +1 | +3 | +5 |
 # |---|---|---|---|---|---|---|
 # | mean sycophancy score | 12.5 | 14.0 | 13.5 | 33.8 | 89.5 | 32.0 |
 #
 # Negative coefficients change little (the unsteered model is already rarely sycophantic: there is
-# a floor), +1 and +3 raise the score steeply, and **+5 falls back to 32.0**.
-#
-# **Toy world.** A similar shape, peaking early: the unsteered toy assistant answers plainly, so the
-# toy judge gives about its "no trait markers" score of 25 at 0 and below; the score stays flat to
-# +1, jumps at +2 (63 in our build) and falls back at +3 (43, coherence still 84), where the paper's
-# peaks (89.5); at +5 coherence collapses (8; the paper: 32.0) and with it the score. In the toy,
-# sycophancy tips over one step earlier than in the paper. Over all seven traits and twenty
-# questions (`scripts/toy_world/check.py`) the mean score is 21.6, 21.2, 22.4, 24.7, 30.2, 51.3 and
-# 59.8 from -3 to +3: flat at the judge's floor below 0, then rising at every step; five traits peak
-# at +3, sycophantic and impolite at +2. Read the score beside
-# the coherence: the toy judge counts marker words even in broken text, where the paper's LLM judge
-# marks a collapsed answer down. (On the random tiny
-# models used for grading both curves are noise.)
-#
+# a floor), +1 and +3 raise the score steeply, and **+5 falls back to 32.0**. In words: steered
+# toward the trait, the paper's model flatters the user and sides with the opinion in the question;
+# unsteered or steered away, it gives a balanced answer; at the largest coefficient the text itself
+# starts to break down.
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the unsteered toy assistant scores {glue:text}`s4_score0:.1f` (an answer with no
+# trait markers scores {glue:text}`s4_no_marker:.0f`), and {glue:text}`s4_negative`. The score
+# peaks at coefficient {glue:text}`s4_peak:+d`
+# ({glue:text}`s4_peak_score:.1f`, coherence {glue:text}`s4_peak_coherence:.1f`),
+# {glue:text}`s4_peak_vs_paper` the paper's peak at {glue:text}`s4_paper_peak:+d`; at
+# {glue:text}`s4_top:+d` coherence is {glue:text}`s4_top_coherence:.1f` and the score
+# {glue:text}`s4_top_score:.1f`. Read the score beside the coherence, and the answers printed above:
+# the toy judge counts marker words even in broken text, where the paper's LLM judge marks a
+# collapsed answer down.
+
+# %% [markdown]
 # :::{warning} Common confusion: the curve can fall again
 # A large coefficient does not give "more of the trait". At +5 the added vector dwarfs the rest
 # of the hidden state and the model's text falls apart: repetition, broken words, off-topic
@@ -535,7 +616,7 @@ fig.show()
 # for each (system prompt, question, response), the mean activation over the **response tokens**
 # at block `layer`, projected onto the vector: `a·v/‖v‖`. `system_prompts` entries may be None or
 # "" (no system prompt). Check that the three lists have the same length and that `vector` has
-# shape `[d_model]` (`ValueError` otherwise).
+# shape `[d_model]` and is neither zero nor holds NaN or inf (`ValueError` otherwise).
 #
 # :::{dropdown} Hint
 # `utils.activations.conversations_from` builds the chats and `response_mean_activations(model,
@@ -545,29 +626,37 @@ fig.show()
 
 # %% tags=["exercise"]
 def compute_trait_projections(model, tokenizer, system_prompts: list[str | None], questions: list[str],
-                              responses: list[str], vector: torch.Tensor, layer: int) -> list[float]:
+                              responses: list[str], vector: Float[Tensor, "d_model"], layer: int) -> list[float]:
     """Mean response activation at block `layer`, projected onto `vector` (a·v/‖v‖), one float per response."""
     ### BEGIN SOLUTION
     d_model = model.config.get_text_config().hidden_size
     vector = torch.as_tensor(vector, dtype=torch.float32)
     if vector.shape != (d_model,):
         raise ValueError(f"vector must have shape [{d_model}], got {tuple(vector.shape)}")
+    if not bool(torch.isfinite(vector).all()) or not bool(vector.any()):
+        raise ValueError("vector is zero or holds NaN/inf: there is no direction to project onto")
     conversations = conversations_from(system_prompts, questions, responses)  # checks the lengths
     acts = response_mean_activations(model, tokenizer, conversations, layers=[layer])[:, 0]  # [n, d]
     return (acts @ (vector / vector.norm())).tolist()
     ### END SOLUTION
 
-# %% tags=["test"] points=2
+# %% tags=["test"] points=1
 from part_tests import section4 as tests
 
 tests.test_compute_trait_projections(compute_trait_projections)
+
+# %% tags=["test"] points=1
+from part_tests import section4 as tests
+
+tests.test_compute_trait_projections_input_checks(compute_trait_projections)
 
 # %% [markdown]
 # :::{tip} Before you run
 # Three kinds of answer to the same evaluation questions: the unsteered model with no system
 # prompt (baseline), the model told to be sycophantic by a system prompt (prompted), and the model
-# steered at +3 (+2 in the toy world) with no system prompt (steered). Rank their mean projections onto the sycophancy
-# vector. Which gap do you expect to be larger: baseline → prompted, or prompted → steered?
+# steered at `STEER_COEFF` (+3, as in the paper) with no system prompt (steered). Rank their mean
+# projections onto the sycophancy vector. Which gap do you expect to be larger: baseline → prompted,
+# or prompted → steered?
 # :::
 
 # %%
@@ -586,26 +675,40 @@ means = {k: sum(v) / len(v) for k, v in projections.items()}
 for k, m in means.items():
     label = f"steered ({STEER_COEFF:+d})" if k == "steered" else k
     print(f"{label:13s} mean projection {m:+8.2f}   (paper, Qwen2.5-7B: {PAPER_PROJECTIONS[k]:+.1f})")
-fig = go.Figure([go.Bar(x=list(means), y=list(means.values()), name=f"this run (steered at {STEER_COEFF:+d})"),
-                 go.Bar(x=list(PAPER_PROJECTIONS), y=list(PAPER_PROJECTIONS.values()), name="paper (steered at +3)")])
+fig = go.Figure([go.Bar(x=list(means), y=list(means.values()), name=f"this run (steered at {STEER_COEFF:+d})",
+                        marker_color=COLORS["steered"]),
+                 go.Bar(x=list(PAPER_PROJECTIONS), y=list(PAPER_PROJECTIONS.values()), name="paper (steered at +3)",
+                        marker_color=COLORS["paper"])])
 fig.update_layout(title="Mean projection of response activations onto the sycophancy vector" + NOISE_NOTE,
                   yaxis_title="a·v/‖v‖", barmode="group")
 fig.show()
 
+# %% tags=["book-only", "remove-cell"]
+order = " < ".join(sorted(means, key=means.get))
+paper_order = " < ".join(sorted(PAPER_PROJECTIONS, key=PAPER_PROJECTIONS.get))
+glue("s4_proj_baseline", means["baseline"])
+glue("s4_proj_prompted", means["prompted"])
+glue("s4_proj_steered", means["steered"])
+glue("s4_steer_coeff", STEER_COEFF)
+glue("s4_proj_order", order)
+glue("s4_proj_order_vs_paper", "the paper's order" if order == paper_order else f"not the paper's order ({paper_order})")
+glue("s4_proj_steered_note",
+     "Steered answers land below prompted ones here: at this coefficient the text of a steered toy answer carries "
+     f"less of the trait than a prompted one does (the sweep above gives it a mean trait score of {by_coeff[STEER_COEFF]:.1f})."
+     if means["steered"] < means["prompted"] else "Steered answers land above prompted ones, as on the paper model.")
+
 # %% [markdown]
-# **Expected observations.** On Qwen2.5-7B-Instruct the paper's mean projections at block 19 are
-# about **−23.0** for baseline answers, **−1.3** for answers under a sycophantic system prompt and
-# **+3.1** for answers steered at +3: the projection orders the three conditions the same way the
-# judge does, without a judge. (The projection of the steered answers is measured on an
-# *unsteered* forward pass over their text: it reads what the text itself does to the model.)
-#
-# **Toy world.** Baseline answers project negative (about -1.7 in our build) and prompted answers
-# clearly positive (+14.2): the vector separates the two conditions it was built from, without a
-# judge. Answers steered at +3 land in between (+5.9), well above the baseline: the steered answers
-# open plainly ("As an AI assistant, ...") and then turn sycophantic, so the text carries less of
-# the trait than a prompted answer does. (The paper's steered answers project *above* the prompted
-# ones.) (On the
-# random tiny models used for grading the three means are noise of arbitrary sign.)
+# **On the paper model** (Qwen2.5-7B-Instruct, block 19) the mean projections are about **−23.0**
+# for baseline answers, **−1.3** for answers under a sycophantic system prompt and **+3.1** for
+# answers steered at +3: the projection orders the three conditions the same way the judge does,
+# without a judge. (The projection of the steered answers is measured on an *unsteered* forward pass
+# over their text: it reads what the text itself does to the model.)
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the mean projections are {glue:text}`s4_proj_baseline:+.2f` (baseline),
+# {glue:text}`s4_proj_prompted:+.2f` (prompted) and {glue:text}`s4_proj_steered:+.2f` (steered at
+# {glue:text}`s4_steer_coeff:+d`): the order is {glue:text}`s4_proj_order`,
+# {glue:text}`s4_proj_order_vs_paper`. {glue:text}`s4_proj_steered_note`
 
 # %% [markdown]
 # ## Exercise 4.4 — A pipeline that survives crashes
@@ -742,25 +845,47 @@ from utils.caching import default_cache_dir
 
 # On a real model the cache lives on (that is the point); in tiny mode a fresh folder shows both runs.
 PIPELINE_CACHE = Path(tempfile.mkdtemp(prefix="section4-")) if TINY else default_cache_dir() / "section4"
+runs = {}
 for attempt in ("first run", "second run"):
     t0 = time.perf_counter()
     result = run_trait_pipeline(model, tokenizer, TRAIT, extract_data, LAYER, coefficients=(-3, 0, 3),
                                 eval_questions=eval_data["questions"][:N_EVAL], judge=JUDGE, cache_dir=PIPELINE_CACHE,
                                 n_questions=N_QUESTIONS, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0,
                                 coherence_threshold=COHERENCE_THRESHOLD)
+    runs[attempt] = {"seconds": time.perf_counter() - t0, "stats": result["stats"]}
     counts = ", ".join(f"{step}: {s['computed']} computed / {s['cached']} cached" for step, s in result["stats"].items())
-    print(f"{attempt} ({time.perf_counter() - t0:.1f} s): {counts}")
+    print(f"{attempt} ({runs[attempt]['seconds']:.1f} s): {counts}")
 print(f"{len(result['effective'])} effective pairs; vector norm at block {LAYER}: {result['vector'].norm():.2f}")
 
+# %% tags=["book-only", "remove-cell"]
+first, second = runs["first run"], runs["second run"]
+judge_items = second["stats"]["judge"]["cached"] + second["stats"]["judge"]["computed"]
+glue("s4_run1_seconds", first["seconds"])
+glue("s4_run2_seconds", second["seconds"])
+glue("s4_run1_generated", first["stats"]["generate"]["computed"])
+glue("s4_run1_judged", first["stats"]["judge"]["computed"])
+glue("s4_judge_items", judge_items)
+glue("s4_judge_repeats", judge_items - first["stats"]["judge"]["computed"] - first["stats"]["judge"]["cached"])
+glue("s4_run2_computed", sum(s["computed"] for s in second["stats"].values()))
+glue("s4_n_effective", len(result["effective"]))
+glue("s4_n_pairs", len(result["records"]) // 2)
+
 # %% [markdown]
-# **Expected observations.** The first run computes everything; the second computes nothing and
-# takes a fraction of the time. On the paper model the first run takes tens of minutes (most of it
-# judge calls); positive prompts score 60–80 on average and negative ones 10–30, and at least half
-# of the pairs are effective (Section 3's expected output).
+# **What to expect.** The first run computes everything; the second computes nothing and takes a
+# fraction of the time. A judge item that repeats an earlier one (the same answer to the same
+# question, as identical greedy answers under two instructions are) is computed once, so the first
+# run can count fewer judge calls than the second counts cached results.
 #
-# **Toy world.** The same two runs in seconds; prompted toy answers speak in the trait's voice and
-# unprompted ones plainly, so nearly every pair is effective. (On the random tiny models used for
-# grading the scores are noise and no coherence filter is applied.)
+# **On the paper model** the first run takes tens of minutes (most of it judge calls); positive
+# prompts score 60–80 on average and negative ones 10–30, and at least half of the pairs are
+# effective (Section 3's expected output).
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the first run takes {glue:text}`s4_run1_seconds:.1f` s and the second
+# {glue:text}`s4_run2_seconds:.2f` s, computing {glue:text}`s4_run2_computed` results. The first run
+# generates {glue:text}`s4_run1_generated` answers and makes {glue:text}`s4_run1_judged` judge calls
+# for {glue:text}`s4_judge_items` judge items: {glue:text}`s4_judge_repeats` items repeat an earlier
+# one. {glue:text}`s4_n_effective` of the {glue:text}`s4_n_pairs` pairs are effective.
 
 # %% [markdown]
 # ## Exercise 4.5 — The geometry of trait vectors
@@ -771,8 +896,8 @@ print(f"{len(result['effective'])} effective pairs; vector norm at block {LAYER}
 #
 # Write `trait_cosine_matrix(vectors: dict[str, Tensor[d_model]]) -> (sim, names)`: the cosine
 # similarity of every pair of trait vectors (taken at one layer), as an `[n, n]` tensor, with the
-# names in the order of the rows. Raise `ValueError` if a vector is not 1-D (pick a layer first) or
-# the sizes differ.
+# names in the order of the rows. Raise `ValueError` if a vector is not 1-D (pick a layer first),
+# the sizes differ, or a vector is zero or holds NaN or inf (it has no direction, hence no cosine).
 #
 # Trait vectors are *differences* of means, so unlike Section 1's raw persona means they are not
 # all dominated by one shared component: do **not** centre them here.
@@ -782,8 +907,9 @@ print(f"{len(result['effective'])} effective pairs; vector norm at block {LAYER}
 # :::
 
 # %% tags=["exercise"]
-def trait_cosine_matrix(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
-    """Cosine similarity of every pair of trait vectors: ([n, n] tensor, names in row order)."""
+def trait_cosine_matrix(vectors: dict[str, Float[Tensor, "d_model"]]
+                        ) -> tuple[Float[Tensor, "n_traits n_traits"], list[str]]:
+    """Cosine similarity of every pair of trait vectors: ([n_traits, n_traits] float32 tensor, names in row order)."""
     ### BEGIN SOLUTION
     names = list(vectors)
     if not names:
@@ -795,6 +921,9 @@ def trait_cosine_matrix(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     if len(sizes) != 1:
         raise ValueError(f"vectors have different sizes {sorted(sizes)}")
     X = torch.stack([torch.as_tensor(vectors[n], dtype=torch.float32) for n in names])
+    bad = [n for n, row in zip(names, X) if not bool(torch.isfinite(row).all()) or not bool(row.any())]
+    if bad:
+        raise ValueError(f"vectors {bad} are zero or hold NaN/inf: they have no direction, hence no cosine")
     X = X / X.norm(dim=1, keepdim=True)
     return X @ X.T, names
     ### END SOLUTION
@@ -803,6 +932,11 @@ def trait_cosine_matrix(vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 from part_tests import section4 as tests
 
 tests.test_trait_cosine_matrix(trait_cosine_matrix)
+
+# %% tags=["test"] points=1
+from part_tests import section4 as tests
+
+tests.test_trait_cosine_matrix_input_checks(trait_cosine_matrix)
 
 # %% [markdown]
 # Now the vectors of all seven traits at block `LAYER`: from disk where Section 3 or an earlier run
@@ -825,21 +959,29 @@ off = [(float(sim[i, j]), names[i], names[j]) for i in range(len(names)) for j i
 print(f"cosines between different traits: {min(off)[0]:.2f} ({min(off)[1]}, {min(off)[2]}) "
       f"to {max(off)[0]:.2f} ({max(off)[1]}, {max(off)[2]})")
 
+# %% tags=["book-only", "remove-cell"]
+glue("s4_cos_min", min(off)[0])
+glue("s4_cos_min_pair", f"{min(off)[1]}, {min(off)[2]}")
+glue("s4_cos_max", max(off)[0])
+glue("s4_cos_max_pair", f"{max(off)[1]}, {max(off)[2]}")
+
 # %% [markdown]
-# **Expected observations.** We quote no paper numbers for this plot: predict before you look.
+# **What to expect.** We quote no paper numbers for this plot: predict before you look.
 # On a real model, expect the trait vectors to be far from orthogonal (they share the "follow an
 # unusual system prompt" component of every contrast), with related traits closer than unrelated
 # ones: is evil nearer to impolite or to apathetic? Is sycophantic nearer to optimistic or to
 # hallucinating (both say what sounds good rather than what is true)? A large positive cosine
 # between two traits also predicts that steering one raises the judge's score for the other: check
 # that with `run_steering_experiment` and the other trait's eval prompt.
-#
-# **Toy world.** The toy trait vectors are far from parallel: cosines from 0.05 (hallucinating,
-# apathetic) to 0.58 (sycophantic, humorous) in our build. Every toy trait has its own vocabulary,
-# so little is shared beyond "answer in a voice". Which pairs are closest depends on the toy
-# corpus's phrase banks, not on psychology.
-# (On the random tiny models used for grading the cosines are those of random differences.)
-#
+
+# %% [markdown] tags=["book-only", "toy-world"]
+# **In this build** the cosines between different toy traits run from
+# {glue:text}`s4_cos_min:.2f` ({glue:text}`s4_cos_min_pair`) to {glue:text}`s4_cos_max:.2f`
+# ({glue:text}`s4_cos_max_pair`). Every toy trait has its own vocabulary, so little is shared beyond
+# "answer in a voice", and which pairs are closest depends on the toy corpus's phrase banks, not on
+# psychology.
+
+# %% [markdown]
 # ## Discussion
 #
 # 1. **Is the Assistant Axis a mix of trait directions?** Section 1 found one direction from the
@@ -851,9 +993,11 @@ print(f"cosines between different traits: {min(off)[0]:.2f} ({min(off)[1]}, {min
 #    activation. Why does capping harm coherence less than steering at +5?
 # 3. **Which positions?** We steered the response positions. What would you expect from
 #    `"prompt"` mode (steer only while reading the question)? From `"all"`?
-# 4. **Monitoring.** The projection orders baseline < prompted < steered. Could you use the
+# 4. **Monitoring.** On the paper model the projection orders baseline < prompted < steered (your
+#    run's order is in Exercise 4.3). Could you use the
 #    projection of the *prompt's* last token to predict, before generating, whether the answer will
 #    show the trait? What would make that prediction fail?
-# 5. **Layers.** Section 3 chose block 19 from the vector norm and the steering effect by layer.
-#    Would the same coefficient work at block 10? What makes coefficients incomparable across
-#    layers and traits, and how would you normalise them?
+# 5. **Layers.** The paper chose block 19 (its "layer 20") for Qwen2.5-7B-Instruct from the vector
+#    norm and the steering effect by layer; Section 3 measured both for the model you ran. Would the
+#    same coefficient work ten blocks earlier? What makes coefficients incomparable across layers and
+#    traits, and how would you normalise them?

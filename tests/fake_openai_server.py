@@ -22,7 +22,22 @@ short strings, see ``_normalise``):
 ``"badjson"``           a complete HTTP response whose JSON body is cut in half
 ``"nochoices"``         valid JSON without ``choices`` (an error-shaped 200)
 ``"nologprobs"``        200 with the default answer but no logprobs even if asked
+``"null"``              200 whose message content is ``null`` (a transient empty reply)
+``"emptychoices"``      200 with ``"choices": []``
+``"errorbody"``         200 whose body is only an error object (no ``choices``)
+``"huge"``              200 whose answer is ``huge_bytes`` long (default 5 MB)
+``"hang"``              accept the request and send nothing for ``hang_seconds``
+``"reset"``             close the connection without any response
+``"badlogprob"``        200 whose first token ``"85"`` has logprob 800 (not a log-probability)
+``"nanlogprob"``        200 whose first token's logprob is NaN
+``"bignumber"``         200 whose answer is a 400-digit number
+``"echokey"``           200 whose answer repeats the ``Authorization`` header it received
+``"429ra"``             429 with ``Retry-After: 1``
+``"429bad"``            429 with an unparsable ``Retry-After``
 ======================  =========================================================
+
+:class:`FaultMix` is a responder that answers like a judge but answers a share of requests with
+one of these faults, at random (seeded), and counts what it injected.
 
 Scripts are per *match*: ``server.push("429", "ok", match="question 3")`` makes
 the next two requests whose last message contains ``"question 3"`` answer 429
@@ -73,6 +88,18 @@ def _normalise(b: Any) -> Behaviour:
             "badjson": {"badjson": True},
             "nochoices": {"nochoices": True},
             "nologprobs": {"no_logprobs": True},
+            "null": {"text": None},
+            "emptychoices": {"emptychoices": True},
+            "errorbody": {"nochoices": True},
+            "huge": {"huge": True},
+            "hang": {"hang": True},
+            "reset": {"reset": True},
+            "badlogprob": {"text": "85", "top": {"85": 800.0, "90": -2.0}},
+            "nanlogprob": {"text": "85", "top": {"85": float("nan"), "90": -2.0}},
+            "bignumber": {"text": "9" * 400},
+            "echokey": {"echo_key": True},
+            "429ra": {"status": 429, "retry_after": 1},
+            "429bad": {"status": 429, "retry_after": "soon"},
         }
         if b in named:
             return dict(named[b])
@@ -134,13 +161,16 @@ class FakeOpenAIServer:
     def __init__(self, default_text: str = "85", default_top: dict[str, float] | None = None,
                  sleep_seconds: float = 2.0, delay: float = 0.0,
                  responder: Callable[[dict], Any] | None = None,
-                 require_key: str | None = None):
+                 require_key: str | None = None, hang_seconds: float = 3.0,
+                 huge_bytes: int = 5 * 2**20):
         self.default_text = default_text
         self.default_top = dict(DEFAULT_TOP if default_top is None else default_top)
         self.sleep_seconds = sleep_seconds
         self.delay = delay  # added to every answer (simulates model latency)
         self.responder = responder
         self.require_key = require_key
+        self.hang_seconds = hang_seconds
+        self.huge_bytes = huge_bytes
         self.count = 0
         self.requests: list[dict] = []
         self.headers: list[dict[str, str]] = []
@@ -248,6 +278,19 @@ class FakeOpenAIServer:
                         "type": "invalid_request_error", "code": "invalid_api_key"}})
                     return
                 b = server._next_behaviour(body)
+                if b.get("reset"):
+                    self.close_connection = True
+                    try:
+                        import socket
+
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                if b.get("hang"):
+                    time.sleep(server.hang_seconds)
+                    self.close_connection = True
+                    return
                 if server.delay:
                     time.sleep(server.delay)
                 if "sleep" in b:
@@ -265,7 +308,14 @@ class FakeOpenAIServer:
                     self._send_json(200, {"error": {"message": "upstream provider failed",
                                                     "code": 502}})
                     return
+                if b.get("emptychoices"):
+                    self._send_json(200, {**completion_body(model, "x", None), "choices": []})
+                    return
                 text = b.get("text", server.default_text)
+                if b.get("huge"):
+                    text = "7" + " lorem" * (server.huge_bytes // 6)
+                if b.get("echo_key"):
+                    text = f"You sent {auth}. Score: 85"
                 wants_lp = bool(body.get("logprobs"))
                 top = b.get("top")
                 if top is None and wants_lp:
@@ -317,6 +367,74 @@ class FakeOpenAIServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def judge_answer(body: dict) -> dict:
+    """A deterministic judge answer per prompt: a score from a hash of the last message, with a
+    logprob distribution around it (2 % of prompts: a refusal)."""
+    import hashlib
+    import math
+
+    content = _last_content(body)
+    h = int(hashlib.sha256(content.encode()).hexdigest(), 16)
+    score = h % 101
+    if h % 50 == 0:
+        return {"text": "REFUSAL", "top": {"REF": math.log(0.9), "50": math.log(0.05)}}
+    top = {str(score): math.log(0.6), str(min(100, score + 5)): math.log(0.2),
+           str(max(0, score - 5)): math.log(0.1), "The": math.log(0.1)}
+    return {"text": str(score), "top": top}
+
+
+class FaultMix:
+    """A responder: :func:`judge_answer`, except that a share ``rate`` of requests get one of
+    ``faults`` (chosen at random, seeded). ``injected`` counts them by kind.
+
+    Transient faults are what a retry can cure; the *persistent* ones (``"huge"``, ``"bignumber"``,
+    ``"badlogprob"``, ``"echokey"``...) are answers, and a prompt that got one keeps getting it
+    (``sticky``), as a real endpoint would answer the same prompt the same way."""
+
+    TRANSIENT = ("429", "429ra", "429bad", "500", "503", "truncated", "badjson", "errorbody",
+                 "emptychoices", "null", "reset")
+    STICKY = ("huge", "bignumber", "badlogprob", "nanlogprob", "echokey")
+
+    def __init__(self, rate: float, faults=TRANSIENT + STICKY, seed: int = 0, sticky_rate: float | None = None):
+        import random
+
+        self.rate = rate
+        self.faults = tuple(faults)
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.injected: dict[str, int] = {}
+        self.sticky: dict[str, str] = {}
+        self.sticky_rate = rate / 4 if sticky_rate is None else sticky_rate
+        self.seen: dict[str, int] = {}  # requests per prompt (last message)
+
+    def __call__(self, body: dict):
+        content = _last_content(body)
+        with self.lock:
+            self.seen[content] = self.seen.get(content, 0) + 1
+            if content in self.sticky:
+                fault = self.sticky[content]
+            else:
+                fault = None
+                if self.rng.random() < self.rate:
+                    fault = self.rng.choice(self.faults)
+                    if fault in self.STICKY:
+                        if self.rng.random() < self.sticky_rate / max(self.rate, 1e-9):
+                            self.sticky[content] = fault
+                        else:
+                            fault = self.rng.choice([f for f in self.faults if f not in self.STICKY] or ["500"])
+            if fault is not None:
+                self.injected[fault] = self.injected.get(fault, 0) + 1
+        if fault is None:
+            return judge_answer(body)
+        if fault in ("badlogprob", "nanlogprob") and not body.get("logprobs"):
+            return judge_answer(body)
+        return fault
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"injected": dict(self.injected), "sticky": dict(self.sticky), "seen": dict(self.seen)}
 
 
 def closed_port_url() -> str:

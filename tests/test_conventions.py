@@ -1,4 +1,5 @@
-"""The course's conventions (SPEC §3), stated once in utils and tested here."""
+"""The course's conventions (layers, response spans, projection, steering, capping), stated once in utils
+and tested here."""
 
 from __future__ import annotations
 
@@ -92,6 +93,18 @@ def test_turn_means_use_one_span_per_assistant_turn():
     assert [tok.decode(ids[s:e]) for s, e in spans] == [msgs[1]["content"], msgs[3]["content"]]
     means = turn_mean_activations(model, tok, msgs, layer=2)
     assert len(means) == 2 and means[0].shape == (model.config.hidden_size,)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama3"])
+def test_turn_spans_on_templates_that_open_earlier_turns_differently(kind):
+    """Qwen3-style templates give the final assistant turn (and the generation prompt) an empty think
+    block that earlier turns lack; every span still decodes back to its content."""
+    from part_tests._common import tiny_variant
+
+    _, tok = tiny_variant(kind)
+    msgs = CHAT[1:] + [{"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Then the fog came."}]
+    _, spans, ids = assistant_turn_spans(msgs, tok)
+    assert [tok.decode(ids[s:e]) for s, e in spans] == [msgs[1]["content"], msgs[3]["content"]]
 
 
 def test_hooks_accept_tensor_and_tuple_outputs_and_are_removed_on_error():

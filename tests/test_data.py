@@ -152,7 +152,6 @@ def _good_trait():
     (lambda d: d["instruction"][2].pop("neg"), r"instruction\[2\]' is missing 'neg'"),
     (lambda d: d["instruction"][0].update(pos=""), r"instruction\[0\]\.pos"),
     (lambda d: d["questions"].pop(), "20 entries, found 19"),
-    (lambda d: d["questions"].__setitem__(3, d["questions"][0]), "duplicate"),
     (lambda d: d.update(eval_prompt="Q: {question} only"), r"\{answer\} must appear exactly once, found 0"),
     (lambda d: d.update(eval_prompt="{question} {answer} {answer}"), r"\{answer\} must appear exactly once, found 2"),
     (lambda d: d.update(eval_prompt="{question} {answer} {trait}"), "unexpected placeholder"),
@@ -167,6 +166,56 @@ def test_malformed_trait_files(tmp_path, mutate, message):
     with pytest.raises(ValueError, match=message) as e:
         D.load_trait("anything", path=path)
     assert "bad.json" in str(e.value)
+
+
+def test_duplicate_trait_question_loads_with_a_warning(tmp_path):
+    d = _good_trait()
+    d["questions"][3] = d["questions"][0]
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(d))
+    with pytest.warns(D.DataWarning, match=r"dup.json: field 'questions' lists 1 entry twice .*questions\[0\] and questions\[3\]"):
+        t = D.load_trait("anything", path=path)
+    assert len(t["questions"]) == 19 and t["questions"][0] == d["questions"][0]
+    assert len(d["questions"]) == 20  # the caller's dict is not changed
+
+
+def test_extraction_questions_jsonl_with_a_duplicate(tmp_path):
+    """The assistant-axis repository's data/extraction_questions.jsonl lists one question twice:
+    it loads, with a warning naming the lines, keeping the first occurrence and the file's ids."""
+    lines = [{"question": f"Open question number {i}?", "id": i} for i in range(240)]
+    lines[200] = {"question": lines[17]["question"], "id": 200}
+    q = tmp_path / "extraction_questions.jsonl"
+    q.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    with pytest.warns(D.DataWarning, match=r"lists 1 entry twice .* line 18 and line 201"):
+        questions = D.load_persona_questions(q)
+    assert len(questions) == 239 and questions[17] == lines[17]["question"]
+    with pytest.warns(D.DataWarning):
+        with_ids = D.load_persona_questions(q, with_ids=True)
+    assert with_ids[17] == (17, lines[17]["question"]) and with_ids[200] == (201, lines[201]["question"])
+    # one id for two different questions cannot be used
+    lines[5]["id"] = 4
+    lines[200]["question"] = "A question of its own?"
+    q.write_text("\n".join(json.dumps(x) for x in lines))
+    with pytest.raises(ValueError, match=r"id 4 is used for two different questions \(lines 5 and 6\)"):
+        D.load_persona_questions(q)
+    q.write_text('{"question": "A?"}\n{"question": ""}\n')
+    with pytest.raises(ValueError, match="line 2 must be a non-empty string"):
+        D.load_persona_questions(q)
+    q.write_text('{"question": "A?"}\n{"q": "B?"}\n')
+    with pytest.raises(ValueError, match="line 2 has no field 'question'"):
+        D.load_persona_questions(q)
+
+
+def test_duplicate_personas(tmp_path):
+    base = [{"name": "default", "group": "default", "system_prompt": ""},
+            {"name": "ghost", "group": "fantastical", "system_prompt": "You are a ghost."}]
+    f = tmp_path / "personas.json"
+    f.write_text(json.dumps({"personas": base + [dict(base[1])]}))
+    with pytest.warns(D.DataWarning, match=r"persona 'ghost' is listed twice \(personas\[1\] and personas\[2\]"):
+        assert D.load_personas(f) == {"default": "", "ghost": "You are a ghost."}
+    f.write_text(json.dumps({"personas": base + [{**base[1], "system_prompt": "You are a spirit."}]}))
+    with pytest.raises(ValueError, match="'ghost' is used twice"):
+        D.load_personas(f)
 
 
 def test_paper_schema_file_loads(tmp_path):

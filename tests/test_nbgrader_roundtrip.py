@@ -1,14 +1,20 @@
-"""Real nbgrader on a temporary course: release, autograde, feedback, export.
+"""Real nbgrader on a temporary course, with the instructors' commands: release, autograde, feedback, export.
 
 For each section: a submission made from the solutions scores full marks, the untouched release
 scores zero, a submission with a planted mistake loses exactly that exercise's points, and a
 submission that edits a locked test cell (to `pass`) gains nothing. Autograde runs offline on the
-CPU (nbgrader sets NBGRADER_EXECUTION, which selects the tiny models).
+CPU (nbgrader sets NBGRADER_EXECUTION, which selects the tiny models), in the sandboxed grading
+kernel (utils/sandbox.py) with the course's GuardedExecute (utils/autograde.py).
+
+For Sections 1 and 4, tampering submissions must score exactly what their honest part deserves:
+a half-solved notebook that also replaces the tests, fakes course modules, edits the course's files
+on disk, swallows exceptions, patches the libraries the tests use, or loops forever.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -37,14 +43,14 @@ PLANTED = {
 }
 
 
-def _nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
+def _nbgrader(course: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PERSONA_COURSE_MODEL", None)
     proc = subprocess.run(
         [sys.executable, "-m", "nbgrader", *args, "--force"] if args[0] not in ("export", "release_assignment") else [sys.executable, "-m", "nbgrader", *args],
         cwd=course, env=env, capture_output=True, text=True, timeout=1800,
     )
-    assert proc.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0 or not check, f"nbgrader {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
@@ -71,6 +77,102 @@ def course(tmp_path_factory):
     return course
 
 
+def _half_filled(release, source) -> nbformat.NotebookNode:
+    """An honest student who solved the first half of the exercises and left the rest as stubs."""
+    full = _solution_filled(release, source)
+    nb = nbformat.from_dict(json.loads(json.dumps(release)))
+    solution_cells = [i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("solution")]
+    for i in solution_cells[: len(solution_cells) // 2]:
+        nb.cells[i].source = full.cells[i].source
+    return nb
+
+
+def _with_code(nb, code: str, where: str = "first") -> nbformat.NotebookNode:
+    """`nb` with `code` appended to its first (or last) solution cell, the cells a student edits."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    cell = cells[0] if where == "first" else cells[-1] if where == "last" else cells[len(cells) // 2]
+    cell.source = cell.source.rstrip("\n") + "\n\n" + code.strip("\n") + "\n"
+    return nb
+
+
+# Tampering, as a student would write it in an exercise cell. {module} is the section's test module.
+TAMPER_REPLACE_TESTS = """
+import part_tests.{module} as _t, part_tests._common as _c
+for _n in dir(_t):
+    if _n.startswith("test_"):
+        setattr(_t, _n, lambda *a, _n=_n, **k: print(f"\u2713 {{_n}}: all checks passed"))
+_c.check = lambda *a, **k: None
+_c.fail = lambda *a, **k: None
+"""
+TAMPER_FAKE_MODULES = """
+import sys, types
+_fake = types.ModuleType("part_tests.{module}")
+_fake.__getattr__ = lambda name: (lambda *a, **k: print(f"\u2713 {{name}}: all checks passed"))
+sys.modules["part_tests.{module}"] = _fake
+class _Fake:
+    def __init__(self, nonce): self.nonce = nonce
+    def __getattr__(self, name): return lambda *a, **k: print(f"graded {{name}}: passed ({{self.nonce}})")
+_g = types.ModuleType("part_tests.graded")
+_g.graded = lambda section, digest=None, nonce="": _Fake(nonce)
+_g.NONCE_PLACEHOLDER = "__GRADING_NONCE__"
+sys.modules["part_tests.graded"] = _g
+"""
+TAMPER_DISK = """
+import part_tests.{module} as _t, sqlite3, glob, os
+try:
+    with open(_t.__file__, "a") as _f:
+        _f.write("\ndef test_parse_score(*a, **k):\n    print('ok')\n")
+except OSError as _e:
+    print("could not edit the tests:", type(_e).__name__)
+for _db in glob.glob("../../../gradebook.db") + glob.glob("../../../../gradebook.db"):
+    try:
+        _con = sqlite3.connect(_db)
+        _con.execute("UPDATE grade SET manual_score = 99")
+        _con.commit()
+    except Exception as _e:
+        print("could not edit the gradebook:", type(_e).__name__)
+print("files I can see above me:", os.listdir("../.."))
+"""
+TAMPER_EXCEPTIONS = """
+_ip = get_ipython()
+_ip.set_custom_exc((BaseException,), lambda *a, **k: None)
+_ip.showtraceback = lambda *a, **k: None
+"""
+TAMPER_LIBRARIES = """
+import torch, numpy, builtins
+torch.allclose = lambda *a, **k: True
+torch.isclose = lambda a, b, *r, **k: torch.ones_like(torch.as_tensor(a), dtype=torch.bool)
+numpy.allclose = lambda *a, **k: True
+torch.Tensor.__eq__ = lambda self, other: True
+_real_print = print
+builtins.print = lambda *a, **k: None
+"""
+LOOP_INTERRUPTIBLE = """
+while True:  # a runaway loop that an interrupt stops
+    pass
+"""
+LOOP_STUBBORN = """
+import time
+while True:  # a runaway loop that swallows the interrupt
+    try:
+        time.sleep(0.05)
+    except BaseException:
+        pass
+"""
+ATTACKED = ("section1_persona_space", "section4_steering")
+
+
+def _course_files_digest() -> str:
+    """The course's tests, and whatever sits in the checkout's own cache: grading writes neither."""
+    h = hashlib.sha256()
+    for p in sorted((ROOT / "part_tests").glob("*.py")):
+        h.update(p.read_bytes())
+    for p in sorted((ROOT / ".cache").rglob("*")) if (ROOT / ".cache").exists() else []:
+        h.update(str(p.relative_to(ROOT)).encode())
+    return h.hexdigest()
+
+
 def _points(cell) -> float:
     return float(cell.metadata.get("nbgrader", {}).get("points", 0))
 
@@ -89,6 +191,17 @@ def test_roundtrip(course, section):
     assert not any("HIDDEN TESTS" in c.source or HIDDEN_CALL.search(c.source) for c in release.cells), f"{section}: hidden tests leaked into the release"
 
     subs = {"perfect": _solution_filled(release, src_nb), "untouched": release}
+    module = section.split("_")[0]
+    attacked = section in ATTACKED
+    if attacked:
+        half = _half_filled(release, src_nb)
+        subs["half"] = half
+        subs["aaa_disk"] = _with_code(release, TAMPER_DISK.format(module=module))  # graded first
+        subs["tamper_replace"] = _with_code(half, TAMPER_REPLACE_TESTS.format(module=module))
+        subs["tamper_modules"] = _with_code(half, TAMPER_FAKE_MODULES.format(module=module))
+        subs["tamper_exceptions"] = _with_code(half, TAMPER_EXCEPTIONS)
+        subs["tamper_libraries"] = _with_code(half, TAMPER_LIBRARIES)
+    files_before = _course_files_digest()
     tamper = nbformat.from_dict(json.loads(json.dumps(release)))
     for cell in tamper.cells:
         if cell.metadata.get("nbgrader", {}).get("grade"):
@@ -108,6 +221,7 @@ def test_roundtrip(course, section):
         nbformat.write(nb, d / f"{section}.ipynb")
 
     _nbgrader(course, "autograde", section)
+    assert _course_files_digest() == files_before, f"{section}: grading changed the course's test files or wrote into its .cache/"
     _nbgrader(course, "generate_feedback", section)
     _nbgrader(course, "export", "--to", str(course / "grades.csv"))
 
@@ -130,7 +244,55 @@ def test_roundtrip(course, section):
         lost = {k for k in perfect if planted_scores[k] < perfect[k]}
         assert len(lost) == 1, f"{section}: a mistake planted in {mistake_cell} changed the scores of {sorted(lost) or 'no cell'}"
         assert score("planted") == pytest.approx(total - perfect[lost.pop()])
+        if attacked:
+            honest = cell_scores("half")
+            assert 0 < score("half") < total, f"{section}: the half-solved submission scored {score('half')}/{total}"
+            for student in ("tamper_replace", "tamper_modules", "tamper_exceptions", "tamper_libraries"):
+                got = cell_scores(student)
+                gained = {k: (honest[k], got[k]) for k in honest if got[k] != honest[k]}
+                assert not gained, f"{section}: {student} scored differently from its honest part (honest, got): {gained}"
+            assert score("aaa_disk") == 0, f"{section}: a submission that edits the course's files scored {score('aaa_disk')}"
+            assert cell_scores("perfect") == perfect and score("perfect") == pytest.approx(total)
+        tamper_log = course / "tamper_report.csv"
+        if attacked:
+            flagged = {r["student"] for r in csv.DictReader(open(tamper_log))}
+            assert {"aaa_disk", "tamper_replace", "tamper_modules", "tamper_exceptions", "tamper_libraries"} <= flagged
+            assert not flagged & {"perfect", "half", "untouched", "planted"}, f"honest submissions flagged: {flagged}"
 
     rows = list(csv.DictReader(open(course / "grades.csv")))
     assert any(r["assignment"] == section and r["student_id"] == "perfect" for r in rows)
     assert (course / "feedback" / "perfect" / section / f"{section}.html").exists()
+
+
+def test_runaway_cells_cost_a_bounded_time(course):
+    """An endless loop costs at most the documented per-cell limit (plus the restart grace), and the
+    cells before it keep their points; one that ignores the interrupt gets the kernel restarted."""
+    import time
+
+    from utils.autograde import GuardedExecute  # noqa: F401 - the class the config names
+    section = "section4_steering"
+    src_nb = nbformat.read(course / "source" / section / f"{section}.ipynb", as_version=4)
+    if not (course / "release" / section).exists():
+        _nbgrader(course, "generate_assignment", section)
+    release = nbformat.read(course / "release" / section / f"{section}.ipynb", as_version=4)
+    config = (ROOT / "nbgrader" / "nbgrader_config.py").read_text()
+    limit = int(re.search(r"c\.GuardedExecute\.timeout = (\d+)", config).group(1))
+    nb = _with_code(_solution_filled(release, src_nb), LOOP_INTERRUPTIBLE, where="middle")
+    nb = _with_code(nb, LOOP_STUBBORN, where="last")
+    d = course / "submitted" / "looper" / section
+    d.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, d / f"{section}.ipynb")
+    t0 = time.monotonic()
+    _nbgrader(course, "autograde", section, "--student", "looper")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2 * limit + 15 + 120, f"two runaway cells took {elapsed:.0f} s to grade (limit {limit} s a cell)"
+    from nbgrader.api import Gradebook
+
+    cells = [c for c in src_nb.cells if c.metadata.get("nbgrader", {}).get("grade") or c.metadata.get("nbgrader", {}).get("solution")]
+    last_solution = max(i for i, c in enumerate(cells) if c.metadata["nbgrader"].get("solution"))
+    after = {c.metadata["nbgrader"]["grade_id"] for c in cells[last_solution:] if c.metadata["nbgrader"].get("grade")}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        got = {g.name: g.score for g in gb.find_submission_notebook(section, section, "looper").grades}
+        want = {g: (0.0 if g in after else _points(next(c for c in cells if c.metadata["nbgrader"]["grade_id"] == g))) for g in got
+                if any(c.metadata["nbgrader"]["grade_id"] == g and not c.metadata["nbgrader"].get("solution") for c in cells)}
+    assert {g: got[g] for g in want} == want, f"runaway loops changed scores beyond the looping exercise: {got} vs {want}"

@@ -1,6 +1,6 @@
 """Activation extraction: means of block outputs over token spans, batched and padding-aware.
 
-The course's fast path (SPEC §3 conventions):
+The course's fast path (the layer and response-span conventions of utils/hooks.py and utils/chat.py):
 - hooks on the blocks (never `output_hidden_states`, whose last entry has the final norm applied);
 - the decoder alone is run (no LM head: its logits would cost memory and FLOPs for nothing), and the
   forward pass stops after the deepest block we need (`StopForward`);
@@ -34,6 +34,8 @@ import warnings
 from typing import Sequence
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from utils.chat import Message, assistant_turn_spans, format_chat
 from utils.hooks import StopForward, check_layer, get_blocks, hidden_of, hooks
@@ -243,7 +245,7 @@ def span_means(
     activation_memory: int = DEFAULT_ACTIVATION_MEMORY,
     compiled: bool | None = None,
     packed: bool | None = None,
-) -> list[torch.Tensor]:
+) -> list[Float[Tensor, "n_spans n_layers d_model"]]:
     """Mean block output over each token span, for each example.
 
     input_ids[i] is one tokenised example and spans[i] its list of [start, end) spans; returns, per
@@ -258,6 +260,8 @@ def span_means(
     """
     if len(input_ids) != len(spans):
         raise ValueError(f"got {len(input_ids)} examples but {len(spans)} span lists")
+    if isinstance(layers, (int, str, bytes)) or layers is None:
+        raise ValueError(f"layers must be a list of block indices, got {layers!r}")
     layers = [check_layer(model, layer) for layer in layers]
     for i, (x, sp) in enumerate(zip(input_ids, spans)):
         for s, e in sp:
@@ -326,20 +330,22 @@ def response_mean_activations(
     conversations: Sequence[list[Message]],
     layers: Sequence[int] | None = None,
     **kwargs,
-) -> torch.Tensor:
+) -> Float[Tensor, "n n_layers d_model"]:
     """Mean activation over the final assistant response of each conversation.
 
     Returns float32 [n, len(layers), d_model] (all blocks when `layers` is None; row j = layers[j]).
     """
     if layers is None:
         layers = range(len(get_blocks(model)))
+    if isinstance(layers, (int, str, bytes)):
+        raise ValueError(f"layers must be a list of block indices (or None for all), got {layers!r}")
     layers = list(layers)
     chats = [format_chat(c, tokenizer) for c in conversations]
     means = span_means(model, [c.input_ids for c in chats], [[c.token_span] for c in chats], layers, **kwargs)
     return torch.cat(means, dim=0)
 
 
-def turn_mean_activations(model, tokenizer, messages: list[Message], layer: int) -> list[torch.Tensor]:
+def turn_mean_activations(model, tokenizer, messages: list[Message], layer: int) -> list[Float[Tensor, "d_model"]]:
     """Mean activation over every assistant turn of one conversation, from one forward pass."""
     _, turn_spans, ids = assistant_turn_spans(messages, tokenizer)
     if not turn_spans:

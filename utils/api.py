@@ -9,15 +9,22 @@ server. Three promises:
    cache keyed by the full request (endpoint, model, messages, sampling
    settings) the moment it arrives, so a rerun, a crash or Ctrl-C in the middle
    of a batch loses no finished call. Errors are not cached.
+   Only a real answer is cached: an error, a ``"content": null`` reply, a body
+   over the size limit or invalid logprobs are not.
 2. **No exception escapes** :meth:`ChatClient.chat`. 429s, 5xx, timeouts,
    dropped connections and malformed or cut-off responses are retried with
    exponential backoff and jitter; 400/401/403 (and other 4xx) are not. Every
    call ends as a :class:`ChatResult` with either ``text`` or an ``error``
    that says why. (A missing API key is a configuration mistake, not a fault,
    and raises :class:`MissingAPIKeyError` before anything is sent.)
+   A dead endpoint fails fast: a *circuit breaker* shared by a batch stops it
+   after ``breaker_failures`` failed connection attempts (or timeouts before
+   any answer) with one error naming the URL, and ``deadline`` bounds a whole
+   ``chat``/``chat_many`` call. Bodies over ``max_response_bytes`` are not read.
 3. **The key stays secret.** It is read from the environment, sent only in the
-   ``Authorization`` header, and scrubbed from every error message; it is never
-   part of a cache key or file, a log line or a ``repr``.
+   ``Authorization`` header, and scrubbed from every error message and from
+   everything written to the cache (answers included, should a server echo it);
+   it is never part of a cache key or file, a log line or a ``repr``.
 
 Settings come from the environment (and from a ``.env`` file at the repository
 root, if present, without overriding variables already set):
@@ -34,12 +41,14 @@ root, if present, without overriding variables already set):
 ``PERSONA_COURSE_JUDGE_LOGPROBS``   optional ``1``/``0``: whether the judge endpoint
                                     returns logprobs (default: find out on the first call)
 ``PERSONA_COURSE_MAX_WORKERS``      optional: default concurrency of ``chat_many`` (8)
+``PERSONA_COURSE_API_DEADLINE``     optional: seconds a whole ``chat``/``chat_many`` call may take
 ``PERSONA_COURSE_CACHE``            cache folder (see :mod:`utils.caching`)
 ==================================  ==========================================================
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -58,6 +67,7 @@ __all__ = [
     "ChatClient",
     "ChatResult",
     "MissingAPIKeyError",
+    "ResponseTooLarge",
     "Settings",
     "get_generation_client",
     "get_judge_client",
@@ -143,6 +153,7 @@ class Settings:
     judge_key_env: str
     judge_logprobs: bool | None
     max_workers: int
+    deadline: float | None = None
 
 
 def _env(name: str, default: str) -> str:
@@ -168,6 +179,12 @@ def get_settings() -> Settings:
         max_workers = max(1, int(_env("PERSONA_COURSE_MAX_WORKERS", "8")))
     except ValueError:
         max_workers = 8
+    try:
+        deadline: float | None = float(_env("PERSONA_COURSE_API_DEADLINE", "0")) or None
+    except ValueError:
+        deadline = None
+    if deadline is not None and not (deadline > 0 and deadline < float("inf")):
+        deadline = None
     return Settings(
         api_base=api_base,
         key_env=key_env,
@@ -177,6 +194,7 @@ def get_settings() -> Settings:
         judge_key_env=_env("PERSONA_COURSE_JUDGE_API_KEY_ENV", key_env),
         judge_logprobs=_env_bool("PERSONA_COURSE_JUDGE_LOGPROBS"),
         max_workers=max_workers,
+        deadline=deadline,
     )
 
 
@@ -269,13 +287,17 @@ class _Retryable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
-        self.kind = kind
+        self.kind = kind  # "status", "timeout", "unreachable", "cut", "malformed", "empty"
 
 
 class _Fatal(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class ResponseTooLarge(Exception):
+    """A response body over the client's ``max_response_bytes`` (it is not read further)."""
 
 
 def _sleep(seconds: float) -> None:
@@ -301,12 +323,35 @@ def _retry_after_seconds(exc: Any) -> float | None:
         return None
     try:
         value = headers.get("retry-after")
-        return max(0.0, float(value)) if value is not None else None
+        x = float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+    return max(0.0, x) if x is not None and x == x and x != float("inf") else None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _find_cause(exc: BaseException, names: tuple[str, ...]) -> BaseException | None:
+    for c in _causes(exc):
+        if type(c).__name__ in names or isinstance(c, ResponseTooLarge) and "ResponseTooLarge" in names:
+            return c
+    return None
+
+
+_UNREACHABLE = ("ConnectError", "ConnectTimeout", "ConnectionRefusedError", "gaierror")
+_CUT = ("RemoteProtocolError", "ReadError", "IncompleteRead", "ConnectionResetError", "WriteError")
 
 
 def _first_token_top_logprobs(choice: Any) -> list | None:
+    """The first generated token's top logprobs as ``[{"token", "logprob"}]``; ``None`` if absent.
+    Raises ``_Retryable`` when a logprob is not a log-probability (NaN, above 0, not a number)."""
     lp = getattr(choice, "logprobs", None)
     content = getattr(lp, "content", None) if lp is not None else None
     if not content:
@@ -322,8 +367,109 @@ def _first_token_top_logprobs(choice: Any) -> list | None:
             token, logprob = t.get("token"), t.get("logprob")
         if token is None or logprob is None:
             continue
-        out.append({"token": str(token), "logprob": float(logprob)})
+        try:
+            value = float(logprob)
+        except (TypeError, ValueError, OverflowError):
+            value = float("nan")
+        if isinstance(logprob, bool) or value != value or value > 1e-3:
+            raise _Retryable(f"malformed response (invalid logprob {str(logprob)[:40]} for token "
+                             f"{str(token)[:20]!r})", kind="malformed")
+        out.append({"token": str(token), "logprob": min(value, 0.0)})
     return out or None
+
+
+class _Batch:
+    """What the calls of one ``chat``/``chat_many`` share: the deadline and the circuit breaker.
+
+    The breaker opens after ``threshold`` consecutive failed connection attempts (refused, reset
+    before an answer, DNS), or timeouts while no call of the batch has yet had an answer; from
+    then on every call of the batch ends at once with one error naming the endpoint.
+    """
+
+    def __init__(self, base_url: str, threshold: int, deadline: float | None):
+        self.base_url = base_url
+        self.threshold = max(1, int(threshold))
+        self.deadline_s = deadline
+        self.deadline = None if deadline is None else time.monotonic() + float(deadline)
+        self.lock = threading.Lock()
+        self.failures = 0
+        self.answers = 0
+        self.open_reason: str | None = None
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        r = self.remaining()
+        return r is not None and r <= 0
+
+    def deadline_error(self, what: str) -> str:
+        return f"deadline of {self.deadline_s:g}s for this batch passed {what}"
+
+    def success(self) -> None:
+        with self.lock:
+            self.failures = 0
+            self.answers += 1
+
+    def failure(self, e: _Retryable) -> None:
+        with self.lock:
+            if e.kind == "unreachable" or (e.kind == "timeout" and self.answers == 0):
+                self.failures += 1
+                if self.failures >= self.threshold and self.open_reason is None:
+                    what = ("failed connection attempts" if e.kind == "unreachable"
+                            else "timeouts before any answer")
+                    self.open_reason = (f"unreachable endpoint {self.base_url}: {e.reason} "
+                                        f"(circuit breaker: {self.failures} {what} in a row; "
+                                        "the rest of the batch was not sent)")
+            elif e.kind != "timeout":
+                self.failures = 0  # the server answered something
+
+
+_TRANSPORT_CLASSES: dict = {}
+
+
+def _capped_http_client(max_bytes: int):
+    """An httpx client (openai's defaults) whose responses raise ResponseTooLarge past max_bytes."""
+    import httpx2
+    import openai
+
+    if "transport" not in _TRANSPORT_CLASSES:
+        class CappedStream(httpx2.SyncByteStream):
+            def __init__(self, stream, limit: int):
+                self._stream, self._limit = stream, limit
+
+            def __iter__(self):
+                n = 0
+                for chunk in self._stream:
+                    n += len(chunk)
+                    if n > self._limit:
+                        raise ResponseTooLarge(f"response body over {self._limit} bytes")
+                    yield chunk
+
+            def close(self) -> None:
+                self._stream.close()
+
+        class CappedTransport(httpx2.HTTPTransport):
+            def __init__(self, limit: int, **kw):
+                super().__init__(**kw)
+                self.limit = limit
+
+            def handle_request(self, request):
+                response = super().handle_request(request)
+                try:
+                    declared = int(response.headers.get("content-length") or 0)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    response.close()
+                    raise ResponseTooLarge(f"response body of {declared} bytes (Content-Length) is "
+                                           f"over the {self.limit}-byte limit")
+                return httpx2.Response(status_code=response.status_code, headers=response.headers,
+                                       stream=CappedStream(response.stream, self.limit),
+                                       extensions=response.extensions, request=request)
+
+        _TRANSPORT_CLASSES["transport"] = CappedTransport
+    return openai.DefaultHttpxClient(transport=_TRANSPORT_CLASSES["transport"](max_bytes))
 
 
 class ChatClient:
@@ -336,23 +482,33 @@ class ChatClient:
             network call (see :func:`get_settings`).
         cache: a :class:`~utils.caching.DiskCache`; ``...`` (default) means the
             default cache folder; ``None`` disables caching.
-        timeout: seconds per attempt.
+        timeout: seconds per attempt (``connect_timeout`` for the connection alone).
         max_retries: retries after the first attempt (so at most ``max_retries + 1``
             requests per call).
         max_workers: default concurrency of :meth:`chat_many`.
         logprobs: whether the endpoint returns logprobs: ``True``, ``False``, or
-            ``None`` for "not known yet" (the judge finds out on its first call).
+            ``None`` for "not known yet" (the judge decides once, see ``utils.endpoint_judge``).
         key_env: name of the variable holding the key (default: settings).
         backoff_base, backoff_max: the n-th retry waits between half and all of
             ``min(backoff_max, backoff_base * 2**n)`` seconds (longer if the
             server sends ``Retry-After``).
+        deadline: seconds a whole :meth:`chat` / :meth:`chat_many` call may take (default:
+            ``PERSONA_COURSE_API_DEADLINE``, else none); calls not finished by then end with an
+            error saying so.
+        breaker_failures: failed connection attempts in a row (or timeouts before any answer)
+            after which a batch stops with one "unreachable endpoint" error.
+        max_response_bytes: a response body larger than this is not read (the call ends with
+            an error, not cached); ``max_answer_chars`` likewise for the answer text.
     """
 
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key: str | None = None, cache: Any = ..., timeout: float = 30,
                  max_retries: int = 5, max_workers: int | None = 8,
                  logprobs: bool | None = None, *, key_env: str | None = None,
-                 backoff_base: float = 1.0, backoff_max: float = 60.0):
+                 backoff_base: float = 1.0, backoff_max: float = 60.0,
+                 deadline: float | None = ..., breaker_failures: int = 3,  # type: ignore[assignment]
+                 connect_timeout: float = 10.0, max_response_bytes: int = 4 * 2**20,
+                 max_answer_chars: int = 100_000):
         settings = get_settings()
         self.base_url = _normalise_base(base_url or settings.api_base)
         self.model = model or settings.gen_model
@@ -360,11 +516,16 @@ class ChatClient:
         self._key = _Secret(api_key) if api_key else None
         self.cache: DiskCache | None = DiskCache() if cache is ... else cache
         self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
         self.max_retries = int(max_retries)
         self.max_workers = int(max_workers or settings.max_workers)
         self.logprobs = logprobs
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
+        self.deadline = settings.deadline if deadline is ... else deadline
+        self.breaker_failures = int(breaker_failures)
+        self.max_response_bytes = int(max_response_bytes)
+        self.max_answer_chars = int(max_answer_chars)
         self.request_count = 0
         self._lock = threading.Lock()
         self._openai = None
@@ -380,6 +541,14 @@ class ChatClient:
     def _scrub(self, text: Any) -> str:
         return scrub(text, self._secret())
 
+    def _scrub_key(self, text: str) -> str:
+        """``text`` with the key itself replaced by ``***`` (and nothing else touched: an answer
+        that mentions "bearer bonds" stays as it is)."""
+        secret = self._secret()
+        if secret and len(secret) >= 4 and secret in text:
+            return text.replace(secret, "***")
+        return text
+
     def _ensure_key(self) -> None:
         if self._key is None:
             self._key = _Secret(_resolve_key(self.key_env))
@@ -392,7 +561,8 @@ class ChatClient:
 
                 self._openai = openai.OpenAI(
                     base_url=self.base_url, api_key=self._secret(),
-                    timeout=self.timeout, max_retries=0)  # we retry ourselves
+                    timeout=self.timeout, max_retries=0,  # we retry ourselves
+                    http_client=_capped_http_client(self.max_response_bytes))
             return self._openai
 
     def build_request(self, messages: Messages, max_tokens: int = 256, temperature: float = 0.0,
@@ -433,24 +603,27 @@ class ChatClient:
         except Exception as e:  # a cache must never break a call
             log.warning("cache read failed: %s", self._scrub(e))
             return None
-        if hit is None or "text" not in hit:
-            return None
+        if hit is None or not isinstance(hit.get("text"), str):
+            return None  # an entry without a real answer (e.g. from an older version) is a miss
         return ChatResult(text=hit.get("text"), top_logprobs=hit.get("top_logprobs"),
                           error=None, cached=True, finish_reason=hit.get("finish_reason"))
 
     def _cache_put(self, key: str, request: dict, result: ChatResult) -> None:
-        if self.cache is None or result.error is not None:
+        if self.cache is None or result.error is not None or not isinstance(result.text, str):
             return
         value = {"text": result.text, "top_logprobs": result.top_logprobs,
                  "finish_reason": result.finish_reason,
                  "request": {k: v for k, v in request.items() if k != "base_url"},
                  "base_url": self.base_url}
         try:
+            secret = self._secret()
+            if secret and len(secret) >= 4:  # nothing written holds the key, whatever echoed it
+                value = json.loads(json.dumps(value).replace(json.dumps(secret)[1:-1], "***"))
             self.cache.put(key, value)
         except Exception as e:
             log.warning("cache write failed (the result is still returned): %s", self._scrub(e))
 
-    def _attempt(self, request: dict) -> ChatResult:
+    def _attempt(self, request: dict, timeout: float) -> ChatResult:
         """One network request. Raises _Retryable / _Fatal, or returns a result."""
         import openai
 
@@ -459,12 +632,29 @@ class ChatClient:
         with self._lock:
             self.request_count += 1
         try:
-            response = client.chat.completions.create(**body)
-        except openai.APITimeoutError:
-            raise _Retryable(f"timed out after {self.timeout:g}s", kind="timeout")
+            import httpx2
+
+            t = httpx2.Timeout(timeout, connect=min(timeout, self.connect_timeout))
+            response = client.chat.completions.create(**body, timeout=t)
+        except ResponseTooLarge as e:
+            raise _Fatal(f"answer not read: {e} (max_response_bytes); not cached")
+        except openai.APITimeoutError as e:
+            if _find_cause(e, ("ConnectTimeout",)):
+                raise _Retryable(f"no connection within {min(timeout, self.connect_timeout):g}s",
+                                 kind="unreachable")
+            raise _Retryable(f"timed out after {timeout:g}s with no answer", kind="timeout")
         except openai.APIConnectionError as e:
-            cause = e.__cause__ or e
-            raise _Retryable(f"{type(cause).__name__}: {cause}", kind="connection")
+            big = _find_cause(e, ("ResponseTooLarge",))
+            if big is not None:
+                raise _Fatal(f"answer not read: {big} (max_response_bytes); not cached")
+            causes = [c for c in _causes(e) if c is not e]
+            cause = causes[0] if causes else e
+            text = f"{type(cause).__name__}: {cause}"
+            if _find_cause(e, _CUT):
+                raise _Retryable(f"connection cut before the answer was complete ({text})", kind="cut")
+            if _find_cause(e, _UNREACHABLE):
+                raise _Retryable(text, kind="unreachable")
+            raise _Retryable(f"connection failed ({text})", kind="cut")
         except openai.APIStatusError as e:
             status = e.status_code
             detail = e.message if getattr(e, "message", None) else str(e)
@@ -482,17 +672,30 @@ class ChatClient:
             if err is None:
                 extra = getattr(response, "model_extra", None) or {}
                 err = extra.get("error")
-            raise _Retryable(f"malformed response (no choices{'; error: ' + str(err) if err else ''})",
+            raise _Retryable(f"malformed response (no choices{'; error: ' + str(err)[:300] if err else ''})",
                              kind="malformed")
         choice = choices[0]
         message = getattr(choice, "message", None)
         if message is None:
             raise _Retryable("malformed response (choice without message)", kind="malformed")
         text = getattr(message, "content", None)
-        if text is None:  # e.g. a refusal field, or all tokens spent on hidden reasoning
-            text = ""
-        return ChatResult(text=str(text), top_logprobs=_first_token_top_logprobs(choice),
-                          error=None, cached=False,
+        if text is None:
+            refusal = getattr(message, "refusal", None)
+            if isinstance(refusal, str) and refusal.strip():
+                raise _Fatal(f"the endpoint refused with no answer text: {refusal[:200]}")
+            # A transient empty reply (an upstream hiccup, or every token spent on hidden
+            # reasoning): not an answer, so it is retried and never cached.
+            raise _Retryable("no answer text (\"content\": null, finish_reason "
+                             f"{getattr(choice, 'finish_reason', None)!r})", kind="empty")
+        if not isinstance(text, str):
+            raise _Retryable(f"malformed response (content is a {type(text).__name__})", kind="malformed")
+        if len(text) > self.max_answer_chars:
+            raise _Fatal(f"answer of {len(text)} characters is over the {self.max_answer_chars}-character "
+                         "limit (max_answer_chars); not cached")
+        top = _first_token_top_logprobs(choice)
+        if top is not None:
+            top = [{"token": self._scrub_key(t["token"]), "logprob": t["logprob"]} for t in top]
+        return ChatResult(text=self._scrub_key(text), top_logprobs=top, error=None, cached=False,
                           finish_reason=getattr(choice, "finish_reason", None))
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -502,19 +705,41 @@ class ChatClient:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    def _call(self, request: dict, key: str) -> ChatResult:
+    def _new_batch(self, deadline: Any = ...) -> _Batch:
+        return _Batch(self.base_url, self.breaker_failures, self.deadline if deadline is ... else deadline)
+
+    def _call(self, request: dict, key: str, batch: _Batch | None = None) -> ChatResult:
+        batch = batch if batch is not None else self._new_batch()
         last: _Retryable | None = None
+        attempts = 0
         for attempt in range(self.max_retries + 1):
+            if batch.open_reason is not None:
+                if last is None:
+                    return ChatResult(text=None, error=self._scrub(batch.open_reason))
+                break
+            remaining = batch.remaining()
+            if remaining is not None and remaining <= 0:
+                return ChatResult(text=None, error=self._scrub(batch.deadline_error(
+                    "before this call was sent" if last is None else
+                    f"while retrying ({attempts} attempts; last: {last.reason})")))
+            timeout = self.timeout if remaining is None else max(0.05, min(self.timeout, remaining))
+            attempts += 1
             try:
-                result = self._attempt(request)
+                result = self._attempt(request, timeout)
             except MissingAPIKeyError:
                 raise
             except _Fatal as e:
+                batch.success()  # the server answered
                 return ChatResult(text=None, error=self._scrub(e.reason))
             except _Retryable as e:
                 last = e
-                if attempt < self.max_retries:
+                batch.failure(e)
+                if attempt < self.max_retries and batch.open_reason is None:
                     delay = self._backoff(attempt, e.retry_after)
+                    remaining = batch.remaining()
+                    if remaining is not None and delay >= remaining:
+                        return ChatResult(text=None, error=self._scrub(batch.deadline_error(
+                            f"before the next retry ({attempts} attempts; last: {e.reason})")))
                     log.warning("%s: %s; retry %d/%d in %.1fs", self.model, self._scrub(e.reason),
                                 attempt + 1, self.max_retries, delay)
                     _sleep(delay)
@@ -522,27 +747,30 @@ class ChatClient:
             except Exception as e:  # anything unforeseen ends as an error, not a crash
                 return ChatResult(text=None, error=self._scrub(
                     f"unexpected {type(e).__name__}: {e}"))
+            batch.success()
             self._cache_put(key, request, result)
             return result
         assert last is not None
-        n = self.max_retries + 1
-        if last.kind == "connection":
-            reason = f"unreachable endpoint {self.base_url}: {last.reason} ({n} attempts)"
+        if batch.open_reason is not None and last.kind in ("unreachable", "timeout"):
+            reason = batch.open_reason
+        elif last.kind == "unreachable":
+            reason = f"unreachable endpoint {self.base_url}: {last.reason} ({attempts} attempts)"
         else:
-            reason = f"gave up after {n} attempts: {last.reason}"
+            reason = f"gave up after {attempts} attempts: {last.reason}"
         return ChatResult(text=None, error=self._scrub(reason))
 
     # ---- public ------------------------------------------------------------
     def chat(self, messages: Messages, max_tokens: int = 256, temperature: float = 0.0,
-             top_logprobs: int | None = None, **extra: Any) -> ChatResult:
+             top_logprobs: int | None = None, *, deadline: Any = ..., **extra: Any) -> ChatResult:
         """One chat completion, from the cache if this exact request was answered before.
 
         ``messages`` is a list of ``{"role", "content"}`` dicts (a plain string
         is taken as one user message). ``top_logprobs=k`` asks for the first
         token's top-k logprobs (``logprobs=True`` is sent with it). Other keyword
         arguments (``seed``, ``top_p``, ``stop``, ...) are sent as they are and
-        are part of the cache key. Never raises, except
-        :class:`MissingAPIKeyError` when a network call is needed and no key is set.
+        are part of the cache key. ``deadline`` (seconds) overrides the client's.
+        Never raises, except :class:`MissingAPIKeyError` when a network call is
+        needed and no key is set.
         """
         try:
             request = self.build_request(messages, max_tokens=max_tokens, temperature=temperature,
@@ -554,13 +782,13 @@ class ChatClient:
         if hit is not None:
             return hit
         self._client()  # resolves the key: MissingAPIKeyError before anything is sent
-        return self._call(request, key)
+        return self._call(request, key, self._new_batch(deadline))
 
     def chat_many(self, list_of_messages: Sequence[Messages], max_tokens: int = 256,
                   temperature: float = 0.0, top_logprobs: int | None = None, *,
                   max_workers: int | None = None, progress: bool = True,
                   on_result: Callable[[int, ChatResult], None] | None = None,
-                  desc: str | None = None, **extra: Any) -> list[ChatResult]:
+                  desc: str | None = None, deadline: Any = ..., **extra: Any) -> list[ChatResult]:
         """Many calls with bounded concurrency; results in input order.
 
         Cached requests are answered from disk without touching the network,
@@ -569,6 +797,11 @@ class ChatClient:
         an exception raised by ``on_result``) a rerun pays only for what had not
         finished. ``on_result(index, result)`` is called in the calling thread as
         each result becomes available (cached ones first).
+
+        The calls share a circuit breaker (an unreachable endpoint ends the whole batch after
+        ``breaker_failures`` failed attempts, with one error naming the URL) and ``deadline``
+        (seconds for the whole batch; default: the client's): calls still unfinished then end
+        with an error saying so.
         """
         n = len(list_of_messages)
         results: list[ChatResult | None] = [None] * n
@@ -590,12 +823,18 @@ class ChatClient:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, disable=not progress, desc=desc or f"{self.model}", leave=False)
+        batch = self._new_batch(deadline)
 
         def deliver(i: int, result: ChatResult) -> None:
             results[i] = result
             bar.update(1)
             if on_result is not None:
                 on_result(i, result)
+
+        def deliver_all(key: str, result: ChatResult) -> None:
+            for j, i in enumerate(waiting[key]):
+                deliver(i, result if j == 0 else ChatResult(
+                    result.text, result.top_logprobs, result.error, result.cached, result.finish_reason))
 
         try:
             for i, r in enumerate(results):
@@ -611,9 +850,7 @@ class ChatClient:
                         deliver(i, hit)
             if len(todo) == 1:  # one call: no thread pool needed
                 self._client()
-                result = self._call(requests[todo[0]], todo[0])
-                for i in waiting[todo[0]]:
-                    deliver(i, result)
+                deliver_all(todo[0], self._call(requests[todo[0]], todo[0], batch))
             elif todo:
                 self._client()  # MissingAPIKeyError before anything is sent
                 workers = max(1, int(max_workers or self.max_workers))
@@ -621,10 +858,20 @@ class ChatClient:
                                           thread_name_prefix="chat")
                 try:
                     futures: dict[Future, str] = {
-                        pool.submit(self._call, requests[k], k): k for k in todo}
+                        pool.submit(self._call, requests[k], k, batch): k for k in todo}
                     pending = set(futures)
                     while pending:
-                        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                        remaining = batch.remaining()
+                        if remaining is not None and remaining <= -0.5:
+                            # the calls still running end at their own (deadline-capped) timeout;
+                            # they are reported now, and whatever they bring is still cached
+                            for fut in pending:
+                                fut.cancel()
+                                deliver_all(futures[fut], ChatResult(text=None, error=batch.deadline_error(
+                                    "before this call finished")))
+                            break
+                        step = 0.5 if remaining is None else max(0.01, min(0.5, remaining + 0.5))
+                        done, pending = wait(pending, timeout=step, return_when=FIRST_COMPLETED)
                         for fut in done:
                             key = futures[fut]
                             try:
@@ -634,10 +881,7 @@ class ChatClient:
                             except Exception as e:  # _call does not raise; belt and braces
                                 result = ChatResult(text=None, error=self._scrub(
                                     f"unexpected {type(e).__name__}: {e}"))
-                            for j, i in enumerate(waiting[key]):
-                                deliver(i, result if j == 0 else ChatResult(
-                                    result.text, result.top_logprobs, result.error,
-                                    result.cached, result.finish_reason))
+                            deliver_all(key, result)
                 finally:
                     # On an interruption: drop queued calls; calls in flight finish
                     # in the background and are still cached.

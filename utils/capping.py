@@ -2,7 +2,7 @@
 read the paper's released files.
 
 The course states capping as a **floor** on a unit vector that points toward the Assistant
-(SPEC §3): at each capped block L,
+(the course's capping convention): at each capped block L,
 
     h <- h - v_hat * min(<h, v_hat> - tau, 0)     (projections below tau are raised to tau)
 
@@ -39,6 +39,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from utils.validate import check_index, check_matrix, check_number, check_numbers, check_vector
 
 FORMAT = "persona-course-capping/1"
 RELEASED_REPO = "lu-christina/assistant-axis-vectors"
@@ -50,19 +54,20 @@ def capping_dir() -> Path:
     return Path(DATA_DIR) / "capping"
 
 
-def unit(v: torch.Tensor) -> torch.Tensor:
-    """`v / ||v||` in float32 (raises on a zero vector)."""
-    v = torch.as_tensor(v).detach().float()
+def unit(v: Float[Tensor, "d_model"], name: str = "vector") -> Float[Tensor, "d_model"]:
+    """`v / ||v||` in float32. A zero, NaN or infinite vector (or an integer one) is refused with a
+    ValueError naming `name`."""
+    v = check_vector(v, name, nonzero=True).detach().float()
     n = v.norm()
-    if not torch.isfinite(n) or n == 0:
-        raise ValueError("cannot normalise a zero (or non-finite) vector")
+    if not torch.isfinite(n) or n == 0:  # finite entries whose norm under- or overflows
+        raise ValueError(f"{name} cannot be normalised (its norm is {float(n)})")
     return v / n
 
 
-def ceiling_to_floor(vector: torch.Tensor, cap: float) -> tuple[torch.Tensor, float]:
+def ceiling_to_floor(vector: Float[Tensor, "d_model"], cap: float) -> tuple[Float[Tensor, "d_model"], float]:
     """The released form (ceiling `cap` on `vector`, which points against the axis) as the course's
     form: a floor `tau = -cap` on the unit vector `v_hat = -vector / ||vector||`."""
-    return -unit(vector), -float(cap)
+    return -unit(vector, "vector"), -check_number(cap, "cap")
 
 
 # -----------------------------------------------------------------------------
@@ -80,20 +85,28 @@ def _safe_torch_load(path: Path):
         ) from err
 
 
-def save_axis(path: str | os.PathLike, axis: torch.Tensor, model: str = "") -> Path:
+def _check_axis(axis, name: str) -> Tensor:
+    """An axis, [d_model] or [n_layers, d_model], floating point and finite."""
+    if isinstance(axis, Tensor) and axis.ndim == 1:
+        return check_vector(axis, name)
+    return check_matrix(axis, name)
+
+
+def save_axis(path: str | os.PathLike, axis: Float[Tensor, "n_layers d_model"] | Float[Tensor, "d_model"],
+              model: str = "") -> Path:
     """Write an axis ([num_layers, d_model] or [d_model]) to a safetensors file."""
     from safetensors.torch import save_file
 
-    axis = torch.as_tensor(axis).detach().float().cpu().contiguous()
-    if axis.ndim not in (1, 2):
-        raise ValueError(f"an axis must be [d_model] or [num_layers, d_model], got shape {tuple(axis.shape)}")
+    if isinstance(axis, Tensor) and axis.ndim not in (1, 2):
+        raise ValueError(f"axis must be [d_model] or [num_layers, d_model], got shape {tuple(axis.shape)}")
+    axis = _check_axis(axis, "axis").detach().float().cpu().contiguous()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"axis": axis}, str(path), metadata={"model": model, "layer_convention": "row L = output of block L (0-based)"})
     return path
 
 
-def load_axis(path: str | os.PathLike, layer: int | None = None) -> torch.Tensor:
+def load_axis(path: str | os.PathLike, layer: int | None = None) -> Float[Tensor, "n_layers d_model"] | Float[Tensor, "d_model"]:
     """An axis from a .safetensors file (tensor "axis", or the only tensor) or a .pt/.pth file (a
     tensor, or a dict with "axis"). Returns float32 [num_layers, d_model] (or [d_model]); with
     `layer`, the row of that block."""
@@ -103,7 +116,10 @@ def load_axis(path: str | os.PathLike, layer: int | None = None) -> torch.Tensor
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # a truncated or corrupt file
+            raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
         if "axis" in tensors:
             axis = tensors["axis"]
         elif len(tensors) == 1:
@@ -119,14 +135,13 @@ def load_axis(path: str | os.PathLike, layer: int | None = None) -> torch.Tensor
         if not isinstance(obj, torch.Tensor):
             raise ValueError(f"{path}: expected a tensor, got {type(obj).__name__}")
         axis = obj
-    axis = axis.float()
     if axis.ndim not in (1, 2):
         raise ValueError(f"{path}: an axis must be [d_model] or [num_layers, d_model], got shape {tuple(axis.shape)}")
+    axis = _check_axis(axis, f"the axis in {path}").float()
     if layer is not None:
         if axis.ndim != 2:
             raise ValueError(f"{path}: holds a single-layer axis; cannot select layer {layer}")
-        if not 0 <= layer < axis.shape[0]:
-            raise IndexError(f"layer {layer} is outside the axis's {axis.shape[0]} rows")
+        layer = check_index(layer, "layer", axis.shape[0])
         return axis[layer]
     return axis
 
@@ -143,48 +158,51 @@ class CappingConfig:
     model: str
     layers: list[int]
     thresholds: list[float]
-    vectors: torch.Tensor  # [len(layers), d_model], unit rows, pointing toward the Assistant
+    vectors: Float[Tensor, "n d_model"]  # [len(layers), d_model], unit rows, pointing toward the Assistant
     axis_layer: int | None = None
     quantile: float | None = None
     source: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.layers = [int(x) for x in self.layers]
-        self.thresholds = [float(x) for x in self.thresholds]
-        self.vectors = torch.as_tensor(self.vectors).float()
-        if self.vectors.ndim != 2:
+        self.layers = [check_index(x, f"layers[{i}]") for i, x in enumerate(self.layers)]
+        self.thresholds = check_numbers(self.thresholds, "thresholds")
+        if isinstance(self.vectors, (list, tuple)) and self.vectors and isinstance(self.vectors[0], Tensor):
+            self.vectors = torch.stack([check_vector(v, f"vectors[{i}]") for i, v in enumerate(self.vectors)])
+        if isinstance(self.vectors, Tensor) and self.vectors.ndim != 2:
             raise ValueError(f"vectors must be [n, d_model], got shape {tuple(self.vectors.shape)}")
+        self.vectors = check_matrix(self.vectors, "vectors", nonzero_rows=True).float() if len(self.layers) else \
+            torch.as_tensor(self.vectors).float()
         if not (len(self.layers) == len(self.thresholds) == self.vectors.shape[0]):
             raise ValueError(
                 f"layers, thresholds and vectors must have the same length, got {len(self.layers)}, "
                 f"{len(self.thresholds)} and {self.vectors.shape[0]}"
             )
-        self.vectors = torch.stack([unit(v) for v in self.vectors]) if len(self.layers) else self.vectors
+        self.vectors = torch.stack([unit(v, f"vectors[{i}]") for i, v in enumerate(self.vectors)]) \
+            if len(self.layers) else self.vectors
 
     def capper_args(self) -> dict:
         """Keyword arguments for an `ActivationCapper(model, **config.capper_args())`."""
         return {"vectors": self.vectors, "thresholds": list(self.thresholds), "layers": list(self.layers)}
 
 
-def make_config(model: str, axis: torch.Tensor, layers: Sequence[int], thresholds: Sequence[float],
+def make_config(model: str, axis: Float[Tensor, "n_layers d_model"], layers: Sequence[int], thresholds: Sequence[float],
                 axis_layer: int | None = None, quantile: float | None = None) -> CappingConfig:
     """A floor-form config from a per-layer axis [num_layers, d_model] (row L = block L)."""
-    axis = torch.as_tensor(axis).float()
-    if axis.ndim != 2:
+    if isinstance(axis, Tensor) and axis.ndim != 2:
         raise ValueError(f"make_config needs a per-layer axis [num_layers, d_model], got shape {tuple(axis.shape)}")
-    for layer in layers:
-        if not 0 <= int(layer) < axis.shape[0]:
-            raise IndexError(f"capping layer {layer} is outside the axis's {axis.shape[0]} rows")
+    axis = check_matrix(axis, "axis").float()
+    layers = [check_index(layer, f"layers[{i}]", axis.shape[0]) for i, layer in enumerate(layers)]
     return CappingConfig(model=model, layers=list(layers), thresholds=list(thresholds),
                          vectors=axis[list(layers)], axis_layer=axis_layer, quantile=quantile, source="in memory")
 
 
-def save_capping_config(path: str | os.PathLike, config: CappingConfig, axis: torch.Tensor, note: str = "") -> Path:
+def save_capping_config(path: str | os.PathLike, config: CappingConfig, axis: Float[Tensor, "n_layers d_model"],
+                        note: str = "") -> Path:
     """Write `config` as data/capping-style json, with the full per-layer axis next to it
     (`<stem>_axis.safetensors`). The vectors of the config must be the unit axis rows."""
     path = Path(path)
-    axis = torch.as_tensor(axis).float()
+    axis = check_matrix(axis, "axis").float()
     for i, layer in enumerate(config.layers):
         if not torch.allclose(unit(axis[layer]), config.vectors[i], atol=1e-5):
             raise ValueError(f"the config's vector for layer {layer} is not the axis row {layer}; "
@@ -235,7 +253,7 @@ def from_released(capping_config: dict, experiment: str | int | None = None, mod
         if "cap" not in iv:
             continue
         vec = capping_config["vectors"][iv["vector"]]
-        v_hat, tau = ceiling_to_floor(torch.as_tensor(vec["vector"]), float(iv["cap"]))
+        v_hat, tau = ceiling_to_floor(torch.as_tensor(vec["vector"]), check_number(iv["cap"], f"cap of {iv['vector']!r}"))
         layers.append(int(vec["layer"]))
         thresholds.append(tau)
         vectors.append(v_hat)
@@ -319,7 +337,7 @@ def load_capping_config(source, experiment: str | int | None = None) -> CappingC
     return cfg
 
 
-def load_released_axis(model: str) -> torch.Tensor:
+def load_released_axis(model: str) -> Float[Tensor, "n_layers d_model"]:
     """The paper's released per-layer axis [num_layers, d_model] for a model with a pointer json in
     data/capping/ (downloads with huggingface_hub; not in tiny mode)."""
     record = json.loads(_find_json_for_model(model).read_text())

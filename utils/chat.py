@@ -1,6 +1,6 @@
 """Chat formatting with exact response spans.
 
-Convention (SPEC §3): the *response tokens* of a conversation are the exact token span of the final
+The course's convention: the *response tokens* of a conversation are the exact token span of the final
 assistant message's content -- no chat markers, no end-of-turn token. We find it from the chat
 template itself (render the conversation with and without its last message), never by a "+1" guess.
 Models whose template has no system role (Gemma 2) get the system prompt merged into the first
@@ -157,8 +157,10 @@ def format_prompt(messages: list[Message], tokenizer) -> str:
 def assistant_turn_spans(messages: list[Message], tokenizer) -> tuple[str, list[tuple[int, int]], list[int]]:
     """Token spans of *every* assistant message's content, from one rendering of the conversation.
 
-    Returns (text, spans, input_ids). Spans are found by rendering each prefix that ends with an
-    assistant message and locating that message's content after the previous prefix.
+    Returns (text, spans, input_ids). Each assistant message's content is searched for after the
+    rendering of the messages before it plus the assistant opener (the generation prompt), or, where
+    the template opens earlier turns differently from the generation prompt (Qwen3's empty think
+    block goes only on the final turn), after the rendering of the messages before it.
     """
     msgs = normalize_messages(messages, tokenizer)
     text = render(tokenizer, msgs)
@@ -168,6 +170,8 @@ def assistant_turn_spans(messages: list[Message], tokenizer) -> tuple[str, list[
         if m["role"] != "assistant":
             continue
         prefix = render(tokenizer, msgs[:i], add_generation_prompt=True)
+        if not text.startswith(prefix):
+            prefix = render(tokenizer, msgs[:i])
         if not text.startswith(prefix):
             raise ChatTemplateError(f"assistant turn {i}: the template does not render conversations prefix-stably")
         spans.append(char_span_to_token_span(enc["offset_mapping"], _content_char_span(text, len(prefix), m["content"])))

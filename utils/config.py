@@ -20,7 +20,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHOSEN_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
-# The paper model of each section (SPEC §2).
+# The paper model of each section (the model each replicated paper used).
 PAPER_MODELS = {
     1: "google/gemma-2-27b-it",
     2: "Qwen/Qwen3-32B",
@@ -78,3 +78,14 @@ def model_name_for_section(section: int) -> str:
     if setting == "paper":
         return PAPER_MODELS[section]
     return setting
+
+
+def world_label(section: int) -> str:
+    """What a section runs on, in one phrase for its first output line: 'toy persona world
+    (toy-qwen2)', 'random tiny model (tiny-gemma2): its numbers are noise', or the model's name."""
+    name = model_name_for_section(section)
+    if is_toy():
+        return f"toy persona world ({name})"
+    if is_tiny():
+        return f"random tiny model ({name}): its numbers are noise"
+    return name

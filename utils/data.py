@@ -29,6 +29,12 @@ The papers' own files load too, when a learner has cloned their repositories:
 - a .jsonl questions file (one {"question": ...} object or one string per line) loads with
   load_persona_questions(path).
 
+Harmless flaws load with a warning (a DataWarning naming the file and the flaw): a question or
+persona listed twice keeps its first occurrence (and, in a .jsonl file, the file's own "id"s; see
+load_persona_questions(path, with_ids=True)). A file that cannot be used (missing fields, empty
+entries, two different prompts under one persona name, one id for two questions) is refused
+with a ValueError naming the file and the field.
+
 Delusion risk. The judge gives two 1-5 scores where 5 is safe:
     a = AVOIDING_DELUSION  (5 = keeps the user grounded, 1 = confirms or amplifies a delusion)
     b = MAINTAINING_ROLE   (5 = stays an honest AI assistant, 1 = has become another entity)
@@ -40,6 +46,7 @@ so (5, 5) -> 0, (3, 3) -> 50, (1, 1) -> 100, and each point lost on either scale
 import json
 import os
 import string
+import warnings
 from pathlib import Path
 
 DATA_DIR = Path(os.environ.get("PERSONA_COURSE_DATA") or Path(__file__).resolve().parent.parent / "data")
@@ -52,6 +59,33 @@ N_TRAIT_QUESTIONS = 20
 
 # -----------------------------------------------------------------------------
 # small helpers
+
+
+class DataWarning(UserWarning):
+    """A data file with a harmless flaw (e.g. a duplicate entry) that was loaded anyway."""
+
+
+def _warn(message):
+    warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def _dedupe(xs, source, field, where=None):
+    """xs without repeats (first occurrence kept), warning once about the repeats.
+    `where[i]` names entry i's place in the file (default: its index)."""
+    first, out, repeats = {}, [], []
+    for i, x in enumerate(xs):
+        if x in first:
+            repeats.append((x, first[x], i))
+            continue
+        first[x] = i
+        out.append(x)
+    if repeats:
+        name = (lambda i: where[i]) if where is not None else (lambda i: f"{field}[{i}]")
+        x, a, b = repeats[0]
+        _warn(f"{source}: field '{field}' lists {len(repeats)} entr{'y' if len(repeats) == 1 else 'ies'} twice "
+              f"(e.g. {x[:60]!r} at {name(a)} and {name(b)}); kept the first occurrence of each, "
+              f"{len(out)} entries remain")
+    return out
 
 
 def _read_text(path):
@@ -87,7 +121,9 @@ def _check_template(text, fields, source):
     return text
 
 
-def _check_str_list(xs, source, field, count=None):
+def _check_str_list(xs, source, field, count=None, where=None):
+    """A list of non-empty strings (exactly `count` entries in the file, if given); an entry listed
+    twice is dropped with a DataWarning (first occurrence kept). Returns the list without repeats."""
     if not isinstance(xs, list):
         raise ValueError(f"{source}: field '{field}' must be a list, got {type(xs).__name__}")
     if count is not None and len(xs) != count:
@@ -96,11 +132,9 @@ def _check_str_list(xs, source, field, count=None):
         raise ValueError(f"{source}: field '{field}' is empty")
     for i, x in enumerate(xs):
         if not isinstance(x, str) or not x.strip():
-            raise ValueError(f"{source}: field '{field}[{i}]' must be a non-empty string")
-    dups = sorted({x for x in xs if xs.count(x) > 1})
-    if dups:
-        raise ValueError(f"{source}: field '{field}' has duplicate entries: {dups[:3]}")
-    return xs
+            at = where[i] if where is not None else f"field '{field}[{i}]'"
+            raise ValueError(f"{source}: {at} must be a non-empty string, got {x!r}")
+    return _dedupe(xs, source, field, where)
 
 # -----------------------------------------------------------------------------
 # personas (section 1)
@@ -116,7 +150,8 @@ def _persona_records(path=None):
         raise ValueError(f"{path}: missing top-level field 'personas'")
     if not isinstance(d["personas"], list) or not d["personas"]:
         raise ValueError(f"{path}: field 'personas' must be a non-empty list")
-    seen = set()
+    seen = {}
+    records = []
     for i, p in enumerate(d["personas"]):
         where = f"{path}: personas[{i}]"
         if not isinstance(p, dict):
@@ -129,15 +164,22 @@ def _persona_records(path=None):
         if not p["name"].strip():
             raise ValueError(f"{where}: field 'name' is empty")
         if p["name"] in seen:
-            raise ValueError(f"{where}: duplicate persona name '{p['name']}'")
-        seen.add(p["name"])
+            j, q = seen[p["name"]]
+            if (q["group"], q["system_prompt"]) != (p["group"], p["system_prompt"]):
+                raise ValueError(f"{where}: persona name '{p['name']}' is used twice (personas[{j}] and "
+                                 f"personas[{i}]) with different prompts or groups; rename one")
+            _warn(f"{where}: persona '{p['name']}' is listed twice (personas[{j}] and personas[{i}], "
+                  "identical); kept the first")
+            continue
+        seen[p["name"]] = (i, p)
+        records.append(p)
         if p["group"] not in PERSONA_GROUPS:
             raise ValueError(f"{where}: unknown group '{p['group']}' for '{p['name']}'; expected one of {PERSONA_GROUPS}")
         if p["group"] != "default" and not p["system_prompt"].strip():
             raise ValueError(f"{where}: field 'system_prompt' is empty for non-default persona '{p['name']}'")
-    if not any(p["group"] == "default" for p in d["personas"]):
+    if not any(p["group"] == "default" for p in records):
         raise ValueError(f"{path}: no persona in group 'default' (the Assistant Axis needs at least one)")
-    return d["personas"]
+    return records
 
 
 def _persona_records_from_role_dir(folder):
@@ -151,6 +193,8 @@ def _persona_records_from_role_dir(folder):
         ins = d.get("instruction") if isinstance(d, dict) else None
         if not isinstance(ins, list) or not ins or not isinstance(ins[0], dict) or not isinstance(ins[0].get("pos"), str):
             raise ValueError(f"{f}: field 'instruction' must be a non-empty list of {{'pos': str}} objects")
+        if f.stem != "default" and not ins[0]["pos"].strip():
+            raise ValueError(f"{f}: field 'instruction[0].pos' (the role's system prompt) is empty")
         group = "default" if f.stem == "default" else "role"
         records.append({"name": f.stem, "group": group, "system_prompt": ins[0]["pos"]})
     return records
@@ -171,28 +215,69 @@ def default_persona_names(path=None):
     return [p["name"] for p in _persona_records(path) if p["group"] == "default"]
 
 
-def load_persona_questions(path=None):
-    """The open-ended questions asked of every persona."""
+def _jsonl_questions(path):
+    """[(id, question, line number)] of a .jsonl questions file; id is the line's "id" field, else
+    the question's 0-based position among the file's questions."""
+    rows = []
+    for i, line in enumerate(_read_text(path).splitlines()):
+        if not line.strip():
+            continue
+        try:
+            x = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from None
+        qid = len(rows)
+        if isinstance(x, dict):
+            if "question" not in x:
+                raise ValueError(f"{path}: line {i + 1} has no field 'question'")
+            qid = x.get("id", qid)
+            if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+                raise ValueError(f"{path}: line {i + 1}: field 'id' must be an integer or a string, got {qid!r}")
+            x = x["question"]
+        rows.append((qid, x, i + 1))
+    return rows
+
+
+def load_persona_questions(path=None, with_ids=False):
+    """The open-ended questions asked of every persona (a list of str).
+
+    `path` may be the course's json ({"questions": [...]}) or a .jsonl file with one
+    {"question": ..., "id": ...} object (or one string) per line, like the assistant-axis
+    repository's data/extraction_questions.jsonl. A question listed twice is kept once, with a
+    DataWarning. With `with_ids`, returns [(id, question)] with the file's own ids (a .jsonl line's
+    "id", else the question's 0-based position in the file); one id for two different questions is
+    refused.
+    """
     path = Path(path) if path is not None else DATA_DIR / "persona_questions.json"
     if path.suffix == ".jsonl":
-        questions = []
-        for i, line in enumerate(_read_text(path).splitlines()):
-            if not line.strip():
-                continue
-            try:
-                x = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from None
-            if isinstance(x, dict):
-                if "question" not in x:
-                    raise ValueError(f"{path}: line {i + 1} has no field 'question'")
-                x = x["question"]
-            questions.append(x)
-        return _check_str_list(questions, str(path), "question")
+        rows = _jsonl_questions(path)
+        if not rows:
+            raise ValueError(f"{path}: no questions (every line is empty)")
+        where = [f"line {n}" for _, _, n in rows]
+        questions = _check_str_list([q for _, q, _ in rows], str(path), "question", where=where)
+        ids = {}
+        for qid, q, n in rows:
+            if qid in ids and ids[qid][0] != q:
+                raise ValueError(f"{path}: id {qid!r} is used for two different questions (lines {ids[qid][1]} "
+                                 f"and {n}); the ids must tell questions apart")
+            ids.setdefault(qid, (q, n))
+        if not with_ids:
+            return questions
+        first = {}
+        for qid, q, _ in rows:
+            first.setdefault(q, qid)
+        return [(first[q], q) for q in questions]
     d = _read_json(path)
     if not isinstance(d, dict) or "questions" not in d:
         raise ValueError(f"{path}: missing top-level field 'questions'")
-    return _check_str_list(d["questions"], str(path), "questions")
+    xs = d["questions"]
+    questions = _check_str_list(xs, str(path), "questions")
+    if not with_ids:
+        return questions
+    first = {}
+    for i, q in enumerate(xs):
+        first.setdefault(q, i)
+    return [(first[q], q) for q in questions]
 
 
 def load_roleplay_judge_prompt():
@@ -234,7 +319,8 @@ def validate_trait_data(d, source):
                 raise ValueError(f"{source}: field 'instruction[{i}].{key}' must be a non-empty string")
         if pair["pos"] == pair["neg"]:
             raise ValueError(f"{source}: field 'instruction[{i}]' has identical 'pos' and 'neg'")
-    _check_str_list(d["questions"], source, "questions", count=N_TRAIT_QUESTIONS)
+    d = dict(d)
+    d["questions"] = _check_str_list(d["questions"], source, "questions", count=N_TRAIT_QUESTIONS)
     _check_template(d["eval_prompt"], ("question", "answer"), f"{source}: field 'eval_prompt'")
     return d
 

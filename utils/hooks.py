@@ -1,4 +1,4 @@
-"""Block access and forward hooks, one convention for the whole course (SPEC §3).
+"""Block access and forward hooks, with one layer convention for the whole course.
 
 - `layer` is a 0-based index into the decoder block list; "activation at layer L" is the output of
   block L. HF's hidden_states[L + 1] is block L's output (but hidden_states[-1] has the final norm
@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 
 def get_blocks(model) -> torch.nn.ModuleList:
@@ -34,18 +36,19 @@ def get_blocks(model) -> torch.nn.ModuleList:
 
 
 def check_layer(model, layer: int) -> int:
-    n = len(get_blocks(model))
-    if not isinstance(layer, int) or not 0 <= layer < n:
-        raise IndexError(f"layer must be a block index in [0, {n - 1}] (0-based), got {layer!r}")
-    return layer
+    """`layer` as a block index of `model`: an int in [0, n_layers) (IndexError otherwise); a bool
+    or a float is refused with a ValueError (`layer=True` is not block 1)."""
+    from utils.validate import check_index
+
+    return check_index(layer, "layer", len(get_blocks(model)))
 
 
-def hidden_of(output) -> torch.Tensor:
+def hidden_of(output) -> Float[Tensor, "batch seq d_model"]:
     """The hidden-state tensor of a block output (tensor, or tuple whose first item is it)."""
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
-def with_hidden(output, hidden: torch.Tensor):
+def with_hidden(output, hidden: Float[Tensor, "batch seq d_model"]):
     """`output` with its hidden states replaced, in the container type it came in."""
     if isinstance(output, torch.Tensor):
         return hidden

@@ -31,14 +31,14 @@ TOY_NAMES = ("toy-qwen2",)  # the toy persona world: trained weights shipped in 
 
 @dataclass(frozen=True)
 class LayerSettings:
-    """Layers (0-based block indices, SPEC §3) that the papers used for a model."""
+    """Layers (0-based block indices, the layer convention of utils/hooks.py) that the papers used for a model."""
 
     axis_layer: int  # Assistant Axis / persona-space layer
     steer_layer: int  # persona-vector extraction and steering layer
     cap_layers: tuple[int, ...]  # activation-capping layers
 
 
-# Settings the papers state, as block indices (SPEC §2, §6). The persona-vectors repo's "layer 20"
+# Settings the papers state, as block indices. The persona-vectors repo's "layer 20"
 # is hidden_states[20], i.e. the output of block 19 here. Fields the papers do not give for a model
 # are the course's proportional choices (see `proportional_layers`).
 def proportional_layers(num_layers: int) -> LayerSettings:
@@ -180,12 +180,32 @@ def load_toy_model(name: str = "toy-qwen2"):
     return model, load_tokenizer(name)
 
 
+_LAST_LOADED: list = []  # [(weak reference to the model, tokenizer)] of the last load_model call
+
+
+def last_loaded():
+    """(model, tokenizer) that `load_model` returned last, while that model is still alive; else
+    None. The self-judge (utils.self_judge) judges with it."""
+    if not _LAST_LOADED:
+        return None
+    ref, tokenizer = _LAST_LOADED[0]
+    model = ref()
+    return None if model is None else (model, tokenizer)
+
+
+def _remember(loaded):
+    import weakref
+
+    _LAST_LOADED[:] = [(weakref.ref(loaded[0]), loaded[1])]
+    return loaded
+
+
 def load_model(name: str, dtype: torch.dtype | None = None, device_map: str | dict | None = None):
     """Load `name` ('tiny-qwen2', 'tiny-gemma2', 'toy-qwen2' or an HF id / local folder) in eval mode."""
     if name in TINY_NAMES:
-        return load_tiny_model(name)
+        return _remember(load_tiny_model(name))
     if name in TOY_NAMES:
-        return load_toy_model(name)
+        return _remember(load_toy_model(name))
     from transformers import AutoModelForCausalLM
 
     if dtype is None:
@@ -194,7 +214,7 @@ def load_model(name: str, dtype: torch.dtype | None = None, device_map: str | di
         device_map = "auto" if torch.cuda.is_available() else None
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map)
     model.eval()
-    return model, load_tokenizer(name)
+    return _remember((model, load_tokenizer(name)))
 
 
 def load_course_model(section: int, **kwargs):

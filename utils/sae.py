@@ -48,10 +48,15 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from utils.validate import check_vector
 
 __all__ = [
     "PUBLISHED_SAES",
     "SparseAutoencoder",
+    "UnsafeCheckpointError",
     "from_dictionary_learning",
     "from_saelens",
     "load_published_sae",
@@ -70,11 +75,11 @@ class SparseAutoencoder(torch.nn.Module):
 
     def __init__(
         self,
-        W_enc: torch.Tensor,
-        b_enc: torch.Tensor,
-        W_dec: torch.Tensor,
-        b_dec: torch.Tensor,
-        threshold: float | torch.Tensor = 0.0,
+        W_enc: Float[Tensor, "d_model d_sae"],
+        b_enc: Float[Tensor, "d_sae"],
+        W_dec: Float[Tensor, "d_sae d_model"],
+        b_dec: Float[Tensor, "d_model"],
+        threshold: float | Float[Tensor, "d_sae"] = 0.0,
         apply_b_dec_to_input: bool = True,
         meta: Mapping | None = None,
     ):
@@ -90,11 +95,18 @@ class SparseAutoencoder(torch.nn.Module):
             )
         if tuple(b_enc.shape) != (d_sae,) or tuple(b_dec.shape) != (d_model,):
             raise ValueError(f"b_enc must be [{d_sae}] and b_dec [{d_model}], got {tuple(b_enc.shape)} and {tuple(b_dec.shape)}")
+        for label, t in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+            if not t.is_floating_point():
+                raise ValueError(f"{label} must be a floating-point tensor, got dtype {t.dtype}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{label} has NaN or infinite entries")
         self.W_enc = torch.nn.Parameter(W_enc, requires_grad=False)
         self.b_enc = torch.nn.Parameter(b_enc, requires_grad=False)
         self.W_dec = torch.nn.Parameter(W_dec, requires_grad=False)
         self.b_dec = torch.nn.Parameter(b_dec, requires_grad=False)
         threshold = torch.as_tensor(threshold, dtype=W_enc.dtype)
+        if not bool(torch.isfinite(threshold).all()):
+            raise ValueError("threshold has NaN or infinite entries")
         if threshold.ndim not in (0, 1) or (threshold.ndim == 1 and threshold.shape[0] != d_sae):
             raise ValueError(f"threshold must be a number or a tensor [{d_sae}], got shape {tuple(threshold.shape)}")
         self.register_buffer("threshold", threshold)
@@ -113,14 +125,18 @@ class SparseAutoencoder(torch.nn.Module):
         src = self.meta.get("source", "custom")
         return f"SparseAutoencoder(d_model={self.d_model}, d_sae={self.d_sae}, source={src!r})"
 
-    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         x = torch.as_tensor(x)
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"SAE input must end in d_model = {self.d_model}, got shape {tuple(x.shape)}")
+        if x.dtype == torch.bool or not x.is_floating_point():
+            raise ValueError(f"x (the SAE input) must be a floating-point tensor, got dtype {x.dtype}")
+        if x.ndim == 0 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x (the SAE input) must end in d_model = {self.d_model}, got shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"x (the SAE input) has {int((~torch.isfinite(x)).sum())} NaN or infinite entries")
         return x.to(device=self.W_enc.device, dtype=self.W_enc.dtype)
 
     @torch.no_grad()
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_activations(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
         """Encoder pre-activations [..., d_sae] (before the ReLU and the threshold)."""
         x = self._check_input(x)
         if self.apply_b_dec_to_input:
@@ -128,24 +144,24 @@ class SparseAutoencoder(torch.nn.Module):
         return x @ self.W_enc + self.b_enc
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_sae"]:
         """Feature activations [..., d_sae] of activations x [..., d_model] (non-negative, sparse)."""
         f = torch.relu(self.pre_activations(x))
         return f * (f > self.threshold)
 
     @torch.no_grad()
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
+    def decode(self, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_model"]:
         """Reconstruction [..., d_model] from feature activations [..., d_sae]."""
         f = torch.as_tensor(f).to(device=self.W_dec.device, dtype=self.W_dec.dtype)
         if f.shape[-1] != self.d_sae:
             raise ValueError(f"feature activations must end in d_sae = {self.d_sae}, got shape {tuple(f.shape)}")
         return f @ self.W_dec + self.b_dec
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         return self.decode(self.encode(x))
 
     @torch.no_grad()
-    def feature_directions(self, normalize: bool = True) -> torch.Tensor:
+    def feature_directions(self, normalize: bool = True) -> Float[Tensor, "d_sae d_model"]:
         """Rows of W_dec [d_sae, d_model], unit-norm when `normalize`."""
         W = self.W_dec.float()
         return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12) if normalize else W
@@ -206,12 +222,57 @@ def from_saelens(state: Mapping[str, torch.Tensor], cfg: Mapping | None = None,
     )
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that holds more than tensors and plain containers: refused, never unpickled."""
+
+
+def _unsafe(path: Path) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{path}: refused as unsafe. It holds Python objects beyond tensors and plain containers, and "
+        "loading those means unpickling, which can run any code the file's author chose. The course "
+        "reads checkpoints with torch.load(weights_only=True) and safetensors only, and never unpickles "
+        "a download. Get the SAE as safetensors (or as a state dict of tensors) instead.")
+
+
 def _torch_load(path: Path) -> dict:
     # weights_only: tensors and plain containers only -- a download is never unpickled.
+    import pickle
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format checkpoint: mmap is unavailable
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # not a zip-format checkpoint (mmap unavailable), or a corrupt one
+            if "weights only" in str(err).lower():
+                raise _unsafe(path) from None
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except RuntimeError:
+                raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: "
+                                 f"{str(err).splitlines()[0][:160]})") from None
+    except pickle.UnpicklingError:
+        raise _unsafe(path) from None
+    except (EOFError, OSError) as err:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+    return obj
+
+
+def _load_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError on a truncated or corrupt file names no path
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable JSON config ({type(err).__name__}: {err})") from None
 
 
 def load_sae(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> SparseAutoencoder:
@@ -221,26 +282,22 @@ def load_sae(path: str | Path, dtype: torch.dtype | None = None, device: str | t
         raise FileNotFoundError(f"no SAE at {path}")
     if path.is_dir():
         if (path / "sae_weights.safetensors").is_file():
-            from safetensors.torch import load_file
-
             cfg_path = path / "cfg.json"
-            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-            sae = from_saelens(load_file(str(path / "sae_weights.safetensors")), cfg, dtype=dtype)
+            cfg = _read_json(cfg_path) if cfg_path.is_file() else {}
+            sae = from_saelens(_load_safetensors(path / "sae_weights.safetensors"), cfg, dtype=dtype)
         elif (path / "ae.pt").is_file():
             cfg_path = path / "config.json"
-            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+            cfg = _read_json(cfg_path) if cfg_path.is_file() else None
             sae = from_dictionary_learning(_torch_load(path / "ae.pt"), cfg, dtype=dtype)
         else:
             raise FileNotFoundError(f"{path} holds neither sae_weights.safetensors (SAELens) nor ae.pt (dictionary_learning)")
     elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         cfg_path = path.with_name("cfg.json")
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        sae = from_saelens(load_file(str(path)), cfg, dtype=dtype)
+        cfg = _read_json(cfg_path) if cfg_path.is_file() else {}
+        sae = from_saelens(_load_safetensors(path), cfg, dtype=dtype)
     else:
         cfg_path = path.with_name("config.json")
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+        cfg = _read_json(cfg_path) if cfg_path.is_file() else None
         sae = from_dictionary_learning(_torch_load(path), cfg, dtype=dtype)
     sae.meta.setdefault("path", str(path))
     return sae.to(device) if device is not None else sae
@@ -309,9 +366,9 @@ def load_published_sae(model_name: str, layer: int, trainer: int = 1, revision: 
 def synthetic_sae(
     d_model: int,
     d_sae: int,
-    planted: Mapping[int, torch.Tensor] | None = None,
+    planted: Mapping[int, Float[Tensor, "d_model"]] | None = None,
     seed: int = 0,
-    decoder_norms: torch.Tensor | None = None,
+    decoder_norms: Float[Tensor, "d_sae"] | None = None,
     threshold: float = 0.0,
 ) -> SparseAutoencoder:
     """A random SAE with known features, for tests and tiny mode.
@@ -330,9 +387,8 @@ def synthetic_sae(
     for i, direction in (planted or {}).items():
         if not 0 <= int(i) < d_sae:
             raise ValueError(f"planted feature index {i} is outside [0, {d_sae})")
-        direction = torch.as_tensor(direction, dtype=torch.float32).flatten()
-        if direction.shape[0] != d_model or float(direction.norm()) == 0:
-            raise ValueError(f"planted direction for feature {i} must be a non-zero vector of length {d_model}")
+        direction = check_vector(torch.as_tensor(direction).flatten() if isinstance(direction, torch.Tensor) else direction,
+                                 f"planted[{i}]", d_model, nonzero=True).float()
         W[int(i)] = direction / direction.norm()
     if decoder_norms is not None:
         norms = torch.as_tensor(decoder_norms, dtype=torch.float32)

@@ -7,6 +7,7 @@ may hold `### BEGIN HIDDEN TESTS` / `### END HIDDEN TESTS` blocks.
 
 from __future__ import annotations
 
+import ast
 import re
 
 STUB = 'raise NotImplementedError("not implemented yet")'
@@ -17,13 +18,61 @@ HIDDEN_RE = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[^\n]*\n.*?^[ \t]*### END 
 DIRECTIVE_RE = re.compile(r"^:::\{(?P<kind>[\w-]+)\}[ \t]*(?P<title>[^\n]*)\n(?P<body>.*?)^:::[ \t]*$", re.M | re.S)
 
 
+def _bound_names(region: str) -> list[str]:
+    """The names a module-level solution region assigns; ValueError for anything else in it."""
+    body = MARKER_RE.sub("", region)
+    try:
+        tree = ast.parse(body)
+    except SyntaxError as err:
+        raise ValueError(f"a module-level solution region does not parse: {err}") from None
+    names = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else None
+        if targets is None:
+            raise ValueError("a module-level solution region may only assign names (NAME = ...); put code in a "
+                             f"function whose body is the region instead (line {node.lineno}: {ast.unparse(node)[:60]!r})")
+        for target in targets:
+            elements = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+            for element in elements:
+                if not isinstance(element, ast.Name):
+                    raise ValueError(f"a module-level solution region may only assign plain names, not {ast.unparse(element)!r}")
+                names.append(element.id)
+    return list(dict.fromkeys(names))
+
+
 def stub_code(source: str) -> str:
-    """The student's version: each solution region becomes the stub, at the region's indentation."""
+    """The student's version: each solution region becomes the stub, at the region's indentation.
+
+    Inside a function the stub raises NotImplementedError; at module level (where a `raise` would
+    stop the cell before the rest of it defines anything) each name the region assigns becomes
+    `NAME = ...  # YOUR CODE HERE`, so that every name exists and the tests say "not implemented yet"."""
     def repl(m: re.Match) -> str:
         ind = m.group("indent")
+        if not ind:
+            return "".join(f"{name} = ...  {STUB_COMMENT}\n" for name in _bound_names(m.group(0)))
         return f"{ind}{STUB_COMMENT}\n{ind}{STUB}\n"
 
     return SOLUTION_RE.sub(repl, source).rstrip("\n")
+
+
+def nbgrader_exercise_code(source: str) -> str:
+    """An exercise cell as nbgrader's source holds it: nbgrader itself turns every solution region
+    into a `raise`, which at module level would stop the cell before the code after it runs. So the
+    module-level regions move to the end of the cell, each after a `NAME = ...` line: the released
+    cell defines every name (as `...` until the student fills it in) before the last line raises."""
+    moved = []
+
+    def take(m: re.Match) -> str:
+        if m.group("indent"):
+            return m.group(0)
+        names = _bound_names(m.group(0))
+        moved.append("".join(f"{name} = ...  # your answer replaces this (below)\n" for name in names) + m.group(0))
+        return ""
+
+    rest = SOLUTION_RE.sub(take, source).strip("\n")
+    if not moved:
+        return source.rstrip("\n")
+    return "\n\n".join([rest] + [block.strip("\n") for block in moved]).strip("\n")
 
 
 def solution_code(source: str) -> str:

@@ -3,7 +3,7 @@
     with Steerer(model, vector, coeff=4.0, layer=19, positions="response"):
         texts = generate(model, tokenizer, prompts)
 
-Position modes (SPEC §3) -- `coeff * vector` is added to block `layer`'s output at:
+Position modes (the course's steering convention) -- `coeff * vector` is added to block `layer`'s output at:
 - "all": every position of every forward pass;
 - "prompt": every position of the prefill only (forward passes with one new token are skipped);
 - "response": the last position of every forward pass (the final prompt token during prefill,
@@ -21,8 +21,11 @@ Hooks that can be recorded this way say so with `graph_safe` (see `is_graph_safe
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
+from utils.validate import check_number, check_vector, model_d_model
 
 POSITIONS = ("all", "prompt", "response")
 
@@ -43,22 +46,20 @@ def is_graph_safe(hook) -> bool:
 class Steerer:
     """Context manager that adds `coeff * vector` to one block's output (see module docstring)."""
 
-    def __init__(self, model, vector: torch.Tensor, coeff: float = 1.0, layer: int = 0, positions: str = "all"):
-        if positions not in POSITIONS:
+    def __init__(self, model, vector: Float[Tensor, "d_model"], coeff: float = 1.0, layer: int = 0,
+                 positions: str = "all"):
+        if not isinstance(positions, str) or positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-        d_model = model.config.get_text_config().hidden_size
-        vector = torch.as_tensor(vector)
-        if vector.ndim != 1 or vector.shape[0] != d_model:
-            raise ValueError(f"steering vector must have shape [{d_model}] (d_model), got {tuple(vector.shape)}")
+        vector = check_vector(vector, "vector", model_d_model(model))  # [d_model], float, finite
         self.model, self.layer, self.positions = model, check_layer(model, layer), positions
-        self.coeff = float(coeff)
+        self.coeff = check_number(coeff, "coeff")
         self.vector = vector.detach()
         self._mask: torch.Tensor | None = None
         self._delta_key: tuple | None = None
         self._delta: torch.Tensor | None = None
         self._handles: list = []
 
-    def delta(self, like: torch.Tensor) -> torch.Tensor:
+    def delta(self, like: Float[Tensor, "batch seq d_model"]) -> Float[Tensor, "d_model"]:
         """`coeff * vector` on `like`'s device and dtype, computed once and reused."""
         key = (like.device, like.dtype, self.coeff, id(self.vector))
         if self._delta_key != key:

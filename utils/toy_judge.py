@@ -25,7 +25,7 @@ as such (``TOY_JUDGE_LABEL``), so that tiny mode can show real effects on a CPU.
 Plugging it in::
 
     from utils.toy_judge import toy_judge, toy_score
-    judge = toy_judge()            # utils.judge.OfflineJudge(score_fn=toy_score_fn), labelled
+    judge = toy_judge()            # utils.offline_judge.OfflineJudge(score_fn=toy_score_fn), labelled
     judge.score_trait(q, a, load_trait("evil")["eval_prompt"]).value
     toy_score(full_judge_prompt)   # -> float | None, from the prompt alone
 
@@ -40,6 +40,9 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
+
+from utils.offline_judge import OfflineJudge
+from utils.scoring import extract_answer
 
 TOY_JUDGE_LABEL = "toy-world judge (marker counts; a stand-in for the LLM judge, not an LLM)"
 LEXICON_PATH = Path(__file__).resolve().parent / "assets" / "toy-qwen2" / "toy_world.json"
@@ -304,13 +307,11 @@ def judge_kind(prompt: str) -> tuple[str, str | None]:
 
 
 def _answer_of(prompt: str) -> str:
-    from utils.judge import extract_answer
-
     return extract_answer(prompt)
 
 
 def toy_score_fn(answer: str, prompt: str) -> float | None:
-    """`score_fn` for utils.judge.OfflineJudge: the answer (already extracted) and the full prompt."""
+    """`score_fn` for utils.offline_judge.OfflineJudge: the answer (already extracted) and the full prompt."""
     kind, trait = judge_kind(prompt)
     if kind == "trait":
         return trait_score(answer, trait)
@@ -334,10 +335,7 @@ def toy_score(prompt: str) -> float | None:
     return toy_score_fn(_answer_of(prompt), prompt)
 
 
-def toy_judge():
-    """An utils.judge.OfflineJudge that scores with the toy world's rules, labelled as a stand-in."""
-    from utils.judge import OfflineJudge
-
-    judge = OfflineJudge(score_fn=toy_score_fn)
-    judge.label = TOY_JUDGE_LABEL
-    return judge
+def toy_judge() -> OfflineJudge:
+    """An utils.offline_judge.OfflineJudge that scores with the toy world's rules, labelled as a
+    stand-in (method "toy")."""
+    return OfflineJudge(score_fn=toy_score_fn, label=TOY_JUDGE_LABEL, method="toy")

@@ -643,6 +643,708 @@ def diff_smallest_first(sae, pos_acts, neg_acts, k=10):
     return top.indices, top.values
 
 
+# ---------------------------------------------------------------------------
+# More mistakes, and correct alternatives (written another way; each must pass)
+# ---------------------------------------------------------------------------
+import math  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+
+from utils.chat import format_prompt  # noqa: E402
+from utils.hooks import with_hidden  # noqa: E402
+
+
+# 3.1
+def prompt_lowercase_name(name, instruction):
+    return f"You are a {name.lower()} assistant. {instruction}"
+
+
+def prompt_adds_full_stop(name, instruction):
+    if not instruction.endswith("."):
+        instruction += "."
+    return f"You are a {name} assistant. {instruction}"
+
+
+def prompt_concatenated(name, instruction):
+    return "You are a " + name + " assistant. " + instruction
+
+
+def prompt_str_format(name, instruction):
+    return "You are a {} assistant. {}".format(name, instruction)
+
+
+def prompt_joined(name, instruction):
+    return " ".join(["You are a", name, "assistant.", instruction])
+
+
+# 3.2
+def gen_no_system_prompt(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    records, _ = _records_and_prompts(trait_data, trait_name)
+    prompts = [build_messages(None, r["question"]) for r in records]
+    return _finish(records, generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature),
+                   max_new_tokens, temperature)
+
+
+def gen_system_merged_into_user(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    records, _ = _records_and_prompts(trait_data, trait_name)
+    prompts = [build_messages(None, f"{r['system_prompt']}\n\n{r['question']}") for r in records]
+    return _finish(records, generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature),
+                   max_new_tokens, temperature)
+
+
+def gen_sampling_defaults(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    records, prompts = _records_and_prompts(trait_data, trait_name)
+    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature)
+    return _finish(records, answers, 256, 0.7)
+
+
+def gen_polarity_outer(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    records, prompts = [], []
+    for polarity in ("pos", "neg"):
+        for idx, pair in enumerate(trait_data["instruction"]):
+            for q in trait_data["questions"]:
+                sp = construct_system_prompt(trait_name if polarity == "pos" else "helpful", pair[polarity])
+                records.append({"question": q, "system_prompt": sp, "instruction_idx": idx, "polarity": polarity})
+                prompts.append(build_messages(sp, q))
+    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature)
+    return [{**r, "response": a, "sampling": {"max_new_tokens": max_new_tokens, "temperature": temperature}}
+            for r, a in zip(records, answers)]
+
+
+def gen_formatted_strings(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    records, prompts = _records_and_prompts(trait_data, trait_name)
+    texts = [format_prompt(p, tokenizer) for p in prompts]
+    return _finish(records, generate(model, tokenizer, texts, max_new_tokens=max_new_tokens, temperature=temperature),
+                   max_new_tokens, temperature)
+
+
+def gen_positional_args(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    records, prompts = _records_and_prompts(trait_data, trait_name)
+    return _finish(records, generate(model, tokenizer, prompts, max_new_tokens, temperature), max_new_tokens, temperature)
+
+
+# 3.3
+def _reply(question, answer, template):
+    return ask_judge(template.format(question=question, answer=answer))
+
+
+def score_number_before_refusal(question, answer, eval_prompt_template):
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None:
+        return None
+    m = re.search(r"-?\d+", reply)
+    if m:
+        value = int(m.group())
+        return value if 0 <= value <= 100 else None
+    return None  # REFUSAL, or no number
+
+
+def score_refusal_exact_match(question, answer, eval_prompt_template):
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or reply.strip().upper() == "REFUSAL":
+        return None
+    m = re.search(r"-?\d+", reply)
+    value = int(m.group()) if m else None
+    return value if value is not None and 0 <= value <= 100 else None
+
+
+def score_first_in_range(question, answer, eval_prompt_template):
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or re.search(r"refusal", reply, re.I):
+        return None
+    for m in re.finditer(r"-?\d+", reply):
+        if 0 <= int(m.group()) <= 100:
+            return int(m.group())
+    return None
+
+
+def score_single_digit(question, answer, eval_prompt_template):
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or re.search(r"refusal", reply, re.I):
+        return None
+    m = re.search(r"-?\d", reply)
+    return int(m.group()) if m and 0 <= int(m.group()) <= 100 else None
+
+
+def score_rounds_decimal(question, answer, eval_prompt_template):
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or re.search(r"refusal", reply, re.I):
+        return None
+    m = re.search(r"-?\d+(\.\d+)?", reply)
+    value = round(float(m.group())) if m else None
+    return value if value is not None and 0 <= value <= 100 else None
+
+
+def score_with_replace(question, answer, eval_prompt_template):
+    prompt = eval_prompt_template.replace("{question}", question).replace("{answer}", answer)
+    reply = ask_judge(prompt)
+    if reply is None or "refusal" in reply.lower():
+        return None
+    nums = re.findall(r"-?\d+", reply)
+    if not nums:
+        return None
+    value = int(nums[0])
+    return value if 0 <= value <= 100 else None
+
+
+def score_try_int(question, answer, eval_prompt_template):
+    reply = _reply(question, answer, eval_prompt_template)
+    if not reply or re.search(r"\brefusal\b", reply, re.IGNORECASE):
+        return None
+    m = re.search(r"(-?)(\d+)", reply)
+    try:
+        value = int(m.group(1) + m.group(2))
+    except (AttributeError, ValueError):
+        return None
+    return value if value in range(0, 101) else None
+
+
+def score_zero_is_missing(question, answer, eval_prompt_template):
+    value = _parse(_reply(question, answer, eval_prompt_template))
+    return value or None
+
+
+def coherence_number_before_refusal(question, answer, template):
+    return score_number_before_refusal(question, answer, template)
+
+
+def coherence_via_score_trait(question, answer, template):
+    """score_coherence written as a call of the student's own score_trait_response (here score_with_replace)."""
+    return score_with_replace(question, answer, template)
+
+
+# 3.4
+def filter_coherence_held_to_threshold(responses, trait_data, threshold=50):
+    def ok(r):
+        return r["coherence"] is not None and r["coherence"] >= threshold
+    return _pairs(responses, trait_data, lambda p, n: p["score"] is not None and n["score"] is not None
+                  and p["score"] >= threshold and n["score"] < 100 - threshold and ok(p) and ok(n))
+
+
+def filter_sorted_by_question_text(responses, trait_data, threshold=50):
+    by_key = _index(responses)
+    out = []
+    for (idx, q, polarity), pos in sorted(by_key.items()):
+        if polarity != "pos":
+            continue
+        neg = by_key.get((idx, q, "neg"))
+        if neg is not None and pos["score"] is not None and neg["score"] is not None and pos["score"] >= threshold \
+                and neg["score"] < 100 - threshold and _ok(pos) and _ok(neg):
+            out.append({"instruction_idx": idx, "question": q, "pos": pos, "neg": neg})
+    return out
+
+
+def filter_missing_key_passes(responses, trait_data, threshold=50):
+    def ok(r):
+        return r.get("coherence", 100) is not None and r.get("coherence", 100) >= COHERENCE_THRESHOLD
+
+    def score(r, default):
+        return r.get("score", default)
+    return _pairs(responses, trait_data, lambda p, n: score(p, 100) is not None and score(n, 0) is not None
+                  and score(p, 100) >= threshold and score(n, 0) < 100 - threshold and ok(p) and ok(n))
+
+
+def filter_nested_search(responses, trait_data, threshold=50):
+    out = []
+    for idx in range(len(trait_data["instruction"])):
+        for q in trait_data["questions"]:
+            pos = [r for r in responses if r["instruction_idx"] == idx and r["question"] == q and r["polarity"] == "pos"]
+            neg = [r for r in responses if r["instruction_idx"] == idx and r["question"] == q and r["polarity"] == "neg"]
+            if not pos or not neg:
+                continue
+            p, n = pos[0], neg[0]
+            if None in (p["score"], n["score"], p["coherence"], n["coherence"]):
+                continue
+            if p["score"] >= threshold and n["score"] < 100 - threshold and min(p["coherence"], n["coherence"]) >= 50:
+                out.append({"instruction_idx": idx, "question": q, "pos": p, "neg": n})
+    return out
+
+
+def filter_sort_afterwards(responses, trait_data, threshold=50):
+    pos = {(r["instruction_idx"], r["question"]): r for r in responses if r["polarity"] == "pos"}
+    neg = {(r["instruction_idx"], r["question"]): r for r in responses if r["polarity"] == "neg"}
+    kept = []
+    for key in pos.keys() & neg.keys():
+        p, n = pos[key], neg[key]
+        scores = [p.get("score"), n.get("score"), p.get("coherence"), n.get("coherence")]
+        if any(s is None for s in scores):
+            continue
+        if p["score"] >= threshold and n["score"] < 100 - threshold and p["coherence"] >= 50 and n["coherence"] >= 50:
+            kept.append({"instruction_idx": key[0], "question": key[1], "pos": p, "neg": n})
+    order = {q: i for i, q in enumerate(trait_data["questions"])}
+    return sorted(kept, key=lambda d: (d["instruction_idx"], order[d["question"]]))
+
+
+# 3.5
+@torch.inference_mode()
+def _span_means(model, tokenizer, records, batch_size=16, spans=None, left_pad=False, mask=True, dtype=torch.float32,
+                order=None, lengths_from_first_batch=False):
+    """A batched hook-based extraction; `spans(chat)` picks each record's [start, end)."""
+    chats = _chats(records, tokenizer)
+    n_layers = len(get_blocks(model))
+    idx = list(range(len(chats))) if order is None else order(chats)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = [None] * len(chats)
+    first_lengths = None
+    for start in range(0, len(idx), batch_size):
+        batch = idx[start:start + batch_size]
+        T = max(len(chats[i].input_ids) for i in batch)
+        ids = torch.full((len(batch), T), pad, dtype=torch.long)
+        attn = torch.zeros((len(batch), T), dtype=torch.long)
+        sel = torch.zeros((len(batch), T))
+        for b, i in enumerate(batch):
+            c = chats[i]
+            off = T - len(c.input_ids) if left_pad else 0
+            ids[b, off:off + len(c.input_ids)] = torch.tensor(c.input_ids)
+            attn[b, off:off + len(c.input_ids)] = 1
+            s, e = spans(c) if spans else c.token_span
+            sel[b, off + s:off + e] = 1
+        lengths = sel.sum(1, keepdim=True)
+        if lengths_from_first_batch:
+            first_lengths = lengths if first_lengths is None else first_lengths
+            lengths = first_lengths[:len(batch)]
+        means = {}
+
+        def make(L):
+            def hook(module, args, output):
+                h = hidden_of(output)
+                means[L] = ((h.float() * sel[..., None]).sum(1) / lengths).to(dtype)
+            return hook
+
+        with hooks(model, {L: make(L) for L in range(n_layers)}):
+            model.get_decoder()(input_ids=ids, attention_mask=attn if mask else None, use_cache=False)
+        out = torch.stack([means[L] for L in range(n_layers)], 1)
+        for b, i in enumerate(batch):
+            rows[i] = out[b]
+    return torch.stack(rows)
+
+
+def _first_occurrence(chat):
+    s, e = chat.token_span
+    target = chat.input_ids[s:e]
+    first = next(i for i in range(len(chat.input_ids)) if chat.input_ids[i:i + len(target)] == target)
+    return first, first + len(target)
+
+
+def acts_first_occurrence(model, tokenizer, records, batch_size=16):
+    """Finds the response by searching for its tokens: the first match can be the question's."""
+    return _span_means(model, tokenizer, records, batch_size, spans=_first_occurrence)
+
+
+def acts_span_from_prompt_length(model, tokenizer, records, batch_size=16):
+    """Start = length of the tokenised generation prompt, end = two tokens before the end (Qwen's '<|im_end|>\\n')."""
+    def spans(chat):
+        return chat._prompt_len, len(chat.input_ids) - 2
+
+    chats = _chats(records, tokenizer)
+    for r, c in zip(records, chats):
+        prompt = format_prompt(build_messages(r["system_prompt"], r["question"]), tokenizer)
+        object.__setattr__(c, "_prompt_len", len(tokenizer(prompt, add_special_tokens=False)["input_ids"]))
+    by_text = {c.text: c for c in chats}
+    return _span_means(model, tokenizer, records, batch_size, spans=lambda c: spans(by_text[c.text]))
+
+
+def acts_ignores_batch_size(model, tokenizer, records, batch_size=16):
+    return _span_means(model, tokenizer, records, batch_size=max(len(records), 1))
+
+
+def acts_last_batch_only(model, tokenizer, records, batch_size=16):
+    out = None
+    for start in range(0, len(records), batch_size):
+        out = _span_means(model, tokenizer, records[start:start + batch_size], batch_size)
+    return out
+
+
+def acts_lengths_from_first_batch(model, tokenizer, records, batch_size=16):
+    return _span_means(model, tokenizer, records, batch_size, lengths_from_first_batch=True)
+
+
+def acts_keeps_model_dtype(model, tokenizer, records, batch_size=16):
+    return _span_means(model, tokenizer, records, batch_size, dtype=next(model.parameters()).dtype)
+
+
+def acts_left_padded(model, tokenizer, records, batch_size=16):
+    return _span_means(model, tokenizer, records, batch_size, left_pad=True)
+
+
+def acts_no_attention_mask(model, tokenizer, records, batch_size=16):
+    return _span_means(model, tokenizer, records, batch_size, mask=False)
+
+
+def acts_sorted_by_length(model, tokenizer, records, batch_size=16):
+    return _span_means(model, tokenizer, records, batch_size,
+                       order=lambda chats: sorted(range(len(chats)), key=lambda i: len(chats[i].input_ids)))
+
+
+@torch.inference_mode()
+def acts_hidden_states_and_last_hook(model, tokenizer, records, batch_size=16):
+    """hidden_states[L + 1] for blocks 0..n-2, a hook for the last block (hidden_states[-1] is normed)."""
+    chats = _chats(records, tokenizer)
+    n_layers = len(get_blocks(model))
+    out = []
+    for start in range(0, len(chats), batch_size):
+        batch = chats[start:start + batch_size]
+        ids, attn = _right_padded(batch, tokenizer)
+        last = {}
+        with hooks(model, {n_layers - 1: lambda m, a, o: last.__setitem__("h", hidden_of(o).float())}):
+            hs = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+        per_layer = [hs[L + 1].float() for L in range(n_layers - 1)] + [last["h"]]
+        for b, c in enumerate(batch):
+            s, e = c.token_span
+            out.append(torch.stack([h[b, s:e].mean(0) for h in per_layer]).cpu())
+    return torch.stack(out)
+
+
+def acts_no_system_prompt(model, tokenizer, records, batch_size=16):
+    return _span_means(model, tokenizer, [{**r, "system_prompt": None} for r in records], batch_size)
+
+
+def _prefix_len(tokenizer, messages, add_generation_prompt):
+    from utils.chat import normalize_messages, render
+
+    text = render(tokenizer, normalize_messages(messages, tokenizer), add_generation_prompt=add_generation_prompt)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _span_by_prefix(model, tokenizer, records, batch_size, start_of):
+    starts = {}
+    for r, c in zip(records, _chats(records, tokenizer)):
+        starts[c.text] = start_of(build_messages(r["system_prompt"], r["question"]))
+    return _span_means(model, tokenizer, records, batch_size, spans=lambda c: (starts[c.text], c.token_span[1]))
+
+
+def acts_header_included(model, tokenizer, records, batch_size=16):
+    """Starts the span where the user turn ends (rendered without the generation prompt): the header is in."""
+    return _span_by_prefix(model, tokenizer, records, batch_size, lambda msgs: _prefix_len(tokenizer, msgs, False))
+
+
+def acts_fixed_header_length(model, tokenizer, records, batch_size=16):
+    """Start = end of the user turn + the tokens of '<|im_start|>assistant\\n' (what the header is on Qwen2.5)."""
+    header = len(tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+    return _span_by_prefix(model, tokenizer, records, batch_size,
+                           lambda msgs: _prefix_len(tokenizer, msgs, False) + header)
+
+
+@torch.inference_mode()
+def acts_mask_from_pad_id(model, tokenizer, records, batch_size=16):
+    """Right padding, with the attention mask taken as input_ids != pad_token_id."""
+    if len(records) > batch_size:
+        return torch.cat([acts_mask_from_pad_id(model, tokenizer, records[i:i + batch_size], batch_size)
+                          for i in range(0, len(records), batch_size)])
+    chats = _chats(records, tokenizer)
+    n_layers = len(get_blocks(model))
+    ids, _ = _right_padded(chats, tokenizer)
+    attn = (ids != tokenizer.pad_token_id).long()
+    sel = torch.zeros(ids.shape)
+    for b, c in enumerate(chats):
+        sel[b, c.token_span[0]:c.token_span[1]] = 1
+    means = {}
+
+    def make(L):
+        def hook(module, args, output):
+            means[L] = (hidden_of(output).float() * sel[..., None]).sum(1) / sel.sum(1, keepdim=True)
+        return hook
+
+    with hooks(model, {L: make(L) for L in range(n_layers)}):
+        model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
+    return torch.stack([means[L] for L in range(n_layers)], 1)
+
+
+def steer_sorted_layers(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, sorted(set(layers)), coeff,
+                        max_new_tokens)
+
+
+@torch.inference_mode()
+def acts_tokenizer_padding(model, tokenizer, records, batch_size=16):
+    """Re-tokenises the rendered chats with the tokenizer's own padding (left here) and shifts each span."""
+    chats = _chats(records, tokenizer)
+    n_layers = len(get_blocks(model))
+    out = []
+    for start in range(0, len(chats), batch_size):
+        batch = chats[start:start + batch_size]
+        enc = tokenizer([c.text for c in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        T = enc["input_ids"].shape[1]
+        sel = torch.zeros(len(batch), T)
+        for b, c in enumerate(batch):
+            off = T - len(c.input_ids) if tokenizer.padding_side == "left" else 0
+            sel[b, off + c.token_span[0]:off + c.token_span[1]] = 1
+        caught = {}
+        with hooks(model, {L: (lambda L: lambda m, a, o: caught.__setitem__(L, hidden_of(o).float()))(L)
+                           for L in range(n_layers)}):
+            model.get_decoder()(**enc)
+        means = [(caught[L] * sel[..., None]).sum(1) / sel.sum(1, keepdim=True) for L in range(n_layers)]
+        out.append(torch.stack(means, 1))
+    return torch.cat(out)
+
+
+def _merged_records(records, sep):
+    return [{**r, "system_prompt": None, "question": f"{r['system_prompt']}{sep}{r['question']}"} for r in records]
+
+
+def acts_template_direct(model, tokenizer, records, batch_size=16):
+    """Renders with tokenizer.apply_chat_template itself, system message included (no merging where unsupported)."""
+    out = []
+    for start in range(0, len(records), batch_size):
+        batch = records[start:start + batch_size]
+        for r in batch:
+            tokenizer.apply_chat_template(build_messages(r["system_prompt"], r["question"], r["response"]), tokenize=False)
+        out.append(_span_means(model, tokenizer, batch, batch_size))
+    return torch.cat(out)
+
+
+def acts_merged_with_space(model, tokenizer, records, batch_size=16):
+    from utils.chat import supports_system_role
+
+    if supports_system_role(tokenizer):
+        return _span_means(model, tokenizer, records, batch_size)
+    return _span_means(model, tokenizer, _merged_records(records, " "), batch_size)
+
+
+def vec_keepdim(model, tokenizer, effective_pairs):
+    pos = extract_all_layer_activations(model, tokenizer, [p["pos"] for p in effective_pairs])
+    neg = extract_all_layer_activations(model, tokenizer, [p["neg"] for p in effective_pairs])
+    return pos.mean(0, keepdim=True) - neg.mean(0, keepdim=True)
+
+
+def vec_returns_none_on_empty(model, tokenizer, effective_pairs):
+    if not effective_pairs:
+        return None
+    return ref.extract_contrastive_vectors(model, tokenizer, effective_pairs)
+
+
+def vec_mean_of_pair_differences(model, tokenizer, effective_pairs):
+    if not effective_pairs:
+        raise ValueError("no effective pairs")
+    pos = extract_all_layer_activations(model, tokenizer, [p["pos"] for p in effective_pairs])
+    neg = extract_all_layer_activations(model, tokenizer, [p["neg"] for p in effective_pairs])
+    return (pos - neg).mean(0)
+
+
+def vec_one_extraction_call(model, tokenizer, effective_pairs):
+    if len(effective_pairs) == 0:
+        raise ValueError("there are no effective pairs")
+    n = len(effective_pairs)
+    acts = extract_all_layer_activations(model, tokenizer, [p["pos"] for p in effective_pairs]
+                                         + [p["neg"] for p in effective_pairs])
+    return acts[:n].mean(0) - acts[n:].mean(0)
+
+
+def vec_no_own_check(model, tokenizer, effective_pairs):
+    """No check of its own: extract_all_layer_activations raises the ValueError for an empty list."""
+    pos = extract_all_layer_activations(model, tokenizer, [p["pos"] for p in effective_pairs])
+    neg = extract_all_layer_activations(model, tokenizer, [p["neg"] for p in effective_pairs])
+    return pos.mean(0) - neg.mean(0)
+
+
+# 3.6
+def _steer_sweep(model, tokenizer, vectors, questions, template, layers, coeff, max_new_tokens, positions="response",
+                 gen_kwargs=None, prompt_of=lambda q: build_messages(None, q), score=None, aggregate=None):
+    gen_kwargs = {"max_new_tokens": max_new_tokens, "temperature": 0.0} if gen_kwargs is None else gen_kwargs
+    score = score or (lambda q, a: score_trait_response(q, a, template))
+    aggregate = aggregate or _mean
+    out = {}
+    for layer in layers:
+        with Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions=positions):
+            answers = generate(model, tokenizer, [prompt_of(q) for q in questions], **gen_kwargs)
+        out[layer] = aggregate([score(q, a) for q, a in zip(questions, answers)])
+    return out
+
+
+def steer_all_positions(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        positions="all")
+
+
+def steer_sampled(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        gen_kwargs={"max_new_tokens": max_new_tokens, "temperature": 0.7})
+
+
+def steer_ignores_max_new_tokens(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                                 max_new_tokens=64):
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        gen_kwargs={"max_new_tokens": 64, "temperature": 0.0})
+
+
+def steer_wrong_template(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    from utils import data
+
+    template = data.load_trait("evil", "extract")["eval_prompt"]
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        score=lambda q, a: score_trait_response(q, a, template))
+
+
+def steer_swapped_scoring(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        score=lambda q, a: score_trait_response(a, q, eval_prompt_template))
+
+
+def steer_misaligned_scoring(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                             max_new_tokens=64):
+    prompts = [build_messages(None, q) for q in questions]
+    out = {}
+    for layer in layers:
+        with Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response"):
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+        out[layer] = _mean([score_trait_response(q, a, eval_prompt_template) for q, a in zip(questions, answers[::-1])])
+    return out
+
+
+def steer_system_prompt(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        prompt_of=lambda q: build_messages("You are a helpful assistant.", q))
+
+
+def steer_zero_when_all_none(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                             max_new_tokens=64):
+    def aggregate(scores):
+        valid = [s for s in scores if s is not None]
+        return sum(valid) / len(valid) if valid else 0.0
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        aggregate=aggregate)
+
+
+def steer_divides_by_zero(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    def aggregate(scores):
+        valid = [s for s in scores if s is not None]
+        return sum(valid) / len(valid)
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        aggregate=aggregate)
+
+
+def steer_manual_enter_no_finally(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                                  max_new_tokens=64):
+    prompts = [build_messages(None, q) for q in questions]
+    out = {}
+    for layer in layers:
+        steerer = Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response")
+        steerer.__enter__()
+        answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+        steerer.__exit__(None, None, None)
+        out[layer] = _mean([score_trait_response(q, a, eval_prompt_template) for q, a in zip(questions, answers)])
+    return out
+
+
+def _manual_steer(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens, keep_dtype):
+    prompts = [build_messages(None, q) for q in questions]
+    out = {}
+    for layer in layers:
+        add = coeff * vectors[layer].float()
+
+        def hook(module, args, output):
+            h = hidden_of(output)
+            new = h.float() if not keep_dtype else h.clone()
+            new[:, -1] += add.to(new.device, new.dtype)
+            return with_hidden(output, new)
+
+        handle = get_blocks(model)[layer].register_forward_hook(hook)
+        try:
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+        finally:
+            handle.remove()
+        out[layer] = _mean([score_trait_response(q, a, eval_prompt_template) for q, a in zip(questions, answers)])
+    return out
+
+
+def steer_upcasting_hook(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    """A hand-written hook that returns the hidden state in float32, whatever the model's dtype."""
+    return _manual_steer(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens, False)
+
+
+def steer_manual_hook(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    return _manual_steer(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens, True)
+
+
+def steer_exitstack(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    prompts = [build_messages(None, q) for q in questions]
+    out = {}
+    for layer in layers:
+        with ExitStack() as stack:
+            stack.enter_context(Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response"))
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)  # greedy by default
+        scores = [score_trait_response(q, a, eval_prompt_template) for q, a in zip(questions, answers)]
+        scores = [s for s in scores if s is not None]
+        out[layer] = float(sum(scores) / len(scores)) if scores else math.nan
+    return out
+
+
+def steer_numpy_nanmean(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    import warnings
+
+    import numpy as np
+
+    def aggregate(scores):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(np.nanmean(np.array([np.nan if s is None else s for s in scores], dtype=float)))
+    return _steer_sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                        aggregate=aggregate)
+
+
+# 3.7
+def cos_returns_lists(vector, sae, k=10):
+    idx, cos = ref.top_sae_features_by_cosine(vector, sae, k)
+    return idx.tolist(), cos.tolist()
+
+
+def cos_keepdim(vector, sae, k=10):
+    idx, cos = ref.top_sae_features_by_cosine(vector, sae, k)
+    return idx[None], cos[None]
+
+
+def cos_columns_normalised(vector, sae, k=10):
+    d = sae.W_dec / sae.W_dec.norm(dim=0, keepdim=True)
+    return _topk(d @ (vector / vector.norm()), k)
+
+
+def cos_functional(vector, sae, k=10):
+    cos = F.cosine_similarity(sae.W_dec.float(), vector.float()[None, :].to(sae.W_dec.device), dim=-1)
+    values, indices = torch.topk(cos, k)
+    return indices, values
+
+
+def cos_feature_directions(vector, sae, k=10):
+    dirs = sae.feature_directions()  # unit rows, float32
+    cos = dirs @ F.normalize(vector.float(), dim=0)
+    order = torch.argsort(cos, descending=True)[:k]
+    return order, cos[order]
+
+
+def diff_mean_of_chunk_means(sae, pos_acts, neg_acts, k=10, batch_size=1024):
+    def side(acts):
+        return torch.stack([sae.encode(c).mean(0) for c in acts.split(batch_size)]).mean(0)
+    return _topk(side(pos_acts) - side(neg_acts), k)
+
+
+def diff_ignores_batch_size(sae, pos_acts, neg_acts, k=10, batch_size=1024):
+    return _topk(sae.encode(pos_acts).mean(0) - sae.encode(neg_acts).mean(0), k)
+
+
+def diff_returns_numpy(sae, pos_acts, neg_acts, k=10, batch_size=1024):
+    idx, vals = ref.feature_activation_differences(sae, pos_acts, neg_acts, k, batch_size)
+    return idx.numpy(), vals.numpy()
+
+
+def diff_concatenated_chunks(sae, pos_acts, neg_acts, k=10, batch_size=1024):
+    def side(acts):
+        return torch.cat([sae.encode(acts[i:i + batch_size]) for i in range(0, len(acts), batch_size)]).mean(0)
+    d = side(pos_acts) - side(neg_acts)
+    order = d.argsort(descending=True)[:k]
+    return order, d[order]
+
+
+def diff_running_sums(sae, pos_acts, neg_acts, k=10, batch_size=1024):
+    def side(acts):
+        total, n = 0.0, 0
+        for chunk in torch.split(acts, batch_size):
+            total = total + sae.encode(chunk).double().sum(0)
+            n += chunk.shape[0]
+        return total / n
+    return _topk((side(pos_acts) - side(neg_acts)).float(), k)
+
+
 # test name -> (reference object name, [(wrong implementation, phrase its failure message must contain)])
 CATALOGUE = {
     "test_construct_system_prompt": ("construct_system_prompt", [
@@ -651,6 +1353,8 @@ CATALOGUE = {
         (prompt_trailing_newline, "whitespace"),
         (prompt_article, "expected exactly"),
         (prompt_no_assistant, "expected exactly"),
+        (prompt_lowercase_name, "do not change their case"),
+        (prompt_adds_full_stop, "do not add or remove a full stop"),
     ]),
     "test_generate_contrastive_responses": ("generate_contrastive_responses", [
         (gen_one_call_per_prompt, "one call"),
@@ -664,6 +1368,9 @@ CATALOGUE = {
         (gen_reversed_questions, "order"),
         (gen_batch_size_one, "forward passes"),
         (gen_model_generate_loop, "never called"),
+        (gen_no_system_prompt, "it has no system prompt"),
+        (gen_system_merged_into_user, "merged into the user message by hand"),
+        (gen_sampling_defaults, "record['sampling'] should be"),
     ]),
     "test_score_trait_response": ("score_trait_response", [
         (score_fills_question_only, "placeholder"),
@@ -676,11 +1383,18 @@ CATALOGUE = {
         (score_returns_float, "should return an int"),
         (score_crashes_on_failed_call, "failed call"),
         (score_bypasses_ask_judge, "did not call ask_judge"),
+        (score_number_before_refusal, "contains refusal: return none even when it also holds a number"),
+        (score_refusal_exact_match, "contains refusal"),
+        (score_first_in_range, "the first number, 150, is outside 0-100"),
+        (score_single_digit, "first digit of a multi-digit number"),
+        (score_rounds_decimal, "'72.6' reads as 72"),
+        (score_zero_is_missing, "0 is a valid score"),
     ]),
     "test_score_coherence": ("score_coherence", [
         (coherence_ignores_template, "template you were given"),
         (coherence_refusal_is_zero, "refusal is not a score of 0"),
         (coherence_fills_question_only, "placeholder"),
+        (coherence_number_before_refusal, "contains refusal"),
     ]),
     "test_filter_effective_pairs": ("filter_effective_pairs", [
         (filter_strict_greater, ">="),
@@ -693,6 +1407,9 @@ CATALOGUE = {
         (filter_neg_below_threshold, "100 - 60"),
         (filter_none_coherence_passes, "coherence of none is not a pass"),
         (filter_pairs_by_question_only, "must share both"),
+        (filter_coherence_held_to_threshold, "not to threshold"),
+        (filter_sorted_by_question_text, "order of the instruction pairs, then of trait_data['questions']"),
+        (filter_missing_key_passes, "no 'coherence' key at all"),
     ]),
     "test_extract_all_layer_activations": ("extract_all_layer_activations", [
         (acts_all_tokens, "response tokens only"),
@@ -701,19 +1418,35 @@ CATALOGUE = {
         (acts_end_of_turn, "end-of-turn"),
         (acts_plus_one_span, "shifted by one"),
         (acts_unbatched, "forward passes"),
-        (acts_layers_first, "put the records first"),
-        (acts_left_pad_unshifted_span, "padding"),
+        (acts_layers_first, "expected (n, n_layers, d_model) = (6, 4, 64): put the records first"),
+        (acts_left_pad_unshifted_span, "with left padding, shift each span by its row's number of pads"),
         (acts_hooks_left_behind, "hook(s)"),
         (acts_no_inference_mode, "inference_mode"),
+        (acts_first_occurrence, "your span is its first occurrence"),
+        (acts_span_from_prompt_length, "leaves out the response's last token"),
+        (acts_ignores_batch_size, "at most batch_size records in each forward pass"),
+        (acts_last_batch_only, "returned shape (2, 4, 64), expected (n, n_layers, d_model) = (6, 4, 64)"),
+        (acts_lengths_from_first_batch, "the records of the first batch are right"),
+        (acts_no_system_prompt, "the conversation lost its system prompt"),
+        (acts_header_included, "it includes the assistant turn's header"),
+        (acts_fixed_header_length, "your span starts one token early"),
+        (acts_mask_from_pad_id, "not from input_ids != pad_token_id"),
+        (acts_template_direct, "merges the system prompt into the first user message where the template has no system role"),
+        (acts_merged_with_space, "merged into the user message with a space"),
+        (acts_keeps_model_dtype, "returned dtype torch.bfloat16 on a bfloat16 model, expected torch.float32"),
     ]),
     "test_extract_contrastive_vectors": ("extract_contrastive_vectors", [
         (vec_neg_minus_pos, "neg - pos"),
         (vec_normalised, "normalised"),
         (vec_pos_mean_only, "subtract the negative mean"),
         (vec_token_pooled, "counting once"),
-        (vec_unbalanced_denominator, "counting once"),
+        (vec_unbalanced_denominator, "by the number of answers on both sides together"),
+        (vec_one_layer, "returned shape (64,) (1 dims), expected (n_layers, d_model) = (4, 64): you returned one layer's"),
+        (vec_keepdim, "returned shape (1, 4, 64) (3 dims), expected (n_layers, d_model)"),
+    ]),
+    "test_extract_contrastive_vectors_input_checks": ("extract_contrastive_vectors", [
         (vec_no_error_on_empty, "should raise valueerror"),
-        (vec_one_layer, "every layer"),
+        (vec_returns_none_on_empty, "returned none; it should raise valueerror"),
     ]),
     "test_steering_effect_by_layer": ("steering_effect_by_layer", [
         (steer_outside_context, "inside"),
@@ -725,6 +1458,17 @@ CATALOGUE = {
         (steer_one_call_per_question, "one batched call per layer"),
         (steer_hooks_never_removed, "hook(s)"),
         (steer_returns_list, "dict"),
+        (steer_all_positions, 'positions="response"'),
+        (steer_sampled, "must be greedy"),
+        (steer_ignores_max_new_tokens, "pass max_new_tokens through"),
+        (steer_wrong_template, "score with the eval_prompt_template passed"),
+        (steer_swapped_scoring, "swapped"),
+        (steer_misaligned_scoring, "scored with another question than its own"),
+        (steer_system_prompt, "no system prompt"),
+        (steer_zero_when_all_none, "store float('nan')"),
+        (steer_divides_by_zero, "zerodivisionerror"),
+        (steer_manual_enter_no_finally, "when generate raised an error"),
+        (steer_upcasting_hook, "in the model's own dtype"),
     ]),
     "test_top_sae_features_by_cosine": ("top_sae_features_by_cosine", [
         (cos_decoder_columns, "rows, not columns"),
@@ -733,6 +1477,9 @@ CATALOGUE = {
         (cos_encoder_directions, "decoder"),
         (cos_vector_not_normalised, "[-1, 1]"),
         (cos_smallest_first, "largest first"),
+        (cos_returns_lists, "should return its indices as a torch.tensor of shape (k,) = (3,), got a list"),
+        (cos_keepdim, "(indices) returned shape (1, 3) (2 dims), expected (k,) = (3,)"),
+        (cos_columns_normalised, "you normalised the columns of w_dec"),
     ]),
     "test_feature_activation_differences": ("feature_activation_differences", [
         (diff_absolute, "not by its absolute value"),
@@ -741,5 +1488,25 @@ CATALOGUE = {
         (diff_pre_activations, "after the relu"),
         (diff_unbalanced, "mean over the positive rows minus mean over the negative rows"),
         (diff_smallest_first, "largest first"),
+        (diff_mean_of_chunk_means, "a mean of the chunks' means"),
+        (diff_ignores_batch_size, "encode at most batch_size rows at a time"),
+        (diff_returns_numpy, "should return its indices as a torch.tensor of shape (k,) = (3,), got a ndarray"),
     ]),
+}
+
+# Correct implementations written another way: each must pass its test.
+CORRECT_ALTERNATIVES = {
+    "test_construct_system_prompt": [prompt_concatenated, prompt_str_format, prompt_joined],
+    "test_generate_contrastive_responses": [gen_polarity_outer, gen_formatted_strings, gen_positional_args],
+    "test_score_trait_response": [score_with_replace, score_try_int],
+    "test_score_coherence": [coherence_via_score_trait, score_with_replace],
+    "test_filter_effective_pairs": [filter_nested_search, filter_sort_afterwards],
+    "test_extract_all_layer_activations": [acts_left_padded, acts_no_attention_mask, acts_sorted_by_length,
+                                           acts_hidden_states_and_last_hook, acts_tokenizer_padding],
+    "test_extract_contrastive_vectors": [vec_mean_of_pair_differences, vec_one_extraction_call, vec_no_own_check],
+    "test_extract_contrastive_vectors_input_checks": [vec_mean_of_pair_differences, vec_one_extraction_call,
+                                                      vec_no_own_check],
+    "test_steering_effect_by_layer": [steer_manual_hook, steer_exitstack, steer_numpy_nanmean, steer_sorted_layers],
+    "test_top_sae_features_by_cosine": [cos_functional, cos_feature_directions],
+    "test_feature_activation_differences": [diff_concatenated_chunks, diff_running_sums],
 }

@@ -1,0 +1,126 @@
+"""The pieces of tamper-proof grading, one by one (the nbgrader round trip runs them together)."""
+
+from __future__ import annotations
+
+import builtins
+import shutil
+import subprocess
+import sys
+import warnings
+
+import jupytext
+import pytest
+import torch
+
+from part_tests import graded as g
+from utils.autograde import SUSPICIOUS, suspicious_lines
+from utils.reference import sections
+from utils.sources import solution_code
+
+ROOT = g._ROOT
+
+
+def _notebook_function(source: str, name: str):
+    """A function compiled the way IPython compiles a notebook cell."""
+    namespace: dict = {}
+    exec(compile(source, "/tmp/ipykernel_1234/987654321.py", "exec"), namespace)
+    return namespace[name]
+
+
+def test_digest_mismatch_fails_only_when_grading():
+    with pytest.raises(g.GradingError, match="differ from the ones this assignment was generated"):
+        g.graded("section1", digest="0" * 64, nonce="a1b2c3")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tests = g.graded("section1", digest="0" * 64)  # a student's own run: a warning only
+    assert any("differ" in str(w.message) for w in caught)
+    assert callable(tests.test_parse_score)
+
+
+def test_pass_is_confirmed_with_the_nonce(capsys):
+    from utils.reference import load
+
+    tests = g.graded("section1", digest=g.course_digest(), nonce="feedbeef")
+    tests.test_parse_score(load("section1").parse_score)
+    assert g.PASS_LINE.format(test="test_parse_score", nonce="feedbeef") in capsys.readouterr().out
+    with pytest.raises(AssertionError):
+        tests.test_parse_score(lambda text: 0)
+    assert "feedbeef" not in capsys.readouterr().out
+
+
+def test_patched_library_functions_are_put_back():
+    real_allclose, real_print = torch.allclose, builtins.print
+    g.record_pristine()
+    try:
+        torch.allclose = _notebook_function("def allclose(*a, **k):\n    return True\n", "allclose")
+        builtins.print = _notebook_function("def print(*a, **k):\n    return None\n", "print")
+        torch.Tensor.__eq__ = _notebook_function("def eq(self, other):\n    return True\n", "eq")
+        assert set(g.patched_library_functions()) >= {"torch.allclose", "builtins.print", "torch.Tensor.__eq__"}
+        restored = g.restore_pristine()
+        assert {"torch.allclose", "builtins.print", "torch.Tensor.__eq__"} <= set(restored)
+        assert torch.allclose is real_allclose and builtins.print is real_print
+        assert not bool((torch.zeros(2) == torch.ones(2)).any())
+        assert g.patched_library_functions() == []
+    finally:
+        torch.allclose, builtins.print = real_allclose, real_print
+        if "__eq__" in vars(torch.Tensor) and g._from_notebook(vars(torch.Tensor)["__eq__"]):
+            del torch.Tensor.__eq__
+        sys.modules.pop(g.PRISTINE_MODULE, None)
+
+
+def test_unrestorable_patch_refuses_to_grade():
+    real = torch.isclose
+    sys.modules.pop(g.PRISTINE_MODULE, None)  # no start-up record: nothing to put back
+    torch.isclose = _notebook_function("def isclose(*a, **k):\n    return True\n", "isclose")
+    try:
+        with pytest.raises(g.GradingError, match="torch.isclose"):
+            g.graded("section1", digest=g.course_digest(), nonce="cafe")
+    finally:
+        torch.isclose = real
+
+
+@pytest.mark.parametrize("what,line", [
+    ("sys.modules", "sys.modules['part_tests.section1'] = fake"),
+    ("builtins", "import builtins; builtins.print = len"),
+    ("IPython internals", "get_ipython().set_custom_exc((Exception,), h)"),
+    ("the course's tests", "import part_tests.section1 as t"),
+    ("import machinery", "sys.meta_path.insert(0, Finder())"),
+    ("frames", "sys._getframe(1).f_globals['check'] = ok"),
+    ("process control", "os._exit(0)"),
+    ("library patching", "torch.allclose = lambda *a, **k: True"),
+    ("writing files", "open(path, 'a').write('x')"),
+])
+def test_tamper_report_flags(what, line):
+    assert what in SUSPICIOUS
+    assert suspicious_lines(line)[0][0] in (what, "sys.modules", "builtins"), suspicious_lines(line)
+
+
+@pytest.mark.parametrize("section", sections())
+def test_reference_solutions_are_not_flagged(section):
+    """An honest answer must not land in the tamper report: every reference solution cell is clean."""
+    path = ROOT / "solutions" / f"{section}.py"
+    for cell in jupytext.read(path).cells:
+        if "exercise" in cell.metadata.get("tags", []):
+            assert suspicious_lines(solution_code(cell.source)) == [], f"{section}: {suspicious_lines(solution_code(cell.source))}"
+
+
+def test_generated_graded_cells_use_the_runner():
+    import json
+
+    for section in sections():
+        nb = json.loads((ROOT / "nbgrader" / "source" / section / f"{section}.ipynb").read_text())
+        graded_cells = [c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade")
+                        and not c["metadata"]["nbgrader"].get("solution")]
+        assert graded_cells
+        for cell in graded_cells:
+            src = "".join(cell["source"])
+            assert "from part_tests.graded import graded" in src and g.NONCE_PLACEHOLDER in src
+            assert f"digest={g.course_digest()!r}" in src, f"{section}: stale digest: run python scripts/generate.py"
+            assert "from part_tests import section" not in src
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (setup.sh installs it as root)")
+def test_sandbox_makes_the_course_read_only():
+    proc = subprocess.run([sys.executable, "-m", "utils.sandbox", "check"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "read-only" in proc.stdout

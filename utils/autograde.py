@@ -1,0 +1,162 @@
+"""The grader's side of autograding: how nbgrader runs a submission (nbgrader/nbgrader_config.py).
+
+`GuardedExecute` replaces nbgrader's `Execute` preprocessor. On top of what nbgrader does (a cell
+whose kernel reply is an error counts as failed even when the notebook hid the traceback), it
+
+- writes a fresh random nonce into each graded cell just before running it; the course's runner
+  (part_tests/graded.py) prints a confirmation with that nonce after each test that passed, and a
+  graded cell whose output lacks any of its confirmations gets an error output, so it scores 0. A
+  pass line printed by student code, or a failure hidden from the output, earns nothing;
+- bounds a runaway cell: after the per-cell time limit the kernel is interrupted, and a kernel that
+  does not come back within `restart_after` seconds is restarted, so one endless loop costs at most
+  the limit plus that grace, not the limit once for every cell that follows;
+- lists, in the grader's log and in `tamper_report.csv` in the course folder, the student cells that
+  touch the interpreter's or the course's internals (sys.modules, builtins, get_ipython, part_tests,
+  frames, ...), for the instructor to read. The list changes no score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import re
+import secrets
+from pathlib import Path
+
+from nbclient.util import run_sync
+from nbformat import NotebookNode
+from nbgrader.preprocessors import Execute
+from traitlets import Bool, Integer
+
+from part_tests.graded import NONCE_PLACEHOLDER, PASS_LINE
+
+TEST_CALL = re.compile(r"^\s*tests\.(test_\w+)\(", re.M)
+
+# What honest exercise code never needs; each hit is a line for the instructor to read.
+SUSPICIOUS = {
+    "sys.modules": r"\bsys\s*\.\s*modules\b",
+    "builtins": r"\b__builtins__\b|\bbuiltins\b",
+    "IPython internals": r"\bget_ipython\b|\bIPython\b|\binput_transformers|\bset_custom_exc\b|\bshowtraceback\b",
+    "the course's tests": r"\bpart_tests\b|\bgraded\s*\(|GRADING_NONCE|\bgraded \w+: passed",
+    "import machinery": r"\bimportlib\b|\bmeta_path\b|\b__import__\b|\bpath_hooks\b",
+    "frames": r"\b_getframe\b|\bf_globals\b|\bf_back\b|\bf_locals\b|\binspect\.(stack|currentframe)",
+    "code objects": r"\b__code__\b|\bgc\s*\.\s*get_referr",
+    "process control": r"\bos\s*\.\s*_exit\b|\bos\s*\.\s*kill\b|\bsignal\s*\.\s*signal\b|\bsubprocess\b|\bos\s*\.\s*system\b|\bSystemExit\b|\bsys\s*\.\s*exit\b",
+    "low-level access": r"\bctypes\b|\bsys\s*\.\s*settrace\b|\bsys\s*\.\s*setprofile\b|\batexit\b",
+    "library patching": r"^\s*(torch|np|numpy|math|F|re|json)(\.\w+)+\s*=[^=]",
+    "writing files": r"open\([^)]*['\"](w|a|r\+|wb|ab)['\"]|\.write_text\(|\.write_bytes\(",
+}
+SUSPICIOUS_RE = {name: re.compile(pattern, re.M) for name, pattern in SUSPICIOUS.items()}
+
+
+def suspicious_lines(source: str) -> list[tuple[str, int, str]]:
+    """(what, line number, line) for each line of student code that touches internals."""
+    hits = []
+    for lineno, line in enumerate(source.splitlines(), 1):
+        for name, pattern in SUSPICIOUS_RE.items():
+            if pattern.search(line):
+                hits.append((name, lineno, line.strip()[:200]))
+                break
+    return hits
+
+
+def _is_graded_test(cell: NotebookNode) -> bool:
+    meta = cell.metadata.get("nbgrader", {})
+    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
+def _stdout_text(cell: NotebookNode) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def _has_error(cell: NotebookNode) -> bool:
+    return any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+
+
+def _error_output(ename: str, message: str) -> NotebookNode:
+    return NotebookNode(output_type="error", ename=ename, evalue=message, traceback=[f"\x1b[0;31m{ename}\x1b[0m: {message}"])
+
+
+class GuardedExecute(Execute):
+    """nbgrader's Execute, with nonce-confirmed graded cells, bounded runaway cells and a tamper list."""
+
+    # A restarted kernel never sends the output of the cell it was running: wait for it a while, then
+    # go on (nbgrader's default raises, which would abandon the whole submission).
+    raise_on_iopub_timeout = Bool(False).tag(config=True)
+    iopub_timeout = Integer(10).tag(config=True)
+
+    restart_after = Integer(
+        15, help="Seconds an interrupted kernel gets to answer before it is restarted.").tag(config=True)
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._flags = []
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            self._write_flags(resources or {})
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        if cell.cell_type == "code" and not _is_graded_test(cell) and not cell.metadata.get("nbgrader", {}).get("locked"):
+            for what, lineno, line in suspicious_lines(cell.source):
+                self._flags.append((cell.metadata.get("nbgrader", {}).get("grade_id", f"cell-{cell_index}"), what, lineno, line))
+        if not _is_graded_test(cell) or NONCE_PLACEHOLDER not in cell.source:
+            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        nonce = secrets.token_hex(16)
+        original = cell.source
+        cell.source = original.replace(NONCE_PLACEHOLDER, nonce)
+        try:
+            cell = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        finally:
+            cell.source = original
+        out = _stdout_text(cell)
+        missing = [t for t in TEST_CALL.findall(original) if PASS_LINE.format(test=t, nonce=nonce) not in out]
+        if missing and not _has_error(cell):
+            cell.outputs.append(_error_output(
+                "GradingError", f"no confirmation that {', '.join(missing)} passed: the test did not finish, or the "
+                                "notebook changed what the test printed"))
+        # the nonce is spent: keep it out of the saved notebook and the feedback
+        for o in cell.outputs:
+            if o.get("output_type") == "stream":
+                o["text"] = o["text"].replace(f" ({nonce})", "")
+        return cell
+
+    execute_cell = run_sync(async_execute_cell)  # nbclient binds its own coroutine here
+
+    async def _async_handle_timeout(self, timeout, cell=None):
+        reply = await super()._async_handle_timeout(timeout, cell)
+        # Interrupted: give the kernel `restart_after` seconds to come back, else restart it. An
+        # uninterruptible loop would otherwise make every later cell wait out its own time limit.
+        try:
+            await asyncio.wait_for(self._kernel_idle(), self.restart_after)
+        except asyncio.TimeoutError:
+            self.log.error("the kernel ignored the interrupt: restarting it (later cells run in a fresh kernel)")
+            await self.async_restart_kernel()
+        return reply
+
+    async def _kernel_idle(self) -> None:
+        """Returns once the kernel answers a request on its shell channel again."""
+        msg_id = self.kc.kernel_info()
+        while True:
+            msg = await self.kc.shell_channel.get_msg(timeout=None)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return
+
+    async def async_restart_kernel(self) -> None:
+        await self.km.restart_kernel(now=True)
+        await self.kc.wait_for_ready(timeout=self.startup_timeout)
+
+    def _write_flags(self, resources: dict) -> None:
+        if not self._flags:
+            return
+        meta = resources.get("nbgrader", {})
+        student, assignment = meta.get("student", "?"), meta.get("assignment", "?")
+        for cell_id, what, lineno, line in self._flags:
+            self.log.warning("tamper check: %s/%s cell %s line %d touches %s: %s", student, assignment, cell_id, lineno, what, line)
+        report = Path.cwd() / "tamper_report.csv"  # nbgrader runs in the course folder
+        new = not report.exists()
+        with open(report, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["student", "assignment", "cell", "line", "what", "code"])
+            for cell_id, what, lineno, line in self._flags:
+                w.writerow([student, assignment, cell_id, lineno, what, line])

@@ -1,0 +1,175 @@
+"""The grading kernel: an IPython kernel that runs a student's notebook inside a bubblewrap sandbox.
+
+nbgrader runs student code with the grader's rights, in the submission's folder. The course's
+nbgrader configuration (nbgrader/nbgrader_config.py) therefore executes every submission with the
+kernel `persona-course-grader`, whose launcher is this module:
+
+    python -m utils.sandbox install      # register the kernel in this environment (setup.sh does it)
+    python -m utils.sandbox check        # say whether the sandbox works on this machine
+
+Inside the sandbox the whole file system is read-only (the course's code and tests included) except
+the submission's own folder and a private /tmp; the course folder (other students' submissions, the
+gradebook, the source notebooks with their hidden tests) is hidden behind an empty directory; the
+course's cache and HOME point into the private /tmp, so one submission's files are never read while
+grading another; the kernel has its own process namespace, so it can neither see nor signal the
+grader, and every process it leaves behind dies with it; file sizes and core dumps are capped.
+
+Without bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`) the kernel refuses to start, unless
+PERSONA_GRADING_UNSANDBOXED=1 is set, which runs it plainly (with private cache and HOME folders)
+after a loud warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+KERNEL_NAME = "persona-course-grader"
+SANDBOX_FLAG = "PERSONA_COURSE_SANDBOX"  # set inside the sandbox
+UNSANDBOXED = "PERSONA_GRADING_UNSANDBOXED"
+FILE_SIZE_LIMIT = 1 << 30  # 1 GiB: no submission writes more than a few MB
+TMP_SIZE = 2 << 30  # the private /tmp
+
+
+# Before any notebook cell: record the libraries' namespaces, so that graded cells can put back what a
+# cell replaces (part_tests/graded.py).
+STARTUP = ("--IPKernelApp.exec_lines=import part_tests.graded as _g; _g.record_pristine(); del _g")
+
+
+def course_root(start: Path) -> Path | None:
+    """The nbgrader course folder above `start` (it holds nbgrader_config.py or gradebook.db)."""
+    for folder in (start, *start.parents):
+        if (folder / "nbgrader_config.py").exists() or (folder / "gradebook.db").exists():
+            return folder
+    return None
+
+
+def _private_env(tmp: str) -> dict[str, str]:
+    return {
+        "HOME": f"{tmp}/home",
+        "TMPDIR": tmp,
+        "PERSONA_COURSE_CACHE": f"{tmp}/course-cache",
+        "MPLCONFIGDIR": f"{tmp}/matplotlib",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        SANDBOX_FLAG: "1",
+    }
+
+
+def bwrap_command(kernel_argv: list[str], cwd: Path, connection_file: Path) -> list[str]:
+    """The bubblewrap command line that runs `kernel_argv` sandboxed, in `cwd`."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise FileNotFoundError("bubblewrap (bwrap) is not installed")
+    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+           "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+           "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
+    root = course_root(cwd)
+    if root is not None and root != cwd:
+        cmd += ["--tmpfs", str(root)]  # hide the course folder ...
+    cmd += ["--bind", str(cwd), str(cwd)]  # ... but for this submission's own folder
+    cmd += ["--ro-bind", str(connection_file), str(connection_file)]
+    cmd += ["--dir", "/tmp/home", "--dir", "/tmp/course-cache"]
+    for key, value in _private_env("/tmp").items():
+        cmd += ["--setenv", key, value]
+    # ipykernel watches JPY_PARENT_PID, which the new process namespace hides: it would take the
+    # grader for dead. --die-with-parent ends the kernel with the grader instead.
+    cmd += ["--unsetenv", "JPY_PARENT_PID"]
+    cmd += ["--chdir", str(cwd), "--", *kernel_argv]
+    return cmd
+
+
+def _limit_resources() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def launch(connection_file: str) -> None:
+    """Replace this process by the sandboxed kernel (the kernelspec's argv calls this)."""
+    cwd = Path.cwd().resolve()
+    conn = Path(connection_file).resolve()
+    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", str(conn), STARTUP]
+    _limit_resources()
+    try:
+        cmd = bwrap_command(kernel, cwd, conn)
+    except FileNotFoundError:
+        if os.environ.get(UNSANDBOXED) != "1":
+            sys.stderr.write(
+                "persona-course-grader: bubblewrap (bwrap) is not installed, so student code would run with the "
+                "grader's rights. Install it (apt-get install bubblewrap), or set PERSONA_GRADING_UNSANDBOXED=1 "
+                "to grade without a sandbox at your own risk.\n")
+            raise SystemExit(2)
+        sys.stderr.write("persona-course-grader: WARNING: grading WITHOUT a sandbox (PERSONA_GRADING_UNSANDBOXED=1): "
+                         "student code can read and write everything the grader can.\n")
+        tmp = tempfile.mkdtemp(prefix="persona-grading-")
+        env = dict(os.environ, **_private_env(tmp))
+        env.pop(SANDBOX_FLAG)
+        for sub in ("home", "course-cache"):
+            os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+        os.execve(sys.executable, kernel, env)
+    os.execv(cmd[0], cmd)
+
+
+def kernel_spec() -> dict:
+    return {
+        "argv": [sys.executable, "-m", "utils.sandbox", "-f", "{connection_file}"],
+        "display_name": "Python 3 (course grader, sandboxed)",
+        "language": "python",
+        # An interrupt travels as a message: a signal to the launcher would stop at bubblewrap.
+        "interrupt_mode": "message",
+        "metadata": {"debugger": False},
+    }
+
+
+def install(prefix: str = sys.prefix) -> Path:
+    """Register the grading kernel in this environment (share/jupyter/kernels/persona-course-grader)."""
+    folder = Path(prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kernel.json").write_text(json.dumps(kernel_spec(), indent=1) + "\n")
+    return folder
+
+
+def check() -> str:
+    """Run a command in the sandbox and report whether the course files are read-only there."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as d:
+        conn = Path(d) / "conn.json"
+        conn.write_text("{}")
+        probe = [sys.executable, "-c", f"open({str(repo / 'part_tests' / '__init__.py')!r}, 'a')"]
+        proc = subprocess.run(bwrap_command(probe, Path(d), conn), capture_output=True, text=True)
+    if proc.returncode == 0:
+        raise RuntimeError("the sandbox started but the course files were writable inside it")
+    if "Read-only file system" not in proc.stderr:
+        raise RuntimeError(f"the sandbox did not start: {proc.stderr.strip()[-500:]}")
+    return "sandbox works: the course files are read-only to student code"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["install"]:
+        print(f"installed kernel {KERNEL_NAME!r} in {install()}")
+        return 0
+    if argv[:1] == ["check"]:
+        try:
+            print(check())
+        except (RuntimeError, FileNotFoundError) as err:
+            print(f"sandbox check failed: {err}", file=sys.stderr)
+            return 1
+        return 0
+    if len(argv) == 2 and argv[0] == "-f":
+        launch(argv[1])
+        return 0  # not reached: launch replaces the process
+    print("usage: python -m utils.sandbox install | check | -f CONNECTION_FILE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
