@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 import torch.nn.functional as F
 
 from utils.activations import activation_bytes_per_token, is_oom
@@ -70,7 +72,7 @@ def _encode(tokenizer, prompts: Sequence[list[Message] | str]) -> list[list[int]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
-def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(batch: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
     T = max(len(x) for x in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), T), dtype=torch.long)
@@ -110,7 +112,7 @@ def _fmix32(x):
     return x ^ (x >> 16)
 
 
-def prompt_seeds(seed: int | Sequence[int] | None, n: int) -> torch.Tensor:
+def prompt_seeds(seed: int | Sequence[int] | None, n: int) -> Int[Tensor, "n"]:
     """One 63-bit sampling seed per prompt (int64 [n]): from (seed, i) for an int, from seed[i] for
     a list of n ints, and drawn from torch's global generator for None."""
     if seed is None:
@@ -126,7 +128,7 @@ def prompt_seeds(seed: int | Sequence[int] | None, n: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
-def gumbel_noise(seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> torch.Tensor:
+def gumbel_noise(seeds: Int[Tensor, "batch"], step: int, token_ids: Int[Tensor, "batch k"] | Int[Tensor, "k"]) -> Float[Tensor, "batch k"]:
     """Gumbel(0, 1) noise [B, K], float32: a hash of (seeds[b], step, token_ids[b, k]) (token_ids
     [B, K], or [K] for every row), the same on every device and in every batch."""
     seeds = seeds.to(token_ids.device)
@@ -136,8 +138,8 @@ def gumbel_noise(seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> tor
     return -torch.log(-torch.log(u))
 
 
-def choose_tokens(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
-                  seeds: torch.Tensor | None = None, step: int = 0) -> torch.Tensor:
+def choose_tokens(logits: Float[Tensor, "batch vocab"], temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
+                  seeds: Int[Tensor, "batch"] | None = None, step: int = 0) -> Int[Tensor, "batch"]:
     """Next token of each row of `logits` [B, V]: arg-max when temperature == 0, else a sample
     after temperature, top-k (None or 0: off) and top-p (nucleus) filtering.
 
@@ -210,7 +212,7 @@ class StaticKV:
     positions, as in transformers' masks (a sliding window counts them too).
     """
 
-    def __init__(self, pad_mask: torch.Tensor, length: int):
+    def __init__(self, pad_mask: Int[Tensor, "batch seq"], length: int):
         B, T = pad_mask.shape
         self.length = length
         self.valid = torch.zeros((B, length), dtype=torch.bool, device=pad_mask.device)
@@ -343,9 +345,9 @@ def _trim(out: torch.Tensor, eos: list[int]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def generate_ids_fast(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, pad_id: int,
+def generate_ids_fast(model, ids: Int[Tensor, "batch seq"], mask: Int[Tensor, "batch seq"], max_new_tokens: int, pad_id: int,
                       temperature: float = 0.0, top_p: float = 1.0, cuda_graphs: bool | None = None,
-                      return_logits: bool = False, seeds: torch.Tensor | None = None):
+                      return_logits: bool = False, seeds: Int[Tensor, "batch"] | None = None):
     """New token ids [B, n] for a left-padded batch through the static-cache path (see module
     docstring). With `return_logits`, also the float32 logits of every step [B, n, V].
     `cuda_graphs` None: on a GPU, when `hooks_graph_safe(model)`. `seeds`: one sampling seed per
@@ -445,8 +447,8 @@ class _SeededSampler:
 
 
 @torch.inference_mode()
-def generate_ids_plain(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, pad_id: int,
-                       temperature: float = 0.0, top_p: float = 1.0, seeds: torch.Tensor | None = None) -> torch.Tensor:
+def generate_ids_plain(model, ids: Int[Tensor, "batch seq"], mask: Int[Tensor, "batch seq"], max_new_tokens: int, pad_id: int,
+                       temperature: float = 0.0, top_p: float = 1.0, seeds: Int[Tensor, "batch"] | None = None) -> Int[Tensor, "batch new"]:
     """New token ids [B, n] for a left-padded batch through transformers' `model.generate` (sampling
     as `choose_tokens` does, with one seed per row; None: drawn from torch's global generator)."""
     from transformers import LogitsProcessorList
