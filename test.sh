@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${VENV:-.venv}"
 export PATH="$PWD/$VENV/bin:$PATH"
-exec python -m pytest -q -p no:cacheprovider "$@"
+# Two workers (the CI machine has two cores); a test file stays on one worker (the nbgrader round
+# trip shares one temporary course across its tests).
+exec python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
