@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from utils.generation import left_pad
 from utils.scoring import JudgeScore, as_messages, fill_template, guarded, weighted_mean
 
 __all__ = ["LocalChatClient", "SelfJudge", "number_token_paths"]
@@ -196,12 +197,7 @@ class SelfJudge:
 
         device = input_device(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        T = max(len(x) for x in batch)
-        ids = torch.full((len(batch), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for b, x in enumerate(batch):
-            ids[b, T - len(x):] = torch.tensor(x)
-            mask[b, T - len(x):] = 1
+        ids, mask = left_pad(batch, pad)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         conts = plan.continuations
         # one distribution row per (prompt, prefix): logits gathered here, as float32 on the device
@@ -264,12 +260,8 @@ class SelfJudge:
 
     def _read_by_rows(self, model, batch, conts, pad, device):
         full = [x + list(q) for x in batch for q in conts]
-        T = max(len(x) for x in full)
-        ids = torch.full((len(full), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(full), T), dtype=torch.long)
-        for r, x in enumerate(full):
-            ids[r, T - len(x):] = torch.tensor(x)
-            mask[r, T - len(x):] = 1
+        ids, mask = left_pad(full, pad)
+        T = ids.shape[1]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                     use_cache=False)
