@@ -192,12 +192,13 @@ def ranked_bars(names: list[str], values: list[float], colors: list[str], title:
     return fig
 
 
-def label_positions(x, y, labels: list[str], order: list[int] | None = None, width_px: int = 600,
+def label_positions(x, y, labels: list[str], order: list[int] | None = None, width_px: int = 220,
                     height_px: int = 420, font_px: int = 11) -> list[str]:
     """Where to put each point's text label so that labels do not overlap ('' = leave it unlabelled).
 
     Greedy, in `order` (indices, the points you most want labelled first; default: as given): try
-    above, below, right and left of the marker, in a plot of about `width_px` x `height_px`, and
+    above, below, right and left of the marker, in a plot whose points span about `width_px` x
+    `height_px` (the default width is a phone's: a label placed there fits a wider screen too), and
     keep the first place that overlaps no label or marker placed so far. A label may reach 10 %
     beyond the points' x range (pad the axis range by that much). Returns plotly `textposition`
     values; give an unlabelled point its name as hover text."""

@@ -71,8 +71,14 @@ def bwrap_command(kernel_argv: list[str], cwd: Path, connection_file: Path) -> l
            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
            "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
     root = course_root(cwd)
-    if root is not None and root != cwd:
+    hidden_root = root is not None and root != cwd
+    code = _code_paths()
+    # The course's code and Python may live under /tmp (a CI checkout) or under the course folder:
+    # they come back read-only over the private /tmp, and over the hidden course folder.
+    cmd += _rebind([p for p in code if _under(p, Path("/tmp")) and not (hidden_root and _under(p, root))])
+    if hidden_root:
         cmd += ["--tmpfs", str(root)]  # hide the course folder ...
+        cmd += _rebind([p for p in code if _under(p, root) and p != root])
     cmd += ["--bind", str(cwd), str(cwd)]  # ... but for this submission's own folder
     cmd += ["--ro-bind", str(connection_file), str(connection_file)]
     cmd += ["--dir", "/tmp/home", "--dir", "/tmp/course-cache"]
@@ -83,6 +89,30 @@ def bwrap_command(kernel_argv: list[str], cwd: Path, connection_file: Path) -> l
     cmd += ["--unsetenv", "JPY_PARENT_PID"]
     cmd += ["--chdir", str(cwd), "--", *kernel_argv]
     return cmd
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _code_paths() -> list[Path]:
+    """What the kernel must read: the course's code, this Python and its packages."""
+    repo = Path(__file__).resolve().parent.parent
+    candidates = [repo, Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent]
+    candidates += [Path(p) for p in sys.path if p and os.path.isdir(p)]
+    candidates += [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isdir(p)]
+    found: list[Path] = []
+    for p in sorted({c.resolve() for c in candidates}, key=lambda q: len(q.parts)):
+        if not any(_under(p, q) for q in found):  # an enclosing folder is bound already
+            found.append(p)
+    return found
+
+
+def _rebind(paths: list[Path]) -> list[str]:
+    args: list[str] = []
+    for p in paths:
+        args += ["--ro-bind", str(p), str(p)]
+    return args
 
 
 def _limit_resources() -> None:
