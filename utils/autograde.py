@@ -7,9 +7,10 @@ whose kernel reply is an error counts as failed even when the notebook hid the t
   (part_tests/graded.py) prints a confirmation with that nonce after each test that passed, and a
   graded cell whose output lacks any of its confirmations gets an error output, so it scores 0. A
   pass line printed by student code, or a failure hidden from the output, earns nothing;
-- bounds a runaway cell: after the per-cell time limit the kernel is interrupted, and a kernel that
-  does not come back within `restart_after` seconds is restarted, so one endless loop costs at most
-  the limit plus that grace, not the limit once for every cell that follows;
+- bounds a runaway cell: after the per-cell time limit the kernel is interrupted; if it does not come
+  back within `restart_after` seconds, the cells after it are not run (each gets an error output,
+  so 0 points) and the kernel is killed at the end, so one endless loop costs at most the limit plus
+  that grace, not the limit once for every cell that follows;
 - lists, in the grader's log and in `tamper_report.csv` in the course folder, the student cells that
   touch the interpreter's or the course's internals (sys.modules, builtins, get_ipython, part_tests,
   frames, ...), for the instructor to read. The list changes no score.
@@ -90,12 +91,18 @@ class GuardedExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._flags = []
+        self._stuck = False
         try:
             return super().preprocess(nb, resources, km)
         finally:
             self._write_flags(resources or {})
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        if getattr(self, "_stuck", False):  # a runaway cell before this one never gave the kernel back
+            if cell.cell_type == "code":
+                cell.outputs = [_error_output("RunawayCell", "not run: a cell above ran past its time limit and "
+                                              "ignored the interrupt")]
+            return cell
         if cell.cell_type == "code" and not _is_graded_test(cell) and not cell.metadata.get("nbgrader", {}).get("locked"):
             for what, lineno, line in suspicious_lines(cell.source):
                 self._flags.append((cell.metadata.get("nbgrader", {}).get("grade_id", f"cell-{cell_index}"), what, lineno, line))
@@ -124,13 +131,16 @@ class GuardedExecute(Execute):
 
     async def _async_handle_timeout(self, timeout, cell=None):
         reply = await super()._async_handle_timeout(timeout, cell)
-        # Interrupted: give the kernel `restart_after` seconds to come back, else restart it. An
-        # uninterruptible loop would otherwise make every later cell wait out its own time limit.
+        # Interrupted: give the kernel `restart_after` seconds to come back. A kernel that ignores
+        # the interrupt would make every later cell wait out its own limit behind the loop, so the
+        # later cells are not run at all: each gets an error output (0 points), and the kernel is
+        # killed when the notebook ends.
         try:
             await asyncio.wait_for(self._kernel_idle(), self.restart_after)
         except asyncio.TimeoutError:
-            self.log.error("the kernel ignored the interrupt: restarting it (later cells run in a fresh kernel)")
-            await self.async_restart_kernel()
+            self.log.error("the kernel ignored the interrupt: the cells after this one are not run")
+            self._stuck = True
+            self.shutdown_kernel = "immediate"
         return reply
 
     async def _kernel_idle(self) -> None:
@@ -140,10 +150,6 @@ class GuardedExecute(Execute):
             msg = await self.kc.shell_channel.get_msg(timeout=None)
             if msg["parent_header"].get("msg_id") == msg_id:
                 return
-
-    async def async_restart_kernel(self) -> None:
-        await self.km.restart_kernel(now=True)
-        await self.kc.wait_for_ready(timeout=self.startup_timeout)
 
     def _write_flags(self, resources: dict) -> None:
         if not self._flags:
