@@ -28,6 +28,6 @@ c.Autograde.autograde_preprocessors = [
 c.GuardedExecute.kernel_name = KERNEL_NAME
 # Per-cell time limit. The slowest honest cell on the tiny models takes a few seconds on a 2-core
 # CPU (tests/test_nbgrader_roundtrip.py measures it); the limit leaves a wide margin for slower
-# machines. An endless loop costs this plus GuardedExecute.restart_after at most.
+# machines. An endless loop costs this plus GuardedExecute.interrupt_grace at most.
 c.GuardedExecute.timeout = 60
 c.GuardedExecute.interrupt_on_timeout = True

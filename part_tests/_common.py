@@ -190,14 +190,6 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e
     return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol)
 
 
-def assert_tensor(x: Any, name: str, shape: tuple | None = None) -> torch.Tensor:
-    check(isinstance(x, torch.Tensor), f"{name} should return a torch.Tensor, got {type(x).__name__}")
-    if shape is not None:
-        check(tuple(x.shape) == tuple(shape), f"{name} returned shape {tuple(x.shape)}, expected {tuple(shape)}")
-    check(bool(torch.isfinite(x.float()).all()), f"{name} returned NaN or inf values")
-    return x
-
-
 _HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
                "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
 

@@ -668,26 +668,19 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
           "the mean activations of a record change with the other records in the batch: padding must not leak in")
 
     if not own:
-        # 4. a Llama-3-style chat template: a BOS token first, and an end of turn of one token
-        variant_model, variant_tok = tiny_variant("llama3")
-        subset = records[:4]
-        got, _ = _run_extract(extract_all_layer_activations, variant_model, variant_tok, subset,
-                              " with a Llama-3-style chat template")
-        want = _reference_activations(variant_model, variant_tok, subset)
-        if not close(got, want, **tol):
-            _diagnose_activations(got, want, _alternatives(variant_model, variant_tok, subset), name, tol,
-                                  " with a Llama-3-style chat template (a BOS token, a one-token end of turn)")
-
-        # 5. a Qwen3-style chat template: the final assistant turn opens with an empty thinking block
-        variant_model, variant_tok = tiny_variant("qwen3")
-        subset = records[:3]
-        got, _ = _run_extract(extract_all_layer_activations, variant_model, variant_tok, subset,
-                              " with a Qwen3-style chat template")
-        want = _reference_activations(variant_model, variant_tok, subset)
-        if not close(got, want, **tol):
-            _diagnose_activations(got, want, _alternatives(variant_model, variant_tok, subset), name, tol,
-                                  " with a Qwen3-style chat template (the assistant turn opens with an empty "
-                                  "<think></think> block before the response)")
+        # 4-5. a Llama-3-style chat template (a BOS token first, an end of turn of one token) and a
+        # Qwen3-style one (the final assistant turn opens with an empty thinking block)
+        for kind, n, label, detail in (
+                ("llama3", 4, "Llama-3", "a BOS token, a one-token end of turn"),
+                ("qwen3", 3, "Qwen3", "the assistant turn opens with an empty <think></think> block before the response")):
+            variant_model, variant_tok = tiny_variant(kind)
+            subset = records[:n]
+            got, _ = _run_extract(extract_all_layer_activations, variant_model, variant_tok, subset,
+                                  f" with a {label}-style chat template")
+            want = _reference_activations(variant_model, variant_tok, subset)
+            if not close(got, want, **tol):
+                _diagnose_activations(got, want, _alternatives(variant_model, variant_tok, subset), name, tol,
+                                      f" with a {label}-style chat template ({detail})")
 
         # 6. a chat template with no system role (Gemma 2): the system prompt joins the first user message
         gemma, gemma_tok = tiny("tiny-gemma2")

@@ -8,7 +8,7 @@ whose kernel reply is an error counts as failed even when the notebook hid the t
   graded cell whose output lacks any of its confirmations gets an error output, so it scores 0. A
   pass line printed by student code, or a failure hidden from the output, earns nothing;
 - bounds a runaway cell: after the per-cell time limit the kernel is interrupted; if it does not come
-  back within `restart_after` seconds, the cells after it are not run (each gets an error output,
+  back within `interrupt_grace` seconds, the cells after it are not run (each gets an error output,
   so 0 points) and the kernel is killed at the end, so one endless loop costs at most the limit plus
   that grace, not the limit once for every cell that follows;
 - lists, in the grader's log and in `tamper_report.csv` in the course folder, the student cells that
@@ -81,13 +81,13 @@ def _error_output(ename: str, message: str) -> NotebookNode:
 class GuardedExecute(Execute):
     """nbgrader's Execute, with nonce-confirmed graded cells, bounded runaway cells and a tamper list."""
 
-    # A restarted kernel never sends the output of the cell it was running: wait for it a while, then
+    # A kernel stuck in a loop never sends the rest of its cell's output: wait for it a while, then
     # go on (nbgrader's default raises, which would abandon the whole submission).
     raise_on_iopub_timeout = Bool(False).tag(config=True)
     iopub_timeout = Integer(10).tag(config=True)
 
-    restart_after = Integer(
-        15, help="Seconds an interrupted kernel gets to answer before it is restarted.").tag(config=True)
+    interrupt_grace = Integer(
+        15, help="Seconds an interrupted kernel gets to answer before the cells after it are given up.").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         self._flags = []
@@ -131,12 +131,12 @@ class GuardedExecute(Execute):
 
     async def _async_handle_timeout(self, timeout, cell=None):
         reply = await super()._async_handle_timeout(timeout, cell)
-        # Interrupted: give the kernel `restart_after` seconds to come back. A kernel that ignores
+        # Interrupted: give the kernel `interrupt_grace` seconds to come back. A kernel that ignores
         # the interrupt would make every later cell wait out its own limit behind the loop, so the
         # later cells are not run at all: each gets an error output (0 points), and the kernel is
         # killed when the notebook ends.
         try:
-            await asyncio.wait_for(self._kernel_idle(), self.restart_after)
+            await asyncio.wait_for(self._kernel_idle(), self.interrupt_grace)
         except asyncio.TimeoutError:
             self.log.error("the kernel ignored the interrupt: the cells after this one are not run")
             self._stuck = True
