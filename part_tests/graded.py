@@ -34,6 +34,11 @@ import types
 import warnings
 from pathlib import Path
 
+from part_tests.watch import ACK as WATCH_ACK
+from part_tests.watch import EVENT as WATCH_EVENT
+
+_audit = sys.audit  # bound when the graded cell imports this module, just after the kernel was reset
+
 NONCE_PLACEHOLDER = "__GRADING_NONCE__"
 PASS_LINE = "graded {test}: passed ({nonce})"
 
@@ -136,6 +141,11 @@ def _namespace(name: str):
     return sys.modules.get(name)
 
 
+# Rebound while the kernel runs, by the kernel itself (input, for stdin forwarding) or by torch
+# (manual_seed, wrapped when torch._dynamo loads): put back only when a notebook cell did it.
+_VOLATILE = ("builtins.input", "builtins.getpass", "torch.manual_seed")
+
+
 def restore_pristine() -> list[str]:
     """Put back every recorded library attribute that was replaced; return their names."""
     holder = sys.modules.get(PRISTINE_MODULE)
@@ -154,6 +164,8 @@ def restore_pristine() -> list[str]:
                 continue
             restored.append(f"{name}.{attr}")
         for attr, value in saved.items():
+            if f"{name}.{attr}" in _VOLATILE and attr in current and not _from_notebook(current[attr]):
+                continue
             if current.get(attr, value) is not value or attr not in current:
                 try:
                     setattr(target, attr, value)
@@ -161,6 +173,52 @@ def restore_pristine() -> list[str]:
                     continue
                 restored.append(f"{name}.{attr}")
     return restored
+
+
+def fingerprint() -> dict:
+    """What the tests compute and judge with, by identity: the functions, classes and submodules of the
+    course's part_tests and utils modules and of the guarded libraries, the methods of torch.Tensor
+    and nn.Module, and the interpreter's import, trace and output hooks."""
+    import builtins
+
+    found: dict = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name.split(".")[0] in ("part_tests", "utils") or name in _RESTORED):
+            continue
+        for attr, value in list(vars(module).items()):
+            if callable(value) or isinstance(value, types.ModuleType):
+                found[(name, attr)] = value
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        for cls in (torch.Tensor, torch.nn.Module):
+            for attr, value in list(vars(cls).items()):
+                found[(cls.__qualname__, attr)] = value
+    found[("sys", "meta_path")] = tuple(sys.meta_path)
+    found[("sys", "trace")] = sys.gettrace()
+    found[("sys", "profile")] = sys.getprofile()
+    found[("sys", "stdout")] = sys.stdout
+    found[("builtins", "__import__")] = builtins.__import__
+    return found
+
+
+def changed_since(before: dict) -> list[str]:
+    """'module.name' of what differs from `before` (a `fingerprint()`): replaced, removed, or added by
+    notebook code."""
+    after = fingerprint()
+    changed = []
+    for key, value in before.items():
+        label = ".".join(key)
+        if label in _VOLATILE and not _from_notebook(after.get(key)):
+            continue
+        if key not in after:
+            if key[0] in sys.modules:  # a whole module leaving sys.modules is not a patch
+                changed.append(label)
+        elif after[key] is not value and not (isinstance(value, tuple) and after[key] == value):
+            changed.append(label)
+    modules = {k[0] for k in before}
+    changed += [".".join(k) for k, v in after.items() if k not in before and k[0] in modules
+                and not isinstance(v, types.ModuleType) and (_from_notebook(v) or k[0].startswith("part_tests"))]
+    return sorted(changed)
 
 
 class _Graded:
@@ -177,7 +235,27 @@ class _Graded:
         nonce = self._nonce
 
         def run(*args, **kwargs):
-            result = test(*args, **kwargs)
+            before = fingerprint()
+            box: list = []
+            _audit(WATCH_EVENT, "start", box)
+            if box != [WATCH_ACK] and sys.modules.get(PRISTINE_MODULE) is not None:  # in the grading kernel
+                raise GradingError(f"{name}: the grading kernel's watch did not answer; the test cannot run")
+            try:
+                result = test(*args, **kwargs)
+            finally:
+                noted: list = []
+                _audit(WATCH_EVENT, "end", noted)
+            if noted:
+                raise GradingError(
+                    f"{name}: while the test ran, the tested code reached into it ({', '.join(noted[:4])}"
+                    f"{' ...' if len(noted) > 4 else ''}); a function under test must compute its answer, not "
+                    "inspect or change the test")
+            changed = changed_since(before)
+            if changed:
+                raise GradingError(
+                    f"{name}: while the test ran, something replaced what the tests check with "
+                    f"({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); a function under test must "
+                    "compute its answer, not change the tests or the libraries")
             if nonce != NONCE_PLACEHOLDER:
                 print(PASS_LINE.format(test=name, nonce=nonce))
             return result

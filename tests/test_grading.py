@@ -124,3 +124,87 @@ def test_sandbox_makes_the_course_read_only():
     proc = subprocess.run([sys.executable, "-m", "utils.sandbox", "check"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "read-only" in proc.stdout
+
+
+# A wrong answer that, when the test calls it, switches off the checks of the test that called it.
+_DISARMING = '''
+import sys, torch
+def compute_cosine_similarity_matrix(vectors):
+    frame = sys._getframe(1)
+    while frame is not None:
+        names = frame.f_globals
+        if names.get("__name__", "").startswith("part_tests"):
+            for attr in list(names):
+                if attr.startswith("_check") or attr in ("check", "fail"):
+                    names[attr] = lambda *a, **k: None
+        frame = frame.f_back
+    return torch.zeros(len(vectors), len(vectors), dtype=torch.float64), list(vectors)
+'''
+
+
+def test_a_function_that_disarms_the_test_while_it_runs_fails():
+    import importlib
+
+    fresh = lambda: [sys.modules.pop(m) for m in [m for m in sys.modules if m.split(".")[0] == "part_tests"]]  # noqa: E731
+    try:
+        fresh()
+        plain = importlib.import_module("part_tests.section1")
+        disarming = _notebook_function(_DISARMING, "compute_cosine_similarity_matrix")
+        plain.test_compute_cosine_similarity_matrix(disarming)  # the bare test is fooled: that is the attack
+        fresh()
+        tests = importlib.import_module("part_tests.graded").graded("section1", digest=g.course_digest(), nonce="feedbeef")
+        with pytest.raises(AssertionError, match="while the test ran, something replaced what the tests check with"):
+            tests.test_compute_cosine_similarity_matrix(_notebook_function(_DISARMING, "compute_cosine_similarity_matrix"))
+    finally:
+        fresh()
+
+
+def test_fingerprint_sees_patches_and_ignores_honest_runs():
+    from utils.reference import load
+
+    before = g.fingerprint()
+    load("section1").compute_cosine_similarity_matrix({"a": torch.ones(3), "b": torch.arange(3.0)})
+    assert g.changed_since(before) == []
+    real = torch.isclose
+    try:
+        torch.isclose = _notebook_function("def isclose(*a, **k):\n    return True\n", "isclose")
+        assert "torch.isclose" in g.changed_since(before)
+    finally:
+        torch.isclose = real
+
+
+# A wrong answer that rewrites the tests' check functions in place: same objects, new code.
+_RECODING = '''
+import sys, torch
+def compute_cosine_similarity_matrix(vectors):
+    for name, module in list(sys.modules.items()):
+        if name.startswith("part_tests") and module is not None:
+            for attr in ("check", "fail"):
+                target = getattr(module, attr, None)
+                if target is not None and hasattr(target, "__code__"):
+                    target.__code__ = (lambda *a, **k: None).__code__
+            for attr, target in list(vars(module).items()):
+                if attr.startswith("_check") and hasattr(target, "__code__"):
+                    target.__code__ = (lambda *a, **k: None).__code__
+    return torch.zeros(len(vectors), len(vectors), dtype=torch.float64), list(vectors)
+'''
+
+
+def test_the_watch_sees_a_function_that_rewrites_the_tests_code():
+    import importlib
+
+    from part_tests import watch
+
+    fresh = lambda: [sys.modules.pop(m) for m in [m for m in sys.modules if m.split(".")[0] == "part_tests"]]  # noqa: E731
+    try:
+        fresh()
+        plain = importlib.import_module("part_tests.section1")
+        plain.test_compute_cosine_similarity_matrix(_notebook_function(_RECODING, "compute_cosine_similarity_matrix"))
+        fresh()  # the bare test was fooled, and its identity-based fingerprint would be too: same function objects
+        watch.install()  # the grading kernel does this at start-up; here it stays in this test process
+        tests = importlib.import_module("part_tests.graded").graded("section1", digest=g.course_digest(), nonce="feedbeef")
+        with pytest.raises(AssertionError, match=r"reached into it \(set check.__code__"):
+            tests.test_compute_cosine_similarity_matrix(_notebook_function(_RECODING, "compute_cosine_similarity_matrix"))
+        tests.test_parse_score(importlib.import_module("utils.reference").load("section1").parse_score)  # honest: passes
+    finally:
+        fresh()

@@ -148,6 +148,40 @@ torch.Tensor.__eq__ = lambda self, other: True
 _real_print = print
 builtins.print = lambda *a, **k: None
 """
+TAMPER_IMPORT = """
+import builtins, types
+class _Fake:
+    def __init__(self, nonce): self.nonce = nonce
+    def __getattr__(self, name): return lambda *a, **k: print(f"graded {{name}}: passed ({{self.nonce}})")
+_real_import = builtins.__import__
+def _imp(name, *a, **k):
+    if name == "part_tests.graded":
+        _m = types.ModuleType(name)
+        _m.graded = lambda section, digest=None, nonce="": _Fake(nonce)
+        return _m
+    return _real_import(name, *a, **k)
+builtins.__import__ = _imp
+"""
+TAMPER_TRANSFORMER = """
+import re
+def _rewrite(lines):
+    source = "".join(lines)
+    found = re.search(r"nonce='([0-9a-f]{{32}})'", source)
+    if not found:
+        return lines
+    return [f'print("graded {{t}}: passed ({{found.group(1)}})")\\n' for t in re.findall(r"tests\\.(test_\\w+)\\(", source)]
+get_ipython().input_transformers_post.append(_rewrite)
+"""
+TAMPER_THREAD = """
+import threading, time
+def _keep_patching():
+    while True:
+        try:
+            time.sleep(0.001)
+        except BaseException:
+            pass
+threading.Thread(target=_keep_patching, daemon=True).start()
+"""
 LOOP_INTERRUPTIBLE = """
 while True:  # a runaway loop that an interrupt stops
     pass
@@ -201,6 +235,10 @@ def test_roundtrip(course, section):
         subs["tamper_modules"] = _with_code(half, TAMPER_FAKE_MODULES.format(module=module))
         subs["tamper_exceptions"] = _with_code(half, TAMPER_EXCEPTIONS)
         subs["tamper_libraries"] = _with_code(half, TAMPER_LIBRARIES)
+        if section == ATTACKED[0]:  # the kernel-level attacks, on one section (each costs a grading run)
+            subs["tamper_import"] = _with_code(half, TAMPER_IMPORT.format(module=module))
+            subs["tamper_transformer"] = _with_code(half, TAMPER_TRANSFORMER.format(module=module))
+            subs["tamper_thread"] = _with_code(half, TAMPER_THREAD)
     files_before = _course_files_digest()
     tamper = nbformat.from_dict(json.loads(json.dumps(release)))
     for cell in tamper.cells:
@@ -247,11 +285,14 @@ def test_roundtrip(course, section):
         if attacked:
             honest = cell_scores("half")
             assert 0 < score("half") < total, f"{section}: the half-solved submission scored {score('half')}/{total}"
-            for student in ("tamper_replace", "tamper_modules", "tamper_exceptions", "tamper_libraries"):
+            kernel_attacks = ("tamper_import", "tamper_transformer") if section == ATTACKED[0] else ()
+            for student in ("tamper_replace", "tamper_modules", "tamper_exceptions", "tamper_libraries") + kernel_attacks:
                 got = cell_scores(student)
                 gained = {k: (honest[k], got[k]) for k in honest if got[k] != honest[k]}
                 assert not gained, f"{section}: {student} scored differently from its honest part (honest, got): {gained}"
             assert score("aaa_disk") == 0, f"{section}: a submission that edits the course's files scored {score('aaa_disk')}"
+            if section == ATTACKED[0]:  # a thread that survives the reset could undo it: nothing is graded after it
+                assert score("tamper_thread") == 0, f"{section}: a submission with an unstoppable thread scored {score('tamper_thread')}"
             assert cell_scores("perfect") == perfect and score("perfect") == pytest.approx(total)
         tamper_log = course / "tamper_report.csv"
         if attacked:

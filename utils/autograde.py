@@ -11,6 +11,11 @@ whose kernel reply is an error counts as failed even when the notebook hid the t
   back within `interrupt_grace` seconds, the cells after it are not run (each gets an error output,
   so 0 points) and the kernel is killed at the end, so one endless loop costs at most the limit plus
   that grace, not the limit once for every cell that follows;
+- before each graded cell, asks the kernel to put itself back as it started
+  (part_tests/kernel_reset.py: transformers, import hooks, patched libraries, shell and kernel
+  methods, output streams, threads started by the notebook), so that nothing a student cell installed
+  runs with the graded cell; a kernel that does not confirm the reset gets no points for its graded
+  cells, and what was put back is listed in the tamper report;
 - lists, in the grader's log and in `tamper_report.csv` in the course folder, the student cells that
   touch the interpreter's or the course's internals (sys.modules, builtins, get_ipython, part_tests,
   frames, ...), for the instructor to read. The list changes no score.
@@ -30,6 +35,8 @@ from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer
 
 from part_tests.graded import NONCE_PLACEHOLDER, PASS_LINE
+from part_tests.kernel_reset import MESSAGE as RESET_REQUEST
+from part_tests.kernel_reset import REPLY as RESET_REPLY
 
 TEST_CALL = re.compile(r"^\s*tests\.(test_\w+)\(", re.M)
 
@@ -37,11 +44,13 @@ TEST_CALL = re.compile(r"^\s*tests\.(test_\w+)\(", re.M)
 SUSPICIOUS = {
     "sys.modules": r"\bsys\s*\.\s*modules\b",
     "builtins": r"\b__builtins__\b|\bbuiltins\b",
-    "IPython internals": r"\bget_ipython\b|\bIPython\b|\binput_transformers|\bset_custom_exc\b|\bshowtraceback\b",
+    "IPython internals": r"\bget_ipython\b|\bIPython\b|\binput_transformers|\bast_transformers\b|\bset_custom_exc\b|"
+                         r"\bshowtraceback\b|\bshell_handlers\b|\bevents\s*\.\s*register\b",
     "the course's tests": r"\bpart_tests\b|\bgraded\s*\(|GRADING_NONCE|\bgraded \w+: passed",
     "import machinery": r"\bimportlib\b|\bmeta_path\b|\b__import__\b|\bpath_hooks\b",
     "frames": r"\b_getframe\b|\bf_globals\b|\bf_back\b|\bf_locals\b|\binspect\.(stack|currentframe)",
-    "code objects": r"\b__code__\b|\bgc\s*\.\s*get_referr",
+    "code objects": r"\b__code__\b|\b__closure__\b|\bcell_contents\b|\b__kwdefaults__\b|\b__defaults__\b|"
+                    r"\bgc\s*\.\s*get_(referr|objects)|\btb_frame\b|\bgi_frame\b",
     "process control": r"\bos\s*\.\s*_exit\b|\bos\s*\.\s*kill\b|\bsignal\s*\.\s*signal\b|\bsubprocess\b|\bos\s*\.\s*system\b|\bSystemExit\b|\bsys\s*\.\s*exit\b",
     "low-level access": r"\bctypes\b|\bsys\s*\.\s*settrace\b|\bsys\s*\.\s*setprofile\b|\batexit\b",
     "library patching": r"^\s*(torch|np|numpy|math|F|re|json)(\.\w+)+\s*=[^=]",
@@ -88,10 +97,13 @@ class GuardedExecute(Execute):
 
     interrupt_grace = Integer(
         15, help="Seconds an interrupted kernel gets to answer before the cells after it are given up.").tag(config=True)
+    reset_timeout = Integer(
+        30, help="Seconds the kernel gets to confirm the reset before a graded cell.").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         self._flags = []
         self._stuck = False
+        self._reset_failed = None
         try:
             return super().preprocess(nb, resources, km)
         finally:
@@ -108,6 +120,15 @@ class GuardedExecute(Execute):
                 self._flags.append((cell.metadata.get("nbgrader", {}).get("grade_id", f"cell-{cell_index}"), what, lineno, line))
         if not _is_graded_test(cell) or NONCE_PLACEHOLDER not in cell.source:
             return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        cell_id = cell.metadata.get("nbgrader", {}).get("grade_id", f"cell-{cell_index}")
+        if self._reset_failed is None:  # before every graded cell, until one reset fails
+            self._reset_failed = await self._reset_kernel(cell_id)
+            if self._reset_failed:
+                self.log.error("%s: %s; this and the later graded cells score 0", cell_id, self._reset_failed)
+                self._flags.append((cell_id, "the grader's kernel reset failed", 0, self._reset_failed[:500]))
+        if self._reset_failed:
+            cell.outputs = [_error_output("GradingError", f"not graded: {self._reset_failed}")]
+            return cell
         nonce = secrets.token_hex(16)
         original = cell.source
         cell.source = original.replace(NONCE_PLACEHOLDER, nonce)
@@ -142,6 +163,34 @@ class GuardedExecute(Execute):
             self._stuck = True
             self.shutdown_kernel = "immediate"
         return reply
+
+    async def _reset_kernel(self, cell_id: str) -> str | None:
+        """Ask the kernel to put itself back as it started (part_tests/kernel_reset.py); None when it
+        confirmed, else why not. A failed reset is final: every later graded cell scores 0 too."""
+        token = secrets.token_hex(16)
+        request = self.kc.session.msg(RESET_REQUEST, {"token": token})
+        self.kc.shell_channel.send(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reset_timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return ("the kernel did not answer the grader's reset request (a cell above changed the kernel, or "
+                        f"the notebook was not run in the {self.kernel_name or 'grading'} kernel)")
+            try:
+                reply = await self.kc.shell_channel.get_msg(timeout=remaining)
+            except Exception:  # queue.Empty on timeout
+                continue
+            if reply["parent_header"].get("msg_id") != request["header"]["msg_id"]:
+                continue
+            content = reply.get("content", {})
+            if reply["msg_type"] != RESET_REPLY or content.get("status") != "ok" or content.get("token") != token:
+                return f"the kernel's answer to the grader's reset request was not a confirmation: {content}"
+            restored = content.get("restored") or []
+            if restored:
+                self.log.warning("the grader put back before %s: %s", cell_id, ", ".join(restored))
+                self._flags.append((cell_id, "kernel state put back before the graded cell", 0, ", ".join(restored)[:500]))
+            return None
 
     async def _kernel_idle(self) -> None:
         """Returns once the kernel answers a request on its shell channel again."""

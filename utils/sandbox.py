@@ -37,8 +37,12 @@ TMP_SIZE = 2 << 30  # the private /tmp
 
 
 # Before any notebook cell: record the libraries' namespaces, so that graded cells can put back what a
-# cell replaces (part_tests/graded.py).
-STARTUP = ("--IPKernelApp.exec_lines=import part_tests.graded as _g; _g.record_pristine(); del _g")
+# cell replaces (part_tests/graded.py), and install the handler that puts the whole kernel back as it
+# started before each graded cell (part_tests/kernel_reset.py; the grader sends the request), after
+# the audit hook that watches graded tests for notebook code reaching into them (part_tests/watch.py).
+STARTUP = ("--IPKernelApp.exec_lines=import part_tests.graded as _g; _g.record_pristine(); del _g; "
+           "import part_tests.watch as _w; _w.install(); del _w; "
+           "import part_tests.kernel_reset as _r; _r.install(); del _r")
 
 
 def course_root(start: Path) -> Path | None:
