@@ -75,9 +75,16 @@ def test_parse_score(parse_score) -> None:
         "I first thought SCORE: 3, but on reflection the model broke character.\nSCORE: 2": 2,
         "SCORE: 1\n": 1,
         "SCORE: 2 -- the first 3 sentences are in role, the rest are not.": 2,
+        "SCORE: 3\n\nThe ghost never breaks character.": 3,
     }
     for text, expected in cases.items():
-        got = _parse(parse_score, text)
+        try:
+            got = _parse(parse_score, text)
+        except AssertionError as err:
+            if text.startswith("SCORE: 3\n\n"):
+                raise AssertionError(f"{err} -- the 'SCORE:' line need not be the reply's last line (judges add a "
+                                     "remark after it): search the whole text, not only its final line") from err
+            raise
         check(isinstance(got, int) and not isinstance(got, bool), f"parse_score should return an int, got {type(got).__name__}")
         if got != expected:
             hint = ""
@@ -300,6 +307,29 @@ def _gemma_like_tokenizer():
     return tok
 
 
+# Qwen3's own template with thinking on (its default): the generation prompt is the bare assistant header,
+# but the rendered final assistant turn opens with an empty thinking block, so the response does not start
+# where the generation prompt ends.
+_THINKING_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' and loop.last -%}"
+    "{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + message['content'] + '<|im_end|>\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+_THINKING_LABEL = "a Qwen3-style template with thinking on (the generation prompt lacks the thinking block)"
+
+
+@functools.lru_cache(maxsize=None)
+def _thinking_tokenizer():
+    from utils.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-qwen2")  # a fresh copy: the shared tokenizer keeps its template
+    tok.chat_template = _THINKING_TEMPLATE
+    return tok
+
+
 def _format_tokenizers():
     """(label, tokenizer) of every chat template format_messages must handle."""
     return [
@@ -307,6 +337,7 @@ def _format_tokenizers():
         ("tiny-gemma2 (no system role; its tokenizer adds <bos>)", _gemma_like_tokenizer()),
         ("a Qwen3-style template (a thinking block opens the final assistant turn)", tiny_variant("qwen3")[1]),
         ("a Llama-3-style template (BOS first, blank line after the header, one-token end of turn)", tiny_variant("llama3")[1]),
+        (_THINKING_LABEL, _thinking_tokenizer()),
     ]
 
 
@@ -330,6 +361,10 @@ def _check_span(label, tokenizer, messages, full_prompt, span) -> None:
     if got in accepted:
         return
     core = response.strip()
+    if start == 0 and core not in got:
+        fail(f"{label}: the span {tuple(span)} starts at the prompt's first token and decodes to {got!r:.80}: did "
+             "full_prompt.find(content) return -1? The template trimmed the reply's surrounding whitespace: look for "
+             "the stripped content too")
     if got.startswith(core) and any(m in got for m in _END_MARKERS):
         fail(f"{label}: the span decodes to {got!r}: it includes a chat marker such as <end_of_turn> / <|im_end|>; "
              "the response span is the message content only")
@@ -341,6 +376,10 @@ def _check_span(label, tokenizer, messages, full_prompt, span) -> None:
     if any(m in got for m in _END_MARKERS):
         fail(f"{label}: the span decodes to {got!r}: it includes a chat marker such as <end_of_turn> / <|im_end|>; "
              "the response span is the message content only")
+    if core in got and "</think>" in got.split(core)[0] and _THINKING_LABEL in label:
+        fail(f"{label}: the span decodes to {got!r}: it starts at the end of the generation prompt, but this "
+             "template opens the final assistant turn with a thinking block the generation prompt does not have -- "
+             "find the content's characters in full_prompt (full_prompt.find(content, len(prefix)))")
     if core in got:
         where = " (part of the assistant header: this template's header is longer than the one you assumed)" \
             if any(b in got.split(core)[0] for b in _HEADER_BITS) or got.split(core)[0].strip() == "" else ""
@@ -429,7 +468,7 @@ def test_format_messages(format_messages) -> None:
                 fail(f"{label}: full_prompt should be the chat template's rendering of the whole conversation "
                      f"(apply_chat_template(messages, tokenize=False), system prompt merged where the template has no "
                      f"system role); expected {ref_text!r:.300}, got {full_prompt!r:.300}")
-    passed("test_format_messages", "tiny-qwen2, tiny-gemma2, Qwen3- and Llama-3-style templates")
+    passed("test_format_messages", "tiny-qwen2, tiny-gemma2, Qwen3- (thinking off and on) and Llama-3-style templates")
 
 
 def test_format_messages_input_checks(format_messages) -> None:

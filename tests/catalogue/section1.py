@@ -57,6 +57,15 @@ def parse_score_split_rest(text):
     return score
 
 
+def parse_score_last_line(text):
+    """Reads only the reply's final line (misses a SCORE: line followed by a remark)."""
+    lines = text.strip().splitlines()
+    found = re.findall(r"SCORE:\s*(\d+)", lines[-1]) if lines else []
+    if not found or not 0 <= int(found[-1]) <= 3:
+        raise ValueError("no score")
+    return int(found[-1])
+
+
 def parse_score_ignore_case(text):
     matches = re.findall(r"score:\s*(-?\d+)", text, flags=re.I)
     if not matches or not 0 <= int(matches[-1]) <= 3:
@@ -96,6 +105,7 @@ CATALOGUE = {
         (parse_score_first_digit, "first digit"),
         (parse_score_last_number, "last number in the text"),
         (parse_score_split_rest, "right after the last 'SCORE:'"),
+        (parse_score_last_line, "not only its final line"),
     ]),
 }
 
@@ -584,6 +594,34 @@ def fmt_no_strip_fallback(messages, tokenizer):
     return full, _fmt_span(full, len(prefix), msgs[-1]["content"], tokenizer)
 
 
+def fmt_content_after_prefix(messages, tokenizer):
+    """The response starts where the generation prompt ends (not so when only the final turn has a thinking block)."""
+    msgs = _merged(messages, tokenizer)
+    prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    content = msgs[-1]["content"]
+    c0 = full.find(content, len(prefix))
+    if c0 < 0:
+        content = content.strip()
+        c0 = full.find(content, len(prefix))
+    c0, c1 = len(prefix), c0 + len(content)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if c0 <= s and e <= c1 and e > s]
+    return full, (inside[0], inside[-1] + 1)
+
+
+def fmt_find_unchecked(messages, tokenizer):
+    """full_prompt.find(content) without checking for -1 (the template trimmed the content)."""
+    msgs = _merged(messages, tokenizer)
+    prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    content = msgs[-1]["content"]
+    c0 = full.find(content, len(prefix))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if c0 <= s and e <= c0 + len(content) and e > s]
+    return full, (inside[0], inside[-1] + 1)
+
+
 def fmt_assert_last_role(messages, tokenizer):
     assert messages[-1]["role"] == "assistant", "the last message must be the assistant's"
     return ref.format_messages(messages, tokenizer)
@@ -730,6 +768,8 @@ CATALOGUE.update({
         (_fmt_merge_with(" "), "separates them"),
         (_fmt_merge_with("\n\n", into="last"), "*first* user message"),
         (fmt_no_strip_fallback, "stripped content"),
+        (fmt_content_after_prefix, "generation prompt does not have"),
+        (fmt_find_unchecked, "stripped content"),
     ]),
     "test_format_messages_input_checks": ("format_messages", [
         (fmt_no_check_last_role, "should raise ValueError"),
@@ -879,8 +919,9 @@ def alt_fmt_token_counts(messages, tokenizer):
         raise ValueError("last message must be the assistant's")
     prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(msgs, tokenize=False)
-    start = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
     content = msgs[-1]["content"] if full.find(msgs[-1]["content"], len(prefix)) >= 0 else msgs[-1]["content"].strip()
+    c0 = full.find(content, len(prefix))  # not len(prefix): a template may put a thinking block before the content
+    start = len(tokenizer(full[:c0], add_special_tokens=False)["input_ids"])
     return full, (start, start + len(tokenizer(content, add_special_tokens=False)["input_ids"]))
 
 
