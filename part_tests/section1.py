@@ -975,6 +975,13 @@ def _check_sim(out, vectors, expected_fn, label: str, centred: bool, atol: float
     check(sorted(names) == sorted(vectors), f"{label}: names should be the persona names {sorted(vectors)}, got {names}")
     X = torch.stack([vectors[k].double() for k in names])
     want = expected_fn(X)
+    if names != list(vectors):
+        in_dict_order = expected_fn(torch.stack([vectors[k].double() for k in vectors]))
+        if torch.allclose(sim, in_dict_order, atol=atol) and not torch.allclose(sim, want, atol=atol):
+            fail(f"{label}: the rows of sim are in the order of `vectors` but names is in another order: "
+                 "row i and column i must belong to names[i]")
+        fail(f"{label}: names should be list(vectors), in the dict's order {list(vectors)}, got {names} -- don't sort "
+             "the names: the caller orders the dict (group by group, so the heatmap shows blocks)")
     if torch.allclose(sim, want, atol=atol):
         return
     numbers = f"max abs difference {(sim - want).abs().max().item():.3g}; sim[0, 1] expected {want[0, 1].item():.5f}, got {sim[0, 1].item():.5f}"

@@ -754,9 +754,9 @@ glue("s1_norm_ratio", norms.max() / norms.min())
 # (`.float()`). In bf16, centring subtracts numbers of size ~10⁴ that differ by a few per cent, and
 # little of the difference survives.
 #
-# Input checks (graded apart): raise `ValueError` when a vector is zero or holds NaN or inf (it has no
-# direction, so no cosine: don't hide it as 0 or NaN), and when the centred version gets fewer than
-# two vectors (one vector minus the mean of one vector is zero).
+# Input checks (graded apart): raise `ValueError` for an empty dict, when a vector is zero or holds NaN
+# or inf (it has no direction, so no cosine: don't hide it as 0 or NaN), and when the centred version
+# gets fewer than two vectors (one vector minus the mean of one vector is zero).
 #
 # :::{note} Common confusion: every raw persona vector points the same way
 # Mean activations share a large component: whatever the model does on *any* chat response at this

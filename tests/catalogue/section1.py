@@ -380,6 +380,15 @@ def cos_names_sorted(vectors):
     return _cos(X), sorted(vectors)
 
 
+def cos_sorted_consistently(vectors):
+    """Rows, columns and names all in sorted order: consistent, but not the caller's order."""
+    return ref.compute_cosine_similarity_matrix({k: vectors[k] for k in sorted(vectors)})
+
+
+def cen_sorted_consistently(vectors):
+    return ref.compute_cosine_similarity_matrix_centered({k: vectors[k] for k in sorted(vectors)})
+
+
 def cos_centred_in_raw(vectors):
     X, names = _stack(vectors)
     return _cos(X - X.mean(0)), names
@@ -818,6 +827,7 @@ CATALOGUE.update({
     "test_compute_cosine_similarity_matrix": ("compute_cosine_similarity_matrix", [
         (cos_dot_products, "normalise"),
         (cos_names_sorted, "names[i]"),
+        (cos_sorted_consistently, "don't sort the names"),
         (cos_centred_in_raw, "should not be centred"),
         (cos_only_sim, "(sim, names)"),
         (cos_wrong_dim, "returned shape"),
@@ -830,6 +840,7 @@ CATALOGUE.update({
         (cen_not_normalised, "normalise"),
         (cen_in_place, "modified the vectors"),
         (cen_names_sorted, "names[i]"),
+        (cen_sorted_consistently, "don't sort the names"),
         (cen_global_mean, "one number"),
         (cen_in_input_dtype, "bf16"),
     ]),
