@@ -1235,6 +1235,9 @@ def test_project_personas_onto_axis_input_checks(project_personas_onto_axis) -> 
                            what=f"an axis that is {what.split(' ', 1)[1]} (there is no direction to project onto)")
     expect_value_error(project_personas_onto_axis, {"per_layer": torch.randn(4, 16)}, torch.randn(16), name=label,
                        what="a vector whose shape differs from the axis (a [num_layers, d_model] tensor: select a layer first)")
+    expect_value_error(project_personas_onto_axis, {"calm": torch.randn(16), "row": torch.randn(1, 16)}, torch.randn(16),
+                       name=label, what="a vector of shape [1, d_model] against an axis of shape [d_model] (a row kept "
+                       "2-D, X[i:i+1]: `a @ v` still gives one number, so compare a.shape with the axis's shape)")
     passed("test_project_personas_onto_axis_input_checks")
 
 
@@ -1301,7 +1304,8 @@ def test_rank_by_cosine_input_checks(rank_by_cosine) -> None:
     traits, axis = _traits()
     d = axis.shape[0]
     for what, v in (("a [num_layers, d_model] tensor where one layer's row was meant: select a layer first", torch.randn(4, d)),
-                    (f"a vector of length {d // 2} against an axis of length {d}", torch.randn(d // 2))):
+                    (f"a vector of length {d // 2} against an axis of length {d}", torch.randn(d // 2)),
+                    ("a [1, d_model] row kept 2-D, X[i:i+1]: compare the shapes, not the number of entries", torch.randn(1, d))):
         expect_value_error(rank_by_cosine, {"calm": traits["calm"], "bad": v}, axis, name="rank_by_cosine",
                            what=f"a vector whose shape differs from the axis ({what})")
     for what, bad in _undirected(d):

@@ -1128,6 +1128,29 @@ def proj_no_shape_check(vectors, axis):
     return dict(sorted(out.items(), key=lambda kv: kv[1], reverse=True))
 
 
+def proj_matmul_no_shape_check(vectors, axis):
+    """a @ v with no shape check: a [num_layers, d] vector fails in float(), but a [1, d] row passes silently."""
+    axis = axis.float()
+    if not torch.isfinite(axis).all() or axis.norm() == 0:
+        raise ValueError("bad axis")
+    out = {n: float(a.float() @ axis / axis.norm()) for n, a in vectors.items()}
+    return dict(sorted(out.items(), key=lambda kv: kv[1], reverse=True))
+
+
+def rank_numel_check(vectors, axis):
+    """Compares the number of entries, not the shapes, and flattens."""
+    for n, v in vectors.items():
+        if v.numel() != axis.numel():
+            raise ValueError(f"{n}: size differs from the axis")
+        v = v.float()
+        if not torch.isfinite(v).all() or v.norm() == 0:
+            raise ValueError(f"{n}: no direction")
+    a = axis.float()
+    if not torch.isfinite(a).all() or a.norm() == 0:
+        raise ValueError("bad axis")
+    return rank_no_shape_check({n: v.flatten() for n, v in vectors.items()}, axis)
+
+
 def alt_proj_checked(vectors, axis):
     import numpy as np
 
@@ -1143,6 +1166,7 @@ def alt_proj_checked(vectors, axis):
 CATALOGUE.update({
     "test_rank_by_cosine_input_checks": ("rank_by_cosine", CATALOGUE["test_rank_by_cosine_input_checks"][1] + [
         (rank_shape_check_only, "an axis that is zero"),
+        (rank_numel_check, "compare the shapes, not the number of entries"),
     ]),
     "test_compute_cosine_similarity_matrix_input_checks": ("compute_cosine_similarity_matrix", [
         (cos_clamped_norm, "a zero vector"),
@@ -1156,6 +1180,7 @@ CATALOGUE.update({
         (proj_no_axis_check, "an axis that is zero"),
         (proj_zero_check_only, "NaN"),
         (proj_no_shape_check, "select a layer first"),
+        (proj_matmul_no_shape_check, "compare a.shape with the axis's shape"),
     ]),
 })
 
