@@ -727,6 +727,22 @@ def test_extract_response_activations(extract_response_activations, model=None, 
                       "run at most batch_size at a time (all at once runs out of memory on a real model)")
             lengths = [len(format_chat(build_messages(s, q, r), tok).input_ids) for s, q, r in zip(systems, questions, responses)]
             _diagnose_batch(label, got, expected, True, tol, lengths)
+            if counter is not None:  # the caller's batch_size is honoured, and other batch boundaries change nothing
+                small_label = f"{label}, batch_size=3"
+                counter = _ForwardCounter(m)
+                try:
+                    with using(fn, format_messages=_ref_format_messages):
+                        small = _attempt(fn, m, tok, systems, questions, responses, layer, batch_size=3, name=small_label)
+                finally:
+                    counter.remove()
+                no_hooks_left(m, small_label, clean=owned)
+                check(counter.rows <= 3,
+                      f"{small_label}: one forward pass held {counter.rows} conversations: use the batch_size argument "
+                      "for the size of each batch (a hard-coded size ignores the caller's memory budget)")
+                small = _check_returned(small, f"{small_label}, {n_examples} examples,", n_examples, d)
+                bad = [i for i in range(n_examples) if not _close(small[i], expected[i], tol)]
+                check(not bad, f"{small_label}: rows {bad} are wrong with batches of 3, though right with batches of 8: "
+                               "take each batch's examples, spans and padding from range(0, n, batch_size)")
         # an exception during the forward pass must not leave a hook behind
         n_blocks = len(get_blocks(m))
         blocks = get_blocks(m)

@@ -314,8 +314,10 @@ def _extract(model, tokenizer, system_prompts, questions, responses, layer, *, s
 
 
 def _wrong_extract(**mistake):
-    def wrong(model, tokenizer, system_prompts, questions, responses, layer):
-        return _extract(model, tokenizer, system_prompts, questions, responses, layer, **mistake)
+    """One mistake; a batch_size among the mistakes is hard-coded (the caller's batch_size is ignored)."""
+    def wrong(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
+        return _extract(model, tokenizer, system_prompts, questions, responses, layer,
+                        **{"batch_size": batch_size, **mistake})
     return wrong
 
 
@@ -800,6 +802,7 @@ CATALOGUE.update({
         (_wrong_extract(batching="first_spans"), "second batch"),
         (_wrong_extract(batch_size=1), "forward passes"),
         (_wrong_extract(batch_size=64), "batch_size"),
+        (_wrong_extract(batch_size=8), "use the batch_size argument"),
         (_wrong_extract(mask="ne_pad"), "pad_token_id"),
         (_wrong_extract(special_tokens=True), "double BOS"),
         (_wrong_extract(keepdim=True), "returned shape"),
