@@ -921,6 +921,31 @@ def test_extract_persona_vectors(extract_persona_vectors, model=None, tokenizer=
     a = lambda *qs: [("analyst", q) for q in qs]  # noqa: E731
     _check_vectors(out, {"analyst": a(0, 1, 2, 3)}, label, fake, responses, candidates={"analyst": {
         "a score of 0 is a score (0 >= 0): test `score is None`, not the score's truth value": a(0, 1, 3)}})
+    _check_vectors(out, {"ghost": g(0, 2)}, label, fake, responses, candidates={"ghost": {
+        "a None or missing score became 0 (`scores.get(key) or 0`, `scores.get(key, 0)`), which passes threshold 0: "
+        "a response the judge did not score never passes": g(0, 1, 2, 3),
+        "a None score (the judge failed) became 0, which passes threshold 0: it never passes": g(0, 2, 3),
+        "a missing score became 0, which passes threshold 0: a response with no score never passes": g(0, 1, 2),
+    }})
+
+    # scores={} (the judge scored nothing): nothing passes -- an empty dict is not None
+    fake = _TableExtractor(personas, questions, responses)
+    label = "extract_persona_vectors(..., scores={})"
+    out, warned = _run_persona_vectors(fn, fake, sentinel_model, sentinel_tok, personas, questions, responses, 7,
+                                       scores={}, label=label)
+    check(not out, f"{label}: no response has a score, so every persona should be skipped (with a warning), but you "
+                   f"returned vectors for {sorted(out)} -- test `scores is None`, not `not scores`: an empty dict of "
+                   "scores filters everything out")
+
+    # a persona with no response at all (every generation failed) is skipped with a warning too
+    fake = _TableExtractor(personas, questions, responses)
+    label = "extract_persona_vectors(..., scores=None) with a persona that has no response"
+    more = {**personas, "bard": "You are a wandering bard who sings of old battles."}
+    out, warned = _run_persona_vectors(fn, fake, sentinel_model, sentinel_tok, more, questions, responses, 7, label=label)
+    check("bard" not in out, f"{label}: 'bard' has no response, so it should be skipped (with a warning)")
+    check(any("bard" in w for w in warned),
+          f"{label}: 'bard' is in `personas` but has no response in `responses` (its generations all failed): skipping it "
+          "should raise a warning naming it -- loop over `personas`, not only over the names found in `responses`")
 
     # end to end on a tiny model, with the default persona's empty system prompt
     m, tok = (model, tokenizer) if model is not None else tiny("tiny-gemma2")

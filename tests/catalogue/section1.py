@@ -358,6 +358,23 @@ def _wrong_pv(**mistake):
     return wrong
 
 
+def pv_none_as_zero(model, tokenizer, personas, questions, responses, layer, scores=None, score_threshold=3):
+    """A None or missing score counts as 0 (`scores.get(key) or 0`): it passes threshold 0."""
+    return _persona_vectors(model, tokenizer, personas, questions, responses, layer, scores, score_threshold,
+                            keep=lambda s, t: (s or 0) >= t)
+
+
+def pv_falsy_scores(model, tokenizer, personas, questions, responses, layer, scores=None, score_threshold=3):
+    """`if not scores:` keeps every response when the dict of scores is empty."""
+    return _persona_vectors(model, tokenizer, personas, questions, responses, layer, scores or None, score_threshold)
+
+
+def pv_names_from_responses(model, tokenizer, personas, questions, responses, layer, scores=None, score_threshold=3):
+    """Groups by the names found in `responses`: a persona with no response at all is dropped without a warning."""
+    present = {n: p for n, p in personas.items() if any(k[0] == n for k in responses)}
+    return _persona_vectors(model, tokenizer, present, questions, responses, layer, scores, score_threshold)
+
+
 # ---------------------------------------------------------------------------------------------
 # Exercise 1.6 -- cosine similarity matrices
 
@@ -826,6 +843,9 @@ CATALOGUE.update({
         (_pv_missing("keyerror"), "absent"),
         (_pv_missing("falsy"), "truth value"),
         (_pv_missing("keepdim"), "returned shape"),
+        (pv_none_as_zero, "passes threshold 0"),
+        (pv_falsy_scores, "not `not scores`"),
+        (pv_names_from_responses, "loop over `personas`"),
     ]),
     "test_compute_cosine_similarity_matrix": ("compute_cosine_similarity_matrix", [
         (cos_dot_products, "normalise"),
