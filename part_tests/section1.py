@@ -933,6 +933,8 @@ def test_extract_persona_vectors(extract_persona_vectors, model=None, tokenizer=
     label = "extract_persona_vectors(..., scores={})"
     out, warned = _run_persona_vectors(fn, fake, sentinel_model, sentinel_tok, personas, questions, responses, 7,
                                        scores={}, label=label)
+    check(set(out) != {"default"}, f"{label}: you kept the default persona's responses, which have no score: the "
+                                   "filter applies to every persona alike (judge_roleplay gives the defaults their 3)")
     check(not out, f"{label}: no response has a score, so every persona should be skipped (with a warning), but you "
                    f"returned vectors for {sorted(out)} -- test `scores is None`, not `not scores`: an empty dict of "
                    "scores filters everything out")
