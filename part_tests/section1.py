@@ -1199,9 +1199,17 @@ def test_pca_decompose_persona_vectors(pca_decompose_persona_vectors) -> None:
     ratio = np.asarray(pca.explained_variance_ratio_, dtype=float)
     check(ratio.shape[0] >= 2 and np.allclose(ratio[:2], ref_var.numpy(), atol=1e-4),
           f"{label}: the PCA's explained_variance_ratio_ {ratio[:2]} does not match a PCA of all persona vectors {ref_var.numpy()}")
+    check(np.asarray(pca.components_).shape[0] == 2,
+          f"{label}: the PCA has {np.asarray(pca.components_).shape[0]} components; fit PCA(n_components=2) (the notebook "
+          "uses pca.components_ as the two PCs of the plot)")
     pcs = torch.as_tensor(np.asarray(pca.components_, dtype=float))[:2]
     check(pcs.shape == ref_pcs.shape and torch.allclose((pcs * ref_pcs).sum(1).abs(), torch.ones(2, dtype=torch.float64), atol=1e-3),
           f"{label}: the PCA's components_ are not the principal components of all persona vectors")
+    own = (X - X.mean(0, keepdim=True)) @ pcs.T  # pca.transform(X): the coordinates along the returned PCs, signs included
+    if not torch.allclose(coords, own, atol=1e-3):
+        fail(f"{label}: pca_coords are not the coordinates of the returned PCA (pca.transform(X)): a column's sign "
+             "is flipped or the coordinates come from another fit -- the notebook orients each PC with "
+             "pca.components_, so return the coordinates of that same fitted PCA (fit_transform)")
     passed("test_pca_decompose_persona_vectors",
            f"on the test's vectors: PC1 explains {ratio[0]:.0%}, |cos(axis, PC1)| = {abs(float(_unit(pcs[0]) @ axis)):.2f}")
 

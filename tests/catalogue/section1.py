@@ -491,6 +491,22 @@ def pca_roles_only_rows(vectors, default_personas):
     return axis, pca.transform(X), pca
 
 
+def pca_coords_flipped(vectors, default_personas):
+    """Orients the coordinates toward the defaults but leaves pca.components_ as fitted."""
+    axis, coords, pca = ref.pca_decompose_persona_vectors(vectors, default_personas)
+    return axis, -coords, pca
+
+
+def pca_all_components(vectors, default_personas):
+    """PCA() with every component, and the first two columns of its coordinates."""
+    from sklearn.decomposition import PCA
+
+    axis, _, _ = ref.pca_decompose_persona_vectors(vectors, default_personas)
+    X = torch.stack([v.float() for v in vectors.values()]).numpy()
+    pca = PCA()
+    return axis, pca.fit_transform(X)[:, :2], pca
+
+
 # ---------------------------------------------------------------------------------------------
 # Exercises 1.8 and 1.9 -- projections and rankings
 
@@ -877,6 +893,8 @@ CATALOGUE.update({
         (_wrong_pca(axis_numpy=True), "torch.Tensor"),
         (pca_axis_is_pc1, "is PC1"),
         (pca_three_components, "returned shape"),
+        (pca_coords_flipped, "coordinates of the returned PCA"),
+        (pca_all_components, "fit PCA(n_components=2)"),
     ]),
     "test_pca_decompose_persona_vectors_input_checks": ("pca_decompose_persona_vectors", [
         (_wrong_pca(check_names=False), "unknown default"),
