@@ -1118,6 +1118,10 @@ def test_compute_cosine_similarity_matrix_centered_input_checks(compute_cosine_s
         for what, bad in _undirected()[1:]:
             expect_value_error(compute_cosine_similarity_matrix_centered, {"calm": torch.randn(16), "broken": bad},
                                name=label, what=what)
+        twin = torch.randn(16)
+        expect_value_error(compute_cosine_similarity_matrix_centered, {"calm": twin, "twin": twin.clone()}, name=label,
+                           what="two identical vectors (centred, both are zero: check the centred vectors for a zero "
+                           "one, not only the vectors passed in)")
     passed("test_compute_cosine_similarity_matrix_centered_input_checks")
 
 

@@ -756,7 +756,8 @@ glue("s1_norm_ratio", norms.max() / norms.min())
 #
 # Input checks (graded apart): raise `ValueError` for an empty dict, when a vector is zero or holds NaN
 # or inf (it has no direction, so no cosine: don't hide it as 0 or NaN), and when the centred version
-# gets fewer than two vectors (one vector minus the mean of one vector is zero).
+# gets fewer than two vectors (one vector minus the mean of one vector is zero) or a vector that is
+# zero once centred (two identical vectors, for instance).
 #
 # :::{note} Common confusion: every raw persona vector points the same way
 # Mean activations share a large component: whatever the model does on *any* chat response at this

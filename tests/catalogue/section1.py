@@ -1138,6 +1138,19 @@ def cen_no_count_check(vectors):
     return Xn @ Xn.T, names
 
 
+def cen_checks_before_centring(vectors):
+    """Checks the vectors passed in, but not the centred ones (two identical vectors centre to zero: NaN)."""
+    names = list(vectors)
+    if len(names) < 2:
+        raise ValueError("need two vectors")
+    X = torch.stack([vectors[n].float() for n in names])
+    if not torch.isfinite(X).all() or (X.norm(dim=1) == 0).any():
+        raise ValueError("a vector is zero or not finite")
+    Xc = X - X.mean(dim=0, keepdim=True)
+    Xn = Xc / Xc.norm(dim=1, keepdim=True)
+    return Xn @ Xn.T, names
+
+
 def alt_cen_checked(vectors):
     if len(vectors) < 2:
         raise ValueError("need two vectors")
@@ -1216,6 +1229,7 @@ CATALOGUE.update({
     ]),
     "test_compute_cosine_similarity_matrix_centered_input_checks": ("compute_cosine_similarity_matrix_centered", [
         (cen_no_count_check, "a single vector"),
+        (cen_checks_before_centring, "check the centred vectors"),
     ]),
     "test_project_personas_onto_axis_input_checks": ("project_personas_onto_axis", [
         (proj_no_axis_check, "an axis that is zero"),
