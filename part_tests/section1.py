@@ -717,6 +717,12 @@ def test_extract_response_activations(extract_response_activations, model=None, 
                     counter.remove()
             no_hooks_left(m, label, clean=owned)
             got = _check_returned(got, f"{label}, {n_examples} examples,", n_examples, d)
+            half = next(m.parameters()).dtype
+            if half in (torch.bfloat16, torch.float16) and bool((got == got.to(half).double()).all()):
+                # a float32 mean over several tokens is almost never exactly representable in half precision
+                fail(f"{label}: every entry of your means is a {half} number: the mean was computed (or rounded) in "
+                     f"the model's half precision and only then converted -- convert the hidden states with .float() "
+                     "before the masked sum, so the mean keeps float32's precision")
             if counter is not None:
                 counted = True
                 check(counter.count < n_examples,

@@ -521,7 +521,8 @@ print(f"just outside the span: {tokenizer.decode(ids[start - 1:start])!r} ... {t
 # layer)`. For each triple, build the conversation (`build_messages(system_prompt, question,
 # response)`), find the response's span with your `format_messages`, run the model and average
 # **the output of block `layer`** over the response's tokens. Return a float32 tensor `[n,
-# d_model]` on the CPU. Requirements:
+# d_model]` on the CPU, averaged in float32 (a bf16 model's hidden states are bf16: convert them
+# before the sum). Requirements:
 #
 # - **Batched**: run several conversations per forward pass, padded to one length. Padding must
 #   change nothing: pass an `attention_mask`, keep pads out of the averaged span, and if you pad on

@@ -249,7 +249,8 @@ def fmt_no_check_last_role(messages, tokenizer):
 @torch.inference_mode()
 def _extract(model, tokenizer, system_prompts, questions, responses, layer, *, span="exact", source="hook",
              pad="right", attention=True, shift=True, out0=False, finally_remove=True, check_lengths=True,
-             batch_size=8, batching="ok", keep_dtype=False, mask="lengths", special_tokens=False, keepdim=False):
+             batch_size=8, batching="ok", keep_dtype=False, mask="lengths", special_tokens=False, keepdim=False,
+             half_mean=False):
     from utils.chat import build_messages
     from utils.hooks import get_blocks, hidden_of
 
@@ -308,8 +309,11 @@ def _extract(model, tokenizer, system_prompts, questions, responses, layer, *, s
             hs = model(**kwargs, output_hidden_states=True).hidden_states
             h = {"hs[layer]": hs[layer], "hs[-1]": hs[-1], "hs[layer+1]": hs[layer + 1]}[source]
         h = h if keep_dtype else h.float()
+        if half_mean:
+            h = h.to(model.dtype)
         m = sel[:, :, None].to(h.dtype)
-        means.append(((h * m).sum(1, keepdim=keepdim) / m.sum(1, keepdim=keepdim)).cpu())
+        means.append(((h * m).sum(1, keepdim=keepdim) / m.sum(1, keepdim=keepdim)).float().cpu() if half_mean
+                     else ((h * m).sum(1, keepdim=keepdim) / m.sum(1, keepdim=keepdim)).cpu())
     return torch.cat(means)
 
 
@@ -831,6 +835,7 @@ CATALOGUE.update({
         (_wrong_extract(out0=True), "output[0]"),
         (_wrong_extract(finally_remove=False), "hook"),
         (_wrong_extract(keep_dtype=True), "expected float32"),
+        (_wrong_extract(half_mean=True), "before the masked sum"),
         (_wrong_extract(batching="drop_last"), "partial batch"),
         (_wrong_extract(batching="first_spans"), "second batch"),
         (_wrong_extract(batch_size=1), "forward passes"),
