@@ -642,6 +642,8 @@ def _check_returned(got, label, n, d):
     check(got.dtype == torch.float32, f"{label} returned dtype {got.dtype}, expected float32: convert the mean with "
                                       ".float() (a bf16 model's activations are bf16)")
     check(got.device.type == "cpu", f"{label} returned a tensor on {got.device}, expected the CPU (.cpu())")
+    check(not got.requires_grad, f"{label} returned a tensor that requires grad: the forward pass built an autograd "
+                                 "graph -- run it under torch.inference_mode() (keep the decorator of the stub)")
     return got.detach().double()
 
 

@@ -317,6 +317,11 @@ def _extract(model, tokenizer, system_prompts, questions, responses, layer, *, s
     return torch.cat(means)
 
 
+def extract_with_grad(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
+    """The stub's @torch.inference_mode() dropped: the forward pass records an autograd graph."""
+    return _extract.__wrapped__(model, tokenizer, system_prompts, questions, responses, layer, batch_size=batch_size)
+
+
 def _wrong_extract(**mistake):
     """One mistake; a batch_size among the mistakes is hard-coded (the caller's batch_size is ignored)."""
     def wrong(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
@@ -836,6 +841,7 @@ CATALOGUE.update({
         (_wrong_extract(finally_remove=False), "hook"),
         (_wrong_extract(keep_dtype=True), "expected float32"),
         (_wrong_extract(half_mean=True), "before the masked sum"),
+        (extract_with_grad, "inference_mode"),
         (_wrong_extract(batching="drop_last"), "partial batch"),
         (_wrong_extract(batching="first_spans"), "second batch"),
         (_wrong_extract(batch_size=1), "forward passes"),
