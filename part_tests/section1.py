@@ -630,7 +630,21 @@ def _extract_configs(model, tokenizer):
         ("tiny-qwen2", *qwen, [1, n - 1], len(_EXTRACT_RESPONSES)),
         ("tiny-qwen2 with a Llama-3-style chat template", *tiny_variant("llama3"), [n - 1], 3),
         ("tiny-qwen2 in bfloat16", *tiny("tiny-qwen2", torch.bfloat16), [1], 3),
+        (_RIGHT_PADDING, qwen[0], _right_padding_tokenizer(), [1], 3),
     ]
+
+
+_RIGHT_PADDING = "tiny-qwen2 with a tokenizer that pads on the right"
+
+
+@functools.lru_cache(maxsize=None)
+def _right_padding_tokenizer():
+    """tiny-qwen2's tokenizer with padding_side='right' (the course's tokenizers pad on the left; many others don't)."""
+    from utils.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-qwen2")  # a fresh copy: the shared tokenizer keeps its padding side
+    tok.padding_side = "right"
+    return tok
 
 
 def _check_returned(got, label, n, d):
@@ -734,6 +748,11 @@ def test_extract_response_activations(extract_response_activations, model=None, 
                       f"{label}: one forward pass held {counter.rows} conversations with the default batch_size=8: "
                       "run at most batch_size at a time (all at once runs out of memory on a real model)")
             lengths = [len(format_chat(build_messages(s, q, r), tok).input_ids) for s, q, r in zip(systems, questions, responses)]
+            if mname == _RIGHT_PADDING and not all(_close(got[i], expected[i], tol) for i in range(n_examples)):
+                fail(f"{label}: rows are wrong when batched, though right one at a time: this tokenizer pads on the "
+                     "right (tokenizer.padding_side == 'right'), so a span needs no shift -- if you let the tokenizer "
+                     "pad, shift each span by the padding it put *before* the sequence (read tokenizer.padding_side), "
+                     "or pad yourself")
             _diagnose_batch(label, got, expected, True, tol, lengths)
             if counter is not None:  # the caller's batch_size is honoured, and other batch boundaries change nothing
                 small_label = f"{label}, batch_size=3"

@@ -527,7 +527,9 @@ print(f"just outside the span: {tokenizer.decode(ids[start - 1:start])!r} ... {t
 # - **Batched**: run several conversations per forward pass, padded to one length. Padding must
 #   change nothing: pass an `attention_mask`, keep pads out of the averaged span, and if you pad on
 #   the left, shift each span by its padding. (Right padding is simpler here: with causal
-#   attention, pads placed after the real tokens are never seen by them.)
+#   attention, pads placed after the real tokens are never seen by them.) If you let the tokenizer
+#   pad (`padding=True`), it pads on the side `tokenizer.padding_side` says: the course's tokenizers
+#   pad on the left, other tokenizers on the right, and the tests use both.
 # - **A forward hook** on `get_blocks(model)[layer]` (the course's convention: "activation at layer
 #   L" is block L's output). A block's output is a tensor in recent transformers and a tuple in some
 #   older models: `hidden_of(output)` returns the hidden states of either. `output[0]` on a tensor

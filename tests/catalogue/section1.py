@@ -322,6 +322,39 @@ def extract_with_grad(model, tokenizer, system_prompts, questions, responses, la
     return _extract.__wrapped__(model, tokenizer, system_prompts, questions, responses, layer, batch_size=batch_size)
 
 
+@torch.inference_mode()
+def extract_tokenizer_pads_left(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
+    """Lets the tokenizer pad, and shifts every span as if it padded on the left (the course's tokenizers do)."""
+    from utils.chat import build_messages
+    from utils.hooks import get_blocks, hidden_of
+
+    if not len(system_prompts) == len(questions) == len(responses):
+        raise ValueError("lengths differ")
+    texts, spans = [], []
+    for s, q, r in zip(system_prompts, questions, responses):
+        text, span = format_messages(build_messages(s, q, r), tokenizer)  # noqa: F821
+        texts.append(text)
+        spans.append(span)
+    means = []
+    for b0 in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[b0:b0 + batch_size], add_special_tokens=False, padding=True, return_tensors="pt")
+        T = enc["input_ids"].shape[1]
+        sel = torch.zeros(enc["input_ids"].shape)
+        for i, (a, b) in enumerate(spans[b0:b0 + batch_size]):
+            off = T - int(enc["attention_mask"][i].sum())  # assumes the pads come first
+            sel[i, off + a:off + b] = 1
+        captured = {}
+        handle = get_blocks(model)[layer].register_forward_hook(
+            lambda module, args, output: captured.update(h=hidden_of(output)))
+        try:
+            model(**enc)
+        finally:
+            handle.remove()
+        h = captured["h"].float()
+        means.append(((h * sel[:, :, None]).sum(1) / sel.sum(1, keepdim=True)).cpu())
+    return torch.cat(means)
+
+
 def _wrong_extract(**mistake):
     """One mistake; a batch_size among the mistakes is hard-coded (the caller's batch_size is ignored)."""
     def wrong(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
@@ -842,6 +875,7 @@ CATALOGUE.update({
         (_wrong_extract(keep_dtype=True), "expected float32"),
         (_wrong_extract(half_mean=True), "before the masked sum"),
         (extract_with_grad, "inference_mode"),
+        (extract_tokenizer_pads_left, "read tokenizer.padding_side"),
         (_wrong_extract(batching="drop_last"), "partial batch"),
         (_wrong_extract(batching="first_spans"), "second batch"),
         (_wrong_extract(batch_size=1), "forward passes"),
