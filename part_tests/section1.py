@@ -728,6 +728,12 @@ def test_extract_response_activations(extract_response_activations, model=None, 
             try:
                 with using(fn, format_messages=_ref_format_messages):
                     got = _attempt(fn, m, tok, systems, questions, responses, layer, name=label)
+            except AssertionError as err:
+                if "must match the size of tensor" not in str(err):
+                    raise
+                raise AssertionError(f"{err} -- it ran one example at a time but not batched: the hidden states and "
+                                     "the mask come from different batches (do you keep an earlier batch's captured "
+                                     "hidden states, e.g. a list the hook appends to, read at [0]?)") from err
             finally:
                 if counter is not None:
                     counter.remove()

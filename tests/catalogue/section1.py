@@ -355,6 +355,39 @@ def extract_tokenizer_pads_left(model, tokenizer, system_prompts, questions, res
     return torch.cat(means)
 
 
+@torch.inference_mode()
+def extract_first_capture(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
+    """The hook appends to one list for every batch, and each batch reads captured[0] (the first batch's)."""
+    from utils.chat import build_messages
+    from utils.hooks import get_blocks, hidden_of
+
+    if not len(system_prompts) == len(questions) == len(responses):
+        raise ValueError("lengths differ")
+    items = []
+    for s, q, r in zip(system_prompts, questions, responses):
+        text, span = format_messages(build_messages(s, q, r), tokenizer)  # noqa: F821
+        items.append((tokenizer(text, add_special_tokens=False)["input_ids"], span))
+    captured, means = [], []
+    handle = get_blocks(model)[layer].register_forward_hook(lambda module, args, output: captured.append(hidden_of(output)))
+    try:
+        for b0 in range(0, len(items), batch_size):
+            batch = items[b0:b0 + batch_size]
+            T = max(len(x) for x, _ in batch)
+            ids = torch.full((len(batch), T), tokenizer.pad_token_id, dtype=torch.long)
+            attn = torch.zeros((len(batch), T), dtype=torch.long)
+            sel = torch.zeros((len(batch), T))
+            for i, (x, (a, b)) in enumerate(batch):
+                ids[i, :len(x)] = torch.tensor(x)
+                attn[i, :len(x)] = 1
+                sel[i, a:b] = 1
+            model(input_ids=ids, attention_mask=attn)
+            h = captured[0].float()
+            means.append(((h * sel[:, :, None]).sum(1) / sel.sum(1, keepdim=True)).cpu())
+    finally:
+        handle.remove()
+    return torch.cat(means)
+
+
 def _wrong_extract(**mistake):
     """One mistake; a batch_size among the mistakes is hard-coded (the caller's batch_size is ignored)."""
     def wrong(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
@@ -876,6 +909,7 @@ CATALOGUE.update({
         (_wrong_extract(half_mean=True), "before the masked sum"),
         (extract_with_grad, "inference_mode"),
         (extract_tokenizer_pads_left, "read tokenizer.padding_side"),
+        (extract_first_capture, "from different batches"),
         (_wrong_extract(batching="drop_last"), "partial batch"),
         (_wrong_extract(batching="first_spans"), "second batch"),
         (_wrong_extract(batch_size=1), "forward passes"),
