@@ -242,6 +242,13 @@ def _check_responses(result, personas, questions, max_tokens, fake) -> None:
         fail(f"expected one entry per (persona_name, q_idx) -- {len(expected_keys)} keys; "
              f"missing e.g. {missing[:3]}, unexpected e.g. {sorted(keys - expected_keys, key=repr)[:3]} "
              "(q_idx counts from 0)")
+    asked = {(sp, q) for sp, q, _ in fake.calls}
+    never = [(name, q) for name, sp in personas.items() for q, qq in enumerate(questions) if (sp, qq) not in asked]
+    if never and len(fake.calls) == len(expected_keys):
+        fail(f"generate_response was called once per pair, but never for {never[:3]} while other pairs were asked "
+             "twice or more: a lambda (or inner function) submitted in a loop reads the loop variables when it runs, "
+             "not when it is submitted (late binding) -- pass them as arguments: pool.submit(generate_response, "
+             "system_prompt, question, max_tokens)")
     check(len(fake.calls) == len(expected_keys),
           f"generate_response was called {len(fake.calls)} times for {len(expected_keys)} (persona, question) pairs: call it once per pair")
     for (name, q), text in result.items():

@@ -137,6 +137,16 @@ def gen_no_max_tokens(personas, questions, max_tokens=256, max_workers=10):
         return {key: f.result() for f, key in futures.items()}
 
 
+def gen_late_binding(personas, questions, max_tokens=256, max_workers=10):
+    """A lambda per pair, submitted in the loop: it reads sp and qq when it runs, by then later values."""
+    futures = {}
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        for n, sp in personas.items():
+            for q, qq in enumerate(questions):
+                futures[pool.submit(lambda: generate_response(sp, qq, max_tokens))] = (n, q)  # noqa: B023, F821
+        return {key: f.result() for f, key in futures.items()}
+
+
 def _gen_keyed(key_fn, workers=None, q_offset=0):
     def wrong(personas, questions, max_tokens=256, max_workers=10):
         with ThreadPoolExecutor(max_workers=workers or max_workers) as pool:
@@ -870,6 +880,7 @@ CATALOGUE.update({
         (gen_passes_name, "persona's name"),
         (gen_args_swapped, "swapped"),
         (gen_index_lookup, "questions.index"),
+        (gen_late_binding, "late binding"),
     ]),
     "test_format_messages": ("format_messages", [
         (fmt_system_not_merged, "merge the system prompt"),
