@@ -93,7 +93,8 @@ def test_parse_score(parse_score) -> None:
             elif "first 3 sentences" in text and got == 3:
                 hint = " -- that is the last number in the text; the score is the number right after 'SCORE:'"
             raise AssertionError(f"parse_score({text!r}) returned {got}, expected {expected}{hint}")
-    for bad in ("The answer is in role.", "SCORE: 7", "SCORE: -1", "SCORE: high", "SCORE: 12"):
+    for bad in ("The answer is in role.", "SCORE: 7", "SCORE: -1", "SCORE: high", "SCORE: 12",
+                "Draft: SCORE: 2\nFinal answer:\nSCORE: 5"):
         try:
             got = parse_score(bad)
         except NotImplementedError as err:
@@ -106,6 +107,9 @@ def test_parse_score(parse_score) -> None:
         hint = ""
         if bad == "SCORE: 12" and got == 1:
             hint = " -- you read only its first digit: read the whole number (\\d+), then check the range"
+        elif "Draft" in bad and got == 2:
+            hint = (" -- the judge's final answer (the last 'SCORE:') is 5, outside the scale: raise rather than fall "
+                    "back on an earlier, draft score")
         raise AssertionError(
             f"parse_score({bad!r}) returned {got!r}; it should raise ValueError when there is no score in 0-3{hint}"
         )

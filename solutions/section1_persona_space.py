@@ -104,7 +104,8 @@ print(f"world: {config.world_label(section=1)}  blocks: {len(get_blocks(model))}
 # `{answer}` that explains this scale and asks the judge to finish with a line `SCORE: <n>`. Then
 # write `parse_score(text) -> int` that reads the score back: the number after the **last**
 # `SCORE:` (judges sometimes quote the format before answering), and raises `ValueError` when there
-# is no valid score in 0–3.
+# is no `SCORE:` number or when that last one is not a valid score in 0–3 (an earlier `SCORE:` was a
+# draft: don't fall back on it).
 #
 # :::{dropdown} Hint 1
 # A regular expression such as `r"SCORE:\s*(\d+)"` with `re.findall` gives you every match; take

@@ -66,6 +66,14 @@ def parse_score_last_line(text):
     return int(found[-1])
 
 
+def parse_score_last_valid(text):
+    """The last SCORE: whose number is in 0-3, skipping an invalid final answer."""
+    for found in reversed(re.findall(r"SCORE:\s*(\d+)", text)):
+        if 0 <= int(found) <= 3:
+            return int(found)
+    raise ValueError("no score")
+
+
 def parse_score_ignore_case(text):
     matches = re.findall(r"score:\s*(-?\d+)", text, flags=re.I)
     if not matches or not 0 <= int(matches[-1]) <= 3:
@@ -106,6 +114,7 @@ CATALOGUE = {
         (parse_score_last_number, "last number in the text"),
         (parse_score_split_rest, "right after the last 'SCORE:'"),
         (parse_score_last_line, "not only its final line"),
+        (parse_score_last_valid, "draft score"),
     ]),
 }
 
