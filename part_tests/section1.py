@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import numbers
 import threading
 import time
 import warnings
@@ -360,9 +361,10 @@ def _check_span(label, tokenizer, messages, full_prompt, span) -> None:
     response = messages[-1]["content"]
     accepted = {response, response.strip()}  # a template may trim the content (Gemma's, Llama 3's do)
     check(isinstance(full_prompt, str), f"{label}: full_prompt should be a str, got {type(full_prompt).__name__}")
-    check(isinstance(span, (tuple, list)) and len(span) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in span),
+    check(isinstance(span, (tuple, list)) and len(span) == 2
+          and all(isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_)) for i in span),
           f"{label}: the second return value should be a (start, end) pair of ints, got {span!r:.80}")
-    start, end = span
+    start, end = (int(i) for i in span)
     ids = tokenizer(full_prompt, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     if bos is not None and ids[:2] == [bos, bos]:

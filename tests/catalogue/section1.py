@@ -1063,6 +1063,25 @@ def alt_fmt_rfind(messages, tokenizer):
     return full, (inside[0], inside[-1] + 1)
 
 
+def alt_fmt_searchsorted(messages, tokenizer):
+    """Binary search of the content's characters in the token offsets (the span comes back as numpy ints)."""
+    import numpy as np
+
+    msgs = _merged(messages, tokenizer)
+    if msgs[-1]["role"] != "assistant":
+        raise ValueError("last message must be the assistant's")
+    prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    content = msgs[-1]["content"]
+    if full.find(content, len(prefix)) < 0:
+        content = content.strip()
+    c0 = full.find(content, len(prefix))
+    offsets = np.array(tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+    start = np.searchsorted(offsets[:, 0], c0, side="left")
+    end = np.searchsorted(offsets[:, 1], c0 + len(content), side="right")
+    return full, (start, end)
+
+
 def alt_fmt_token_counts(messages, tokenizer):
     """Token counts instead of character offsets: the prefix's tokens, then the content's."""
     msgs = _merged(messages, tokenizer)
@@ -1343,8 +1362,8 @@ CORRECT_ALTERNATIVES = {
     "test_parse_score": [parse_score_ignore_case, parse_score_rfind],
     "test_parse_score_hidden": [parse_score_ignore_case, parse_score_rfind],
     "test_generate_all_responses": [alt_gen_map, alt_gen_as_completed],
-    "test_format_messages": [alt_fmt_rfind, alt_fmt_token_counts, fmt_no_check_last_role],
-    "test_format_messages_input_checks": [alt_fmt_rfind, alt_fmt_token_counts],
+    "test_format_messages": [alt_fmt_rfind, alt_fmt_token_counts, fmt_no_check_last_role, alt_fmt_searchsorted],
+    "test_format_messages_input_checks": [alt_fmt_rfind, alt_fmt_token_counts, alt_fmt_searchsorted],
     "test_extract_response_activations": [alt_extract_hidden_states, _wrong_extract(check_lengths=False),
                                           _wrong_extract(pad="left"),
                                           _wrong_extract(pad="right", attention=False)],
