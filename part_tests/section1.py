@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import numbers
 import threading
 import time
 import warnings
@@ -75,9 +76,16 @@ def test_parse_score(parse_score) -> None:
         "I first thought SCORE: 3, but on reflection the model broke character.\nSCORE: 2": 2,
         "SCORE: 1\n": 1,
         "SCORE: 2 -- the first 3 sentences are in role, the rest are not.": 2,
+        "SCORE: 3\n\nThe ghost never breaks character.": 3,
     }
     for text, expected in cases.items():
-        got = _parse(parse_score, text)
+        try:
+            got = _parse(parse_score, text)
+        except AssertionError as err:
+            if text.startswith("SCORE: 3\n\n"):
+                raise AssertionError(f"{err} -- the 'SCORE:' line need not be the reply's last line (judges add a "
+                                     "remark after it): search the whole text, not only its final line") from err
+            raise
         check(isinstance(got, int) and not isinstance(got, bool), f"parse_score should return an int, got {type(got).__name__}")
         if got != expected:
             hint = ""
@@ -86,7 +94,8 @@ def test_parse_score(parse_score) -> None:
             elif "first 3 sentences" in text and got == 3:
                 hint = " -- that is the last number in the text; the score is the number right after 'SCORE:'"
             raise AssertionError(f"parse_score({text!r}) returned {got}, expected {expected}{hint}")
-    for bad in ("The answer is in role.", "SCORE: 7", "SCORE: -1", "SCORE: high", "SCORE: 12"):
+    for bad in ("The answer is in role.", "SCORE: 7", "SCORE: -1", "SCORE: high", "SCORE: 12",
+                "Draft: SCORE: 2\nFinal answer:\nSCORE: 5"):
         try:
             got = parse_score(bad)
         except NotImplementedError as err:
@@ -99,6 +108,9 @@ def test_parse_score(parse_score) -> None:
         hint = ""
         if bad == "SCORE: 12" and got == 1:
             hint = " -- you read only its first digit: read the whole number (\\d+), then check the range"
+        elif "Draft" in bad and got == 2:
+            hint = (" -- the judge's final answer (the last 'SCORE:') is 5, outside the scale: raise rather than fall "
+                    "back on an earlier, draft score")
         raise AssertionError(
             f"parse_score({bad!r}) returned {got!r}; it should raise ValueError when there is no score in 0-3{hint}"
         )
@@ -235,6 +247,13 @@ def _check_responses(result, personas, questions, max_tokens, fake) -> None:
         fail(f"expected one entry per (persona_name, q_idx) -- {len(expected_keys)} keys; "
              f"missing e.g. {missing[:3]}, unexpected e.g. {sorted(keys - expected_keys, key=repr)[:3]} "
              "(q_idx counts from 0)")
+    asked = {(sp, q) for sp, q, _ in fake.calls}
+    never = [(name, q) for name, sp in personas.items() for q, qq in enumerate(questions) if (sp, qq) not in asked]
+    if never and len(fake.calls) == len(expected_keys):
+        fail(f"generate_response was called once per pair, but never for {never[:3]} while other pairs were asked "
+             "twice or more: a lambda (or inner function) submitted in a loop reads the loop variables when it runs, "
+             "not when it is submitted (late binding) -- pass them as arguments: pool.submit(generate_response, "
+             "system_prompt, question, max_tokens)")
     check(len(fake.calls) == len(expected_keys),
           f"generate_response was called {len(fake.calls)} times for {len(expected_keys)} (persona, question) pairs: call it once per pair")
     for (name, q), text in result.items():
@@ -300,6 +319,29 @@ def _gemma_like_tokenizer():
     return tok
 
 
+# Qwen3's own template with thinking on (its default): the generation prompt is the bare assistant header,
+# but the rendered final assistant turn opens with an empty thinking block, so the response does not start
+# where the generation prompt ends.
+_THINKING_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' and loop.last -%}"
+    "{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + message['content'] + '<|im_end|>\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+_THINKING_LABEL = "a Qwen3-style template with thinking on (the generation prompt lacks the thinking block)"
+
+
+@functools.lru_cache(maxsize=None)
+def _thinking_tokenizer():
+    from utils.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-qwen2")  # a fresh copy: the shared tokenizer keeps its template
+    tok.chat_template = _THINKING_TEMPLATE
+    return tok
+
+
 def _format_tokenizers():
     """(label, tokenizer) of every chat template format_messages must handle."""
     return [
@@ -307,6 +349,7 @@ def _format_tokenizers():
         ("tiny-gemma2 (no system role; its tokenizer adds <bos>)", _gemma_like_tokenizer()),
         ("a Qwen3-style template (a thinking block opens the final assistant turn)", tiny_variant("qwen3")[1]),
         ("a Llama-3-style template (BOS first, blank line after the header, one-token end of turn)", tiny_variant("llama3")[1]),
+        (_THINKING_LABEL, _thinking_tokenizer()),
     ]
 
 
@@ -318,9 +361,10 @@ def _check_span(label, tokenizer, messages, full_prompt, span) -> None:
     response = messages[-1]["content"]
     accepted = {response, response.strip()}  # a template may trim the content (Gemma's, Llama 3's do)
     check(isinstance(full_prompt, str), f"{label}: full_prompt should be a str, got {type(full_prompt).__name__}")
-    check(isinstance(span, (tuple, list)) and len(span) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in span),
+    check(isinstance(span, (tuple, list)) and len(span) == 2
+          and all(isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_)) for i in span),
           f"{label}: the second return value should be a (start, end) pair of ints, got {span!r:.80}")
-    start, end = span
+    start, end = (int(i) for i in span)
     ids = tokenizer(full_prompt, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     if bos is not None and ids[:2] == [bos, bos]:
@@ -330,6 +374,10 @@ def _check_span(label, tokenizer, messages, full_prompt, span) -> None:
     if got in accepted:
         return
     core = response.strip()
+    if start == 0 and core not in got:
+        fail(f"{label}: the span {tuple(span)} starts at the prompt's first token and decodes to {got!r:.80}: did "
+             "full_prompt.find(content) return -1? The template trimmed the reply's surrounding whitespace: look for "
+             "the stripped content too")
     if got.startswith(core) and any(m in got for m in _END_MARKERS):
         fail(f"{label}: the span decodes to {got!r}: it includes a chat marker such as <end_of_turn> / <|im_end|>; "
              "the response span is the message content only")
@@ -341,6 +389,10 @@ def _check_span(label, tokenizer, messages, full_prompt, span) -> None:
     if any(m in got for m in _END_MARKERS):
         fail(f"{label}: the span decodes to {got!r}: it includes a chat marker such as <end_of_turn> / <|im_end|>; "
              "the response span is the message content only")
+    if core in got and "</think>" in got.split(core)[0] and _THINKING_LABEL in label:
+        fail(f"{label}: the span decodes to {got!r}: it starts at the end of the generation prompt, but this "
+             "template opens the final assistant turn with a thinking block the generation prompt does not have -- "
+             "find the content's characters in full_prompt (full_prompt.find(content, len(prefix)))")
     if core in got:
         where = " (part of the assistant header: this template's header is longer than the one you assumed)" \
             if any(b in got.split(core)[0] for b in _HEADER_BITS) or got.split(core)[0].strip() == "" else ""
@@ -429,7 +481,7 @@ def test_format_messages(format_messages) -> None:
                 fail(f"{label}: full_prompt should be the chat template's rendering of the whole conversation "
                      f"(apply_chat_template(messages, tokenize=False), system prompt merged where the template has no "
                      f"system role); expected {ref_text!r:.300}, got {full_prompt!r:.300}")
-    passed("test_format_messages", "tiny-qwen2, tiny-gemma2, Qwen3- and Llama-3-style templates")
+    passed("test_format_messages", "tiny-qwen2, tiny-gemma2, Qwen3- (thinking off and on) and Llama-3-style templates")
 
 
 def test_format_messages_input_checks(format_messages) -> None:
@@ -591,7 +643,21 @@ def _extract_configs(model, tokenizer):
         ("tiny-qwen2", *qwen, [1, n - 1], len(_EXTRACT_RESPONSES)),
         ("tiny-qwen2 with a Llama-3-style chat template", *tiny_variant("llama3"), [n - 1], 3),
         ("tiny-qwen2 in bfloat16", *tiny("tiny-qwen2", torch.bfloat16), [1], 3),
+        (_RIGHT_PADDING, qwen[0], _right_padding_tokenizer(), [1], 3),
     ]
+
+
+_RIGHT_PADDING = "tiny-qwen2 with a tokenizer that pads on the right"
+
+
+@functools.lru_cache(maxsize=None)
+def _right_padding_tokenizer():
+    """tiny-qwen2's tokenizer with padding_side='right' (the course's tokenizers pad on the left; many others don't)."""
+    from utils.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-qwen2")  # a fresh copy: the shared tokenizer keeps its padding side
+    tok.padding_side = "right"
+    return tok
 
 
 def _check_returned(got, label, n, d):
@@ -603,6 +669,8 @@ def _check_returned(got, label, n, d):
     check(got.dtype == torch.float32, f"{label} returned dtype {got.dtype}, expected float32: convert the mean with "
                                       ".float() (a bf16 model's activations are bf16)")
     check(got.device.type == "cpu", f"{label} returned a tensor on {got.device}, expected the CPU (.cpu())")
+    check(not got.requires_grad, f"{label} returned a tensor that requires grad: the forward pass built an autograd "
+                                 "graph -- run it under torch.inference_mode() (keep the decorator of the stub)")
     return got.detach().double()
 
 
@@ -673,11 +741,23 @@ def test_extract_response_activations(extract_response_activations, model=None, 
             try:
                 with using(fn, format_messages=_ref_format_messages):
                     got = _attempt(fn, m, tok, systems, questions, responses, layer, name=label)
+            except AssertionError as err:
+                if "must match the size of tensor" not in str(err):
+                    raise
+                raise AssertionError(f"{err} -- it ran one example at a time but not batched: the hidden states and "
+                                     "the mask come from different batches (do you keep an earlier batch's captured "
+                                     "hidden states, e.g. a list the hook appends to, read at [0]?)") from err
             finally:
                 if counter is not None:
                     counter.remove()
             no_hooks_left(m, label, clean=owned)
             got = _check_returned(got, f"{label}, {n_examples} examples,", n_examples, d)
+            half = next(m.parameters()).dtype
+            if half in (torch.bfloat16, torch.float16) and bool((got == got.to(half).double()).all()):
+                # a float32 mean over several tokens is almost never exactly representable in half precision
+                fail(f"{label}: every entry of your means is a {half} number: the mean was computed (or rounded) in "
+                     f"the model's half precision and only then converted -- convert the hidden states with .float() "
+                     "before the masked sum, so the mean keeps float32's precision")
             if counter is not None:
                 counted = True
                 check(counter.count < n_examples,
@@ -687,7 +767,28 @@ def test_extract_response_activations(extract_response_activations, model=None, 
                       f"{label}: one forward pass held {counter.rows} conversations with the default batch_size=8: "
                       "run at most batch_size at a time (all at once runs out of memory on a real model)")
             lengths = [len(format_chat(build_messages(s, q, r), tok).input_ids) for s, q, r in zip(systems, questions, responses)]
+            if mname == _RIGHT_PADDING and not all(_close(got[i], expected[i], tol) for i in range(n_examples)):
+                fail(f"{label}: rows are wrong when batched, though right one at a time: this tokenizer pads on the "
+                     "right (tokenizer.padding_side == 'right'), so a span needs no shift -- if you let the tokenizer "
+                     "pad, shift each span by the padding it put *before* the sequence (read tokenizer.padding_side), "
+                     "or pad yourself")
             _diagnose_batch(label, got, expected, True, tol, lengths)
+            if counter is not None:  # the caller's batch_size is honoured, and other batch boundaries change nothing
+                small_label = f"{label}, batch_size=3"
+                counter = _ForwardCounter(m)
+                try:
+                    with using(fn, format_messages=_ref_format_messages):
+                        small = _attempt(fn, m, tok, systems, questions, responses, layer, batch_size=3, name=small_label)
+                finally:
+                    counter.remove()
+                no_hooks_left(m, small_label, clean=owned)
+                check(counter.rows <= 3,
+                      f"{small_label}: one forward pass held {counter.rows} conversations: use the batch_size argument "
+                      "for the size of each batch (a hard-coded size ignores the caller's memory budget)")
+                small = _check_returned(small, f"{small_label}, {n_examples} examples,", n_examples, d)
+                bad = [i for i in range(n_examples) if not _close(small[i], expected[i], tol)]
+                check(not bad, f"{small_label}: rows {bad} are wrong with batches of 3, though right with batches of 8: "
+                               "take each batch's examples, spans and padding from range(0, n, batch_size)")
         # an exception during the forward pass must not leave a hook behind
         n_blocks = len(get_blocks(m))
         blocks = get_blocks(m)
@@ -866,6 +967,33 @@ def test_extract_persona_vectors(extract_persona_vectors, model=None, tokenizer=
     a = lambda *qs: [("analyst", q) for q in qs]  # noqa: E731
     _check_vectors(out, {"analyst": a(0, 1, 2, 3)}, label, fake, responses, candidates={"analyst": {
         "a score of 0 is a score (0 >= 0): test `score is None`, not the score's truth value": a(0, 1, 3)}})
+    _check_vectors(out, {"ghost": g(0, 2)}, label, fake, responses, candidates={"ghost": {
+        "a None or missing score became 0 (`scores.get(key) or 0`, `scores.get(key, 0)`), which passes threshold 0: "
+        "a response the judge did not score never passes": g(0, 1, 2, 3),
+        "a None score (the judge failed) became 0, which passes threshold 0: it never passes": g(0, 2, 3),
+        "a missing score became 0, which passes threshold 0: a response with no score never passes": g(0, 1, 2),
+    }})
+
+    # scores={} (the judge scored nothing): nothing passes -- an empty dict is not None
+    fake = _TableExtractor(personas, questions, responses)
+    label = "extract_persona_vectors(..., scores={})"
+    out, warned = _run_persona_vectors(fn, fake, sentinel_model, sentinel_tok, personas, questions, responses, 7,
+                                       scores={}, label=label)
+    check(set(out) != {"default"}, f"{label}: you kept the default persona's responses, which have no score: the "
+                                   "filter applies to every persona alike (judge_roleplay gives the defaults their 3)")
+    check(not out, f"{label}: no response has a score, so every persona should be skipped (with a warning), but you "
+                   f"returned vectors for {sorted(out)} -- test `scores is None`, not `not scores`: an empty dict of "
+                   "scores filters everything out")
+
+    # a persona with no response at all (every generation failed) is skipped with a warning too
+    fake = _TableExtractor(personas, questions, responses)
+    label = "extract_persona_vectors(..., scores=None) with a persona that has no response"
+    more = {**personas, "bard": "You are a wandering bard who sings of old battles."}
+    out, warned = _run_persona_vectors(fn, fake, sentinel_model, sentinel_tok, more, questions, responses, 7, label=label)
+    check("bard" not in out, f"{label}: 'bard' has no response, so it should be skipped (with a warning)")
+    check(any("bard" in w for w in warned),
+          f"{label}: 'bard' is in `personas` but has no response in `responses` (its generations all failed): skipping it "
+          "should raise a warning naming it -- loop over `personas`, not only over the names found in `responses`")
 
     # end to end on a tiny model, with the default persona's empty system prompt
     m, tok = (model, tokenizer) if model is not None else tiny("tiny-gemma2")
@@ -936,6 +1064,13 @@ def _check_sim(out, vectors, expected_fn, label: str, centred: bool, atol: float
     check(sorted(names) == sorted(vectors), f"{label}: names should be the persona names {sorted(vectors)}, got {names}")
     X = torch.stack([vectors[k].double() for k in names])
     want = expected_fn(X)
+    if names != list(vectors):
+        in_dict_order = expected_fn(torch.stack([vectors[k].double() for k in vectors]))
+        if torch.allclose(sim, in_dict_order, atol=atol) and not torch.allclose(sim, want, atol=atol):
+            fail(f"{label}: the rows of sim are in the order of `vectors` but names is in another order: "
+                 "row i and column i must belong to names[i]")
+        fail(f"{label}: names should be list(vectors), in the dict's order {list(vectors)}, got {names} -- don't sort "
+             "the names: the caller orders the dict (group by group, so the heatmap shows blocks)")
     if torch.allclose(sim, want, atol=atol):
         return
     numbers = f"max abs difference {(sim - want).abs().max().item():.3g}; sim[0, 1] expected {want[0, 1].item():.5f}, got {sim[0, 1].item():.5f}"
@@ -1029,6 +1164,10 @@ def test_compute_cosine_similarity_matrix_centered_input_checks(compute_cosine_s
         for what, bad in _undirected()[1:]:
             expect_value_error(compute_cosine_similarity_matrix_centered, {"calm": torch.randn(16), "broken": bad},
                                name=label, what=what)
+        twin = torch.randn(16)
+        expect_value_error(compute_cosine_similarity_matrix_centered, {"calm": twin, "twin": twin.clone()}, name=label,
+                           what="two identical vectors (centred, both are zero: check the centred vectors for a zero "
+                           "one, not only the vectors passed in)")
     passed("test_compute_cosine_similarity_matrix_centered_input_checks")
 
 
@@ -1110,9 +1249,17 @@ def test_pca_decompose_persona_vectors(pca_decompose_persona_vectors) -> None:
     ratio = np.asarray(pca.explained_variance_ratio_, dtype=float)
     check(ratio.shape[0] >= 2 and np.allclose(ratio[:2], ref_var.numpy(), atol=1e-4),
           f"{label}: the PCA's explained_variance_ratio_ {ratio[:2]} does not match a PCA of all persona vectors {ref_var.numpy()}")
+    check(np.asarray(pca.components_).shape[0] == 2,
+          f"{label}: the PCA has {np.asarray(pca.components_).shape[0]} components; fit PCA(n_components=2) (the notebook "
+          "uses pca.components_ as the two PCs of the plot)")
     pcs = torch.as_tensor(np.asarray(pca.components_, dtype=float))[:2]
     check(pcs.shape == ref_pcs.shape and torch.allclose((pcs * ref_pcs).sum(1).abs(), torch.ones(2, dtype=torch.float64), atol=1e-3),
           f"{label}: the PCA's components_ are not the principal components of all persona vectors")
+    own = (X - X.mean(0, keepdim=True)) @ pcs.T  # pca.transform(X): the coordinates along the returned PCs, signs included
+    if not torch.allclose(coords, own, atol=1e-3):
+        fail(f"{label}: pca_coords are not the coordinates of the returned PCA (pca.transform(X)): a column's sign "
+             "is flipped or the coordinates come from another fit -- the notebook orients each PC with "
+             "pca.components_, so return the coordinates of that same fitted PCA (fit_transform)")
     passed("test_pca_decompose_persona_vectors",
            f"on the test's vectors: PC1 explains {ratio[0]:.0%}, |cos(axis, PC1)| = {abs(float(_unit(pcs[0]) @ axis)):.2f}")
 
@@ -1189,6 +1336,9 @@ def test_project_personas_onto_axis_input_checks(project_personas_onto_axis) -> 
                            what=f"an axis that is {what.split(' ', 1)[1]} (there is no direction to project onto)")
     expect_value_error(project_personas_onto_axis, {"per_layer": torch.randn(4, 16)}, torch.randn(16), name=label,
                        what="a vector whose shape differs from the axis (a [num_layers, d_model] tensor: select a layer first)")
+    expect_value_error(project_personas_onto_axis, {"calm": torch.randn(16), "row": torch.randn(1, 16)}, torch.randn(16),
+                       name=label, what="a vector of shape [1, d_model] against an axis of shape [d_model] (a row kept "
+                       "2-D, X[i:i+1]: `a @ v` still gives one number, so compare a.shape with the axis's shape)")
     passed("test_project_personas_onto_axis_input_checks")
 
 
@@ -1255,7 +1405,8 @@ def test_rank_by_cosine_input_checks(rank_by_cosine) -> None:
     traits, axis = _traits()
     d = axis.shape[0]
     for what, v in (("a [num_layers, d_model] tensor where one layer's row was meant: select a layer first", torch.randn(4, d)),
-                    (f"a vector of length {d // 2} against an axis of length {d}", torch.randn(d // 2))):
+                    (f"a vector of length {d // 2} against an axis of length {d}", torch.randn(d // 2)),
+                    ("a [1, d_model] row kept 2-D, X[i:i+1]: compare the shapes, not the number of entries", torch.randn(1, d))):
         expect_value_error(rank_by_cosine, {"calm": traits["calm"], "bad": v}, axis, name="rank_by_cosine",
                            what=f"a vector whose shape differs from the axis ({what})")
     for what, bad in _undirected(d):

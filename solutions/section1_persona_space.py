@@ -104,7 +104,8 @@ print(f"world: {config.world_label(section=1)}  blocks: {len(get_blocks(model))}
 # `{answer}` that explains this scale and asks the judge to finish with a line `SCORE: <n>`. Then
 # write `parse_score(text) -> int` that reads the score back: the number after the **last**
 # `SCORE:` (judges sometimes quote the format before answering), and raises `ValueError` when there
-# is no valid score in 0–3.
+# is no `SCORE:` number or when that last one is not a valid score in 0–3 (an earlier `SCORE:` was a
+# draft: don't fall back on it).
 #
 # :::{dropdown} Hint 1
 # A regular expression such as `r"SCORE:\s*(\d+)"` with `re.findall` gives you every match; take
@@ -521,12 +522,15 @@ print(f"just outside the span: {tokenizer.decode(ids[start - 1:start])!r} ... {t
 # layer)`. For each triple, build the conversation (`build_messages(system_prompt, question,
 # response)`), find the response's span with your `format_messages`, run the model and average
 # **the output of block `layer`** over the response's tokens. Return a float32 tensor `[n,
-# d_model]` on the CPU. Requirements:
+# d_model]` on the CPU, averaged in float32 (a bf16 model's hidden states are bf16: convert them
+# before the sum). Requirements:
 #
 # - **Batched**: run several conversations per forward pass, padded to one length. Padding must
 #   change nothing: pass an `attention_mask`, keep pads out of the averaged span, and if you pad on
 #   the left, shift each span by its padding. (Right padding is simpler here: with causal
-#   attention, pads placed after the real tokens are never seen by them.)
+#   attention, pads placed after the real tokens are never seen by them.) If you let the tokenizer
+#   pad (`padding=True`), it pads on the side `tokenizer.padding_side` says: the course's tokenizers
+#   pad on the left, other tokenizers on the right, and the tests use both.
 # - **A forward hook** on `get_blocks(model)[layer]` (the course's convention: "activation at layer
 #   L" is block L's output). A block's output is a tensor in recent transformers and a tuple in some
 #   older models: `hidden_of(output)` returns the hidden states of either. `output[0]` on a tensor
@@ -754,9 +758,10 @@ glue("s1_norm_ratio", norms.max() / norms.min())
 # (`.float()`). In bf16, centring subtracts numbers of size ~10⁴ that differ by a few per cent, and
 # little of the difference survives.
 #
-# Input checks (graded apart): raise `ValueError` when a vector is zero or holds NaN or inf (it has no
-# direction, so no cosine: don't hide it as 0 or NaN), and when the centred version gets fewer than
-# two vectors (one vector minus the mean of one vector is zero).
+# Input checks (graded apart): raise `ValueError` for an empty dict, when a vector is zero or holds NaN
+# or inf (it has no direction, so no cosine: don't hide it as 0 or NaN), and when the centred version
+# gets fewer than two vectors (one vector minus the mean of one vector is zero) or a vector that is
+# zero once centred (two identical vectors, for instance).
 #
 # :::{note} Common confusion: every raw persona vector points the same way
 # Mean activations share a large component: whatever the model does on *any* chat response at this

@@ -57,6 +57,23 @@ def parse_score_split_rest(text):
     return score
 
 
+def parse_score_last_line(text):
+    """Reads only the reply's final line (misses a SCORE: line followed by a remark)."""
+    lines = text.strip().splitlines()
+    found = re.findall(r"SCORE:\s*(\d+)", lines[-1]) if lines else []
+    if not found or not 0 <= int(found[-1]) <= 3:
+        raise ValueError("no score")
+    return int(found[-1])
+
+
+def parse_score_last_valid(text):
+    """The last SCORE: whose number is in 0-3, skipping an invalid final answer."""
+    for found in reversed(re.findall(r"SCORE:\s*(\d+)", text)):
+        if 0 <= int(found) <= 3:
+            return int(found)
+    raise ValueError("no score")
+
+
 def parse_score_ignore_case(text):
     matches = re.findall(r"score:\s*(-?\d+)", text, flags=re.I)
     if not matches or not 0 <= int(matches[-1]) <= 3:
@@ -96,6 +113,8 @@ CATALOGUE = {
         (parse_score_first_digit, "first digit"),
         (parse_score_last_number, "last number in the text"),
         (parse_score_split_rest, "right after the last 'SCORE:'"),
+        (parse_score_last_line, "not only its final line"),
+        (parse_score_last_valid, "draft score"),
     ]),
 }
 
@@ -124,6 +143,16 @@ def gen_no_max_tokens(personas, questions, max_tokens=256, max_workers=10):
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         futures = {pool.submit(generate_response, p, qq): (n, q)  # noqa: F821
                    for n, p in personas.items() for q, qq in enumerate(questions)}
+        return {key: f.result() for f, key in futures.items()}
+
+
+def gen_late_binding(personas, questions, max_tokens=256, max_workers=10):
+    """A lambda per pair, submitted in the loop: it reads sp and qq when it runs, by then later values."""
+    futures = {}
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        for n, sp in personas.items():
+            for q, qq in enumerate(questions):
+                futures[pool.submit(lambda: generate_response(sp, qq, max_tokens))] = (n, q)  # noqa: B023, F821
         return {key: f.result() for f, key in futures.items()}
 
 
@@ -239,7 +268,8 @@ def fmt_no_check_last_role(messages, tokenizer):
 @torch.inference_mode()
 def _extract(model, tokenizer, system_prompts, questions, responses, layer, *, span="exact", source="hook",
              pad="right", attention=True, shift=True, out0=False, finally_remove=True, check_lengths=True,
-             batch_size=8, batching="ok", keep_dtype=False, mask="lengths", special_tokens=False, keepdim=False):
+             batch_size=8, batching="ok", keep_dtype=False, mask="lengths", special_tokens=False, keepdim=False,
+             half_mean=False):
     from utils.chat import build_messages
     from utils.hooks import get_blocks, hidden_of
 
@@ -298,14 +328,90 @@ def _extract(model, tokenizer, system_prompts, questions, responses, layer, *, s
             hs = model(**kwargs, output_hidden_states=True).hidden_states
             h = {"hs[layer]": hs[layer], "hs[-1]": hs[-1], "hs[layer+1]": hs[layer + 1]}[source]
         h = h if keep_dtype else h.float()
+        if half_mean:
+            h = h.to(model.dtype)
         m = sel[:, :, None].to(h.dtype)
-        means.append(((h * m).sum(1, keepdim=keepdim) / m.sum(1, keepdim=keepdim)).cpu())
+        means.append(((h * m).sum(1, keepdim=keepdim) / m.sum(1, keepdim=keepdim)).float().cpu() if half_mean
+                     else ((h * m).sum(1, keepdim=keepdim) / m.sum(1, keepdim=keepdim)).cpu())
+    return torch.cat(means)
+
+
+def extract_with_grad(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
+    """The stub's @torch.inference_mode() dropped: the forward pass records an autograd graph."""
+    return _extract.__wrapped__(model, tokenizer, system_prompts, questions, responses, layer, batch_size=batch_size)
+
+
+@torch.inference_mode()
+def extract_tokenizer_pads_left(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
+    """Lets the tokenizer pad, and shifts every span as if it padded on the left (the course's tokenizers do)."""
+    from utils.chat import build_messages
+    from utils.hooks import get_blocks, hidden_of
+
+    if not len(system_prompts) == len(questions) == len(responses):
+        raise ValueError("lengths differ")
+    texts, spans = [], []
+    for s, q, r in zip(system_prompts, questions, responses):
+        text, span = format_messages(build_messages(s, q, r), tokenizer)  # noqa: F821
+        texts.append(text)
+        spans.append(span)
+    means = []
+    for b0 in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[b0:b0 + batch_size], add_special_tokens=False, padding=True, return_tensors="pt")
+        T = enc["input_ids"].shape[1]
+        sel = torch.zeros(enc["input_ids"].shape)
+        for i, (a, b) in enumerate(spans[b0:b0 + batch_size]):
+            off = T - int(enc["attention_mask"][i].sum())  # assumes the pads come first
+            sel[i, off + a:off + b] = 1
+        captured = {}
+        handle = get_blocks(model)[layer].register_forward_hook(
+            lambda module, args, output: captured.update(h=hidden_of(output)))
+        try:
+            model(**enc)
+        finally:
+            handle.remove()
+        h = captured["h"].float()
+        means.append(((h * sel[:, :, None]).sum(1) / sel.sum(1, keepdim=True)).cpu())
+    return torch.cat(means)
+
+
+@torch.inference_mode()
+def extract_first_capture(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
+    """The hook appends to one list for every batch, and each batch reads captured[0] (the first batch's)."""
+    from utils.chat import build_messages
+    from utils.hooks import get_blocks, hidden_of
+
+    if not len(system_prompts) == len(questions) == len(responses):
+        raise ValueError("lengths differ")
+    items = []
+    for s, q, r in zip(system_prompts, questions, responses):
+        text, span = format_messages(build_messages(s, q, r), tokenizer)  # noqa: F821
+        items.append((tokenizer(text, add_special_tokens=False)["input_ids"], span))
+    captured, means = [], []
+    handle = get_blocks(model)[layer].register_forward_hook(lambda module, args, output: captured.append(hidden_of(output)))
+    try:
+        for b0 in range(0, len(items), batch_size):
+            batch = items[b0:b0 + batch_size]
+            T = max(len(x) for x, _ in batch)
+            ids = torch.full((len(batch), T), tokenizer.pad_token_id, dtype=torch.long)
+            attn = torch.zeros((len(batch), T), dtype=torch.long)
+            sel = torch.zeros((len(batch), T))
+            for i, (x, (a, b)) in enumerate(batch):
+                ids[i, :len(x)] = torch.tensor(x)
+                attn[i, :len(x)] = 1
+                sel[i, a:b] = 1
+            model(input_ids=ids, attention_mask=attn)
+            h = captured[0].float()
+            means.append(((h * sel[:, :, None]).sum(1) / sel.sum(1, keepdim=True)).cpu())
+    finally:
+        handle.remove()
     return torch.cat(means)
 
 
 def _wrong_extract(**mistake):
-    def wrong(model, tokenizer, system_prompts, questions, responses, layer):
-        return _extract(model, tokenizer, system_prompts, questions, responses, layer, **mistake)
+    """One mistake; a batch_size among the mistakes is hard-coded (the caller's batch_size is ignored)."""
+    def wrong(model, tokenizer, system_prompts, questions, responses, layer, batch_size=8):
+        return _extract(model, tokenizer, system_prompts, questions, responses, layer,
+                        **{"batch_size": batch_size, **mistake})
     return wrong
 
 
@@ -346,6 +452,23 @@ def _wrong_pv(**mistake):
     return wrong
 
 
+def pv_none_as_zero(model, tokenizer, personas, questions, responses, layer, scores=None, score_threshold=3):
+    """A None or missing score counts as 0 (`scores.get(key) or 0`): it passes threshold 0."""
+    return _persona_vectors(model, tokenizer, personas, questions, responses, layer, scores, score_threshold,
+                            keep=lambda s, t: (s or 0) >= t)
+
+
+def pv_falsy_scores(model, tokenizer, personas, questions, responses, layer, scores=None, score_threshold=3):
+    """`if not scores:` keeps every response when the dict of scores is empty."""
+    return _persona_vectors(model, tokenizer, personas, questions, responses, layer, scores or None, score_threshold)
+
+
+def pv_names_from_responses(model, tokenizer, personas, questions, responses, layer, scores=None, score_threshold=3):
+    """Groups by the names found in `responses`: a persona with no response at all is dropped without a warning."""
+    present = {n: p for n, p in personas.items() if any(k[0] == n for k in responses)}
+    return _persona_vectors(model, tokenizer, present, questions, responses, layer, scores, score_threshold)
+
+
 # ---------------------------------------------------------------------------------------------
 # Exercise 1.6 -- cosine similarity matrices
 
@@ -368,6 +491,15 @@ def cos_dot_products(vectors):
 def cos_names_sorted(vectors):
     X, _ = _stack(vectors)
     return _cos(X), sorted(vectors)
+
+
+def cos_sorted_consistently(vectors):
+    """Rows, columns and names all in sorted order: consistent, but not the caller's order."""
+    return ref.compute_cosine_similarity_matrix({k: vectors[k] for k in sorted(vectors)})
+
+
+def cen_sorted_consistently(vectors):
+    return ref.compute_cosine_similarity_matrix_centered({k: vectors[k] for k in sorted(vectors)})
 
 
 def cos_centred_in_raw(vectors):
@@ -451,6 +583,22 @@ def pca_roles_only_rows(vectors, default_personas):
     roles = [n for n in vectors if n not in default_personas]
     X = torch.stack([vectors[n].float() for n in roles]).numpy()
     return axis, pca.transform(X), pca
+
+
+def pca_coords_flipped(vectors, default_personas):
+    """Orients the coordinates toward the defaults but leaves pca.components_ as fitted."""
+    axis, coords, pca = ref.pca_decompose_persona_vectors(vectors, default_personas)
+    return axis, -coords, pca
+
+
+def pca_all_components(vectors, default_personas):
+    """PCA() with every component, and the first two columns of its coordinates."""
+    from sklearn.decomposition import PCA
+
+    axis, _, _ = ref.pca_decompose_persona_vectors(vectors, default_personas)
+    X = torch.stack([v.float() for v in vectors.values()]).numpy()
+    pca = PCA()
+    return axis, pca.fit_transform(X)[:, :2], pca
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,6 +732,34 @@ def fmt_no_strip_fallback(messages, tokenizer):
     return full, _fmt_span(full, len(prefix), msgs[-1]["content"], tokenizer)
 
 
+def fmt_content_after_prefix(messages, tokenizer):
+    """The response starts where the generation prompt ends (not so when only the final turn has a thinking block)."""
+    msgs = _merged(messages, tokenizer)
+    prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    content = msgs[-1]["content"]
+    c0 = full.find(content, len(prefix))
+    if c0 < 0:
+        content = content.strip()
+        c0 = full.find(content, len(prefix))
+    c0, c1 = len(prefix), c0 + len(content)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if c0 <= s and e <= c1 and e > s]
+    return full, (inside[0], inside[-1] + 1)
+
+
+def fmt_find_unchecked(messages, tokenizer):
+    """full_prompt.find(content) without checking for -1 (the template trimmed the content)."""
+    msgs = _merged(messages, tokenizer)
+    prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    content = msgs[-1]["content"]
+    c0 = full.find(content, len(prefix))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if c0 <= s and e <= c0 + len(content) and e > s]
+    return full, (inside[0], inside[-1] + 1)
+
+
 def fmt_assert_last_role(messages, tokenizer):
     assert messages[-1]["role"] == "assistant", "the last message must be the assistant's"
     return ref.format_messages(messages, tokenizer)
@@ -713,6 +889,7 @@ CATALOGUE.update({
         (gen_passes_name, "persona's name"),
         (gen_args_swapped, "swapped"),
         (gen_index_lookup, "questions.index"),
+        (gen_late_binding, "late binding"),
     ]),
     "test_format_messages": ("format_messages", [
         (fmt_system_not_merged, "merge the system prompt"),
@@ -730,6 +907,8 @@ CATALOGUE.update({
         (_fmt_merge_with(" "), "separates them"),
         (_fmt_merge_with("\n\n", into="last"), "*first* user message"),
         (fmt_no_strip_fallback, "stripped content"),
+        (fmt_content_after_prefix, "generation prompt does not have"),
+        (fmt_find_unchecked, "stripped content"),
     ]),
     "test_format_messages_input_checks": ("format_messages", [
         (fmt_no_check_last_role, "should raise ValueError"),
@@ -747,10 +926,15 @@ CATALOGUE.update({
         (_wrong_extract(out0=True), "output[0]"),
         (_wrong_extract(finally_remove=False), "hook"),
         (_wrong_extract(keep_dtype=True), "expected float32"),
+        (_wrong_extract(half_mean=True), "before the masked sum"),
+        (extract_with_grad, "inference_mode"),
+        (extract_tokenizer_pads_left, "read tokenizer.padding_side"),
+        (extract_first_capture, "from different batches"),
         (_wrong_extract(batching="drop_last"), "partial batch"),
         (_wrong_extract(batching="first_spans"), "second batch"),
         (_wrong_extract(batch_size=1), "forward passes"),
         (_wrong_extract(batch_size=64), "batch_size"),
+        (_wrong_extract(batch_size=8), "use the batch_size argument"),
         (_wrong_extract(mask="ne_pad"), "pad_token_id"),
         (_wrong_extract(special_tokens=True), "double BOS"),
         (_wrong_extract(keepdim=True), "returned shape"),
@@ -774,10 +958,14 @@ CATALOGUE.update({
         (_pv_missing("keyerror"), "absent"),
         (_pv_missing("falsy"), "truth value"),
         (_pv_missing("keepdim"), "returned shape"),
+        (pv_none_as_zero, "passes threshold 0"),
+        (pv_falsy_scores, "not `not scores`"),
+        (pv_names_from_responses, "loop over `personas`"),
     ]),
     "test_compute_cosine_similarity_matrix": ("compute_cosine_similarity_matrix", [
         (cos_dot_products, "normalise"),
         (cos_names_sorted, "names[i]"),
+        (cos_sorted_consistently, "don't sort the names"),
         (cos_centred_in_raw, "should not be centred"),
         (cos_only_sim, "(sim, names)"),
         (cos_wrong_dim, "returned shape"),
@@ -790,6 +978,7 @@ CATALOGUE.update({
         (cen_not_normalised, "normalise"),
         (cen_in_place, "modified the vectors"),
         (cen_names_sorted, "names[i]"),
+        (cen_sorted_consistently, "don't sort the names"),
         (cen_global_mean, "one number"),
         (cen_in_input_dtype, "bf16"),
     ]),
@@ -803,6 +992,8 @@ CATALOGUE.update({
         (_wrong_pca(axis_numpy=True), "torch.Tensor"),
         (pca_axis_is_pc1, "is PC1"),
         (pca_three_components, "returned shape"),
+        (pca_coords_flipped, "coordinates of the returned PCA"),
+        (pca_all_components, "fit PCA(n_components=2)"),
     ]),
     "test_pca_decompose_persona_vectors_input_checks": ("pca_decompose_persona_vectors", [
         (_wrong_pca(check_names=False), "unknown default"),
@@ -872,6 +1063,25 @@ def alt_fmt_rfind(messages, tokenizer):
     return full, (inside[0], inside[-1] + 1)
 
 
+def alt_fmt_searchsorted(messages, tokenizer):
+    """Binary search of the content's characters in the token offsets (the span comes back as numpy ints)."""
+    import numpy as np
+
+    msgs = _merged(messages, tokenizer)
+    if msgs[-1]["role"] != "assistant":
+        raise ValueError("last message must be the assistant's")
+    prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    content = msgs[-1]["content"]
+    if full.find(content, len(prefix)) < 0:
+        content = content.strip()
+    c0 = full.find(content, len(prefix))
+    offsets = np.array(tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+    start = np.searchsorted(offsets[:, 0], c0, side="left")
+    end = np.searchsorted(offsets[:, 1], c0 + len(content), side="right")
+    return full, (start, end)
+
+
 def alt_fmt_token_counts(messages, tokenizer):
     """Token counts instead of character offsets: the prefix's tokens, then the content's."""
     msgs = _merged(messages, tokenizer)
@@ -879,8 +1089,9 @@ def alt_fmt_token_counts(messages, tokenizer):
         raise ValueError("last message must be the assistant's")
     prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(msgs, tokenize=False)
-    start = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
     content = msgs[-1]["content"] if full.find(msgs[-1]["content"], len(prefix)) >= 0 else msgs[-1]["content"].strip()
+    c0 = full.find(content, len(prefix))  # not len(prefix): a template may put a thinking block before the content
+    start = len(tokenizer(full[:c0], add_special_tokens=False)["input_ids"])
     return full, (start, start + len(tokenizer(content, add_special_tokens=False)["input_ids"]))
 
 
@@ -1045,6 +1256,19 @@ def cen_no_count_check(vectors):
     return Xn @ Xn.T, names
 
 
+def cen_checks_before_centring(vectors):
+    """Checks the vectors passed in, but not the centred ones (two identical vectors centre to zero: NaN)."""
+    names = list(vectors)
+    if len(names) < 2:
+        raise ValueError("need two vectors")
+    X = torch.stack([vectors[n].float() for n in names])
+    if not torch.isfinite(X).all() or (X.norm(dim=1) == 0).any():
+        raise ValueError("a vector is zero or not finite")
+    Xc = X - X.mean(dim=0, keepdim=True)
+    Xn = Xc / Xc.norm(dim=1, keepdim=True)
+    return Xn @ Xn.T, names
+
+
 def alt_cen_checked(vectors):
     if len(vectors) < 2:
         raise ValueError("need two vectors")
@@ -1076,6 +1300,29 @@ def proj_no_shape_check(vectors, axis):
     return dict(sorted(out.items(), key=lambda kv: kv[1], reverse=True))
 
 
+def proj_matmul_no_shape_check(vectors, axis):
+    """a @ v with no shape check: a [num_layers, d] vector fails in float(), but a [1, d] row passes silently."""
+    axis = axis.float()
+    if not torch.isfinite(axis).all() or axis.norm() == 0:
+        raise ValueError("bad axis")
+    out = {n: float(a.float() @ axis / axis.norm()) for n, a in vectors.items()}
+    return dict(sorted(out.items(), key=lambda kv: kv[1], reverse=True))
+
+
+def rank_numel_check(vectors, axis):
+    """Compares the number of entries, not the shapes, and flattens."""
+    for n, v in vectors.items():
+        if v.numel() != axis.numel():
+            raise ValueError(f"{n}: size differs from the axis")
+        v = v.float()
+        if not torch.isfinite(v).all() or v.norm() == 0:
+            raise ValueError(f"{n}: no direction")
+    a = axis.float()
+    if not torch.isfinite(a).all() or a.norm() == 0:
+        raise ValueError("bad axis")
+    return rank_no_shape_check({n: v.flatten() for n, v in vectors.items()}, axis)
+
+
 def alt_proj_checked(vectors, axis):
     import numpy as np
 
@@ -1091,6 +1338,7 @@ def alt_proj_checked(vectors, axis):
 CATALOGUE.update({
     "test_rank_by_cosine_input_checks": ("rank_by_cosine", CATALOGUE["test_rank_by_cosine_input_checks"][1] + [
         (rank_shape_check_only, "an axis that is zero"),
+        (rank_numel_check, "compare the shapes, not the number of entries"),
     ]),
     "test_compute_cosine_similarity_matrix_input_checks": ("compute_cosine_similarity_matrix", [
         (cos_clamped_norm, "a zero vector"),
@@ -1099,11 +1347,13 @@ CATALOGUE.update({
     ]),
     "test_compute_cosine_similarity_matrix_centered_input_checks": ("compute_cosine_similarity_matrix_centered", [
         (cen_no_count_check, "a single vector"),
+        (cen_checks_before_centring, "check the centred vectors"),
     ]),
     "test_project_personas_onto_axis_input_checks": ("project_personas_onto_axis", [
         (proj_no_axis_check, "an axis that is zero"),
         (proj_zero_check_only, "NaN"),
         (proj_no_shape_check, "select a layer first"),
+        (proj_matmul_no_shape_check, "compare a.shape with the axis's shape"),
     ]),
 })
 
@@ -1112,8 +1362,8 @@ CORRECT_ALTERNATIVES = {
     "test_parse_score": [parse_score_ignore_case, parse_score_rfind],
     "test_parse_score_hidden": [parse_score_ignore_case, parse_score_rfind],
     "test_generate_all_responses": [alt_gen_map, alt_gen_as_completed],
-    "test_format_messages": [alt_fmt_rfind, alt_fmt_token_counts, fmt_no_check_last_role],
-    "test_format_messages_input_checks": [alt_fmt_rfind, alt_fmt_token_counts],
+    "test_format_messages": [alt_fmt_rfind, alt_fmt_token_counts, fmt_no_check_last_role, alt_fmt_searchsorted],
+    "test_format_messages_input_checks": [alt_fmt_rfind, alt_fmt_token_counts, alt_fmt_searchsorted],
     "test_extract_response_activations": [alt_extract_hidden_states, _wrong_extract(check_lengths=False),
                                           _wrong_extract(pad="left"),
                                           _wrong_extract(pad="right", attention=False)],
