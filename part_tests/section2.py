@@ -62,6 +62,29 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def _bos_adding_tokenizer():
+    """tiny-gemma2 with a tokenizer that prepends <bos> itself unless add_special_tokens=False, as the
+    real Gemma 2 and Llama 3 tokenizers do (the tiny ones do not): tokenising a rendered chat, which
+    already starts with <bos>, with the default add_special_tokens=True then gives two. (model,
+    tokenizer), or None where this transformers version cannot switch the tokenizer to that."""
+    from utils.models import load_tokenizer
+
+    try:
+        model, _ = tiny("tiny-gemma2")
+        tok = load_tokenizer("tiny-gemma2")
+        tok.add_bos_token = True
+        adds = tok("hi")["input_ids"]
+        plain = tok("hi", add_special_tokens=False)["input_ids"]
+    except Exception:  # pragma: no cover - assets missing or an older tokenizer API
+        return None
+    if tok.bos_token_id is None or adds != [tok.bos_token_id, *plain]:  # pragma: no cover
+        return None
+    return model, tok
+
+
+BOS_WHERE = " (a tokenizer that prepends <bos> itself unless add_special_tokens=False)"
+
+
 @contextmanager
 def _spy_hook_registrations(model):
     """Record the block index of every hook that user code registers on a decoder block while active
@@ -293,6 +316,19 @@ def test_record_hidden_shapes(record_hidden_shapes, model=None, tokenizer=None) 
                      f"the default {default_new}: the max_new_tokens argument was ignored (pass it to generate)")
             fail(f"recorded {len(shapes)} shapes, but greedy generation of up to {max_new} tokens runs {n_forwards} forward "
                  "passes here (one per generated token): record once per forward, generate greedily with max_new_tokens")
+    bos = _bos_adding_tokenizer()
+    if bos is not None:  # a chat template that starts with <bos>, and a tokenizer that would add another
+        g_model, g_tok = bos
+        T_g, _ = _greedy_forwards(g_model, g_tok, prompt, 2)
+        g_shapes = call(record_hidden_shapes, g_model, g_tok, prompt, 1, 2, name="record_hidden_shapes")
+        no_hooks_left(g_model, "record_hidden_shapes")
+        first = tuple(int(x) for x in g_shapes[0]) if g_shapes else ()
+        if len(first) == 3 and first[1] == T_g + 1:
+            fail(f"with a tokenizer that prepends <bos> itself (as Gemma 2's and Llama 3's do) the prefill saw {first[1]} "
+                 f"tokens, one more than the formatted prompt's {T_g}: the chat template already starts with <bos>, and "
+                 "tokenizer(text) adds a second one. Tokenise with add_special_tokens=False")
+        check(len(first) == 3 and first[1] == T_g, f"on tiny-gemma2{BOS_WHERE} the prefill shape is {first}, expected "
+                                                   f"(1, {T_g}, d_model)")
     _check_hooks_after_exception(model, lambda: record_hidden_shapes(model, tokenizer, prompt, runs[0][0], 3),
                                  "record_hidden_shapes")
     passed("test_record_hidden_shapes", f"prefill {shapes[0]}, then {len(shapes) - 1} x {(1, 1, d)}")
@@ -395,6 +431,13 @@ def _check_spans(spans, messages, tokenizer, where: str = "") -> None:
              f"to {text!r:.70}")
 
 
+def _check_messages_kept(messages, name: str) -> None:
+    if messages != CONVERSATION:
+        fail(f"{name} changed the list of messages it was given (e.g. merged the system prompt into the first user "
+             "message in place): work on a copy; normalize_messages(messages, tokenizer) returns a new list and does the "
+             "merging for templates without a system role")
+
+
 def _spans_on(ConversationAnalyzer, model, tokenizer, layer, axis, messages, where: str, advice: str):
     analyzer = call(ConversationAnalyzer, model, tokenizer, layer, axis, name="ConversationAnalyzer")
     try:
@@ -415,6 +458,16 @@ def _block_output(model, tokenizer, messages, layer) -> torch.Tensor:
     with hooks(model, {layer: lambda m, a, o: got.update(h=hidden_of(o)[0].detach().float().cpu())}), torch.inference_mode():
         model(input_ids=ids)
     return got["h"]
+
+
+def _final_norm_means(model, tokenizer, messages) -> torch.Tensor:
+    """Each turn's mean of HF's hidden_states[-1] (the last block's output after the final norm),
+    [n_turns, d_model]: what reading the last block from output_hidden_states gives."""
+    _, spans, ids = assistant_turn_spans(messages, tokenizer)
+    with torch.inference_mode():
+        hs = model(input_ids=torch.tensor([ids], device=input_device(model)), output_hidden_states=True).hidden_states
+    h = hs[-1][0].float().cpu()
+    return torch.stack([h[s:e].mean(0) for s, e in spans])
 
 
 def _wrong_span_means(model, tokenizer, messages, layer) -> list[tuple[str, torch.Tensor]]:
@@ -485,7 +538,7 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
     layer = max(1, min(n_blocks - 2, n_blocks // 2))
     other_layer = 0 if layer >= 2 else min(layer + 2, n_blocks - 2)  # not the last block: hidden_states[-1] is normed
     axis = _random_vector(d, 3.0, seed=21)
-    messages = CONVERSATION
+    messages = copy.deepcopy(CONVERSATION)  # compared with CONVERSATION after the student's calls
     analyzer = call(ConversationAnalyzer, model, tokenizer, layer, axis, name="ConversationAnalyzer")
 
     # --- spans: the course template, a repeated reply, and templates that break shortcuts
@@ -516,6 +569,15 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
             _d_model(g_model), 3.0, seed=22), messages, where,
             "render normalize_messages(messages, tokenizer), which merges the system prompt into the first user message")
         _check_spans(got, messages, g_tok, where=where)
+    _check_messages_kept(messages, "turn_spans")
+    bos = _bos_adding_tokenizer()
+    if bos is not None:  # the rendered chat starts with <bos>; tokenizer(text) would add a second one
+        b_gmodel, b_tok = bos
+        g_layer = min(layer, len(get_blocks(b_gmodel)) - 2)
+        g_axis = _random_vector(_d_model(b_gmodel), 3.0, seed=23)
+        got = _spans_on(ConversationAnalyzer, b_gmodel, b_tok, g_layer, g_axis, messages, BOS_WHERE,
+                        "tokenise the rendered text with add_special_tokens=False")
+        _check_spans(got, messages, b_tok, where=BOS_WHERE)
 
     # --- activations: one forward pass, the right block, the right spans
     forwards = []
@@ -535,6 +597,18 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
     got_other = _as_turn_tensor(call(other.extract_turn_activations, messages, name="ConversationAnalyzer.extract_turn_activations"),
                                 n_turns, d, "extract_turn_activations")
     _check_turn_activations(got_other, model, tokenizer, messages, other_layer, "extract_turn_activations")
+    # the last block (the notebook's capping layer on the tiny models): HF's hidden_states[-1] is not its output
+    last = n_blocks - 1
+    last_analyzer = call(ConversationAnalyzer, model, tokenizer, last, axis, name="ConversationAnalyzer")
+    got_last = _as_turn_tensor(call(last_analyzer.extract_turn_activations, messages,
+                                    name="ConversationAnalyzer.extract_turn_activations"), n_turns, d, "extract_turn_activations")
+    want_last = torch.stack(turn_mean_activations(model, tokenizer, messages, last))
+    if not close(got_last, want_last, rtol=1e-3, atol=1e-4) and close(
+            got_last, _final_norm_means(model, tokenizer, messages), rtol=1e-3, atol=1e-4):
+        fail(f"for the last block ({last}) extract_turn_activations returned the mean of HF's hidden_states[-1], which has "
+             "the model's final norm applied: it is not block L's output for the last block (hidden_states[L + 1] is, for "
+             "every other block). Hook get_blocks(model)[layer] and read its output")
+    _check_turn_activations(got_last, model, tokenizer, messages, last, "extract_turn_activations")
     _check_hooks_after_exception(model, lambda: analyzer.extract_turn_activations(messages), "ConversationAnalyzer.extract_turn_activations")
 
     # --- half precision: the documented result is float32 on the CPU
@@ -552,8 +626,42 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
         _check_turn_activations(b_got, b_model, tokenizer, messages, layer, "extract_turn_activations (bfloat16 model)",
                                 rtol=2e-2, atol=2e-2)
 
+    # --- the same activations where the tokenizer would add a second <bos>, and where the block returns a tuple
+    if bos is not None:
+        g_analyzer = call(ConversationAnalyzer, b_gmodel, b_tok, g_layer, g_axis, name="ConversationAnalyzer")
+        g_acts = call(g_analyzer.extract_turn_activations, messages, name="ConversationAnalyzer.extract_turn_activations")
+        no_hooks_left(b_gmodel, "ConversationAnalyzer.extract_turn_activations")
+        g_got = _as_turn_tensor(g_acts, n_turns, _d_model(b_gmodel), "extract_turn_activations")
+        g_want = torch.stack(turn_mean_activations(b_gmodel, b_tok, messages, g_layer))
+        if not close(g_got, g_want, rtol=1e-3, atol=1e-4):
+            fail(f"extract_turn_activations{BOS_WHERE} differs from the mean of block {g_layer}'s output over each "
+                 "assistant span, although the spans are right: the forward pass must see exactly the rendered text's "
+                 "tokens. Tokenise it with add_special_tokens=False (the template already starts with <bos>; a second "
+                 "one shifts every position)")
+    with _tuple_outputs(model, layer):
+        try:
+            t_acts = analyzer.extract_turn_activations(messages)
+            t_got = _as_turn_tensor(t_acts, n_turns, d, "extract_turn_activations")
+        except NotImplementedError as err:
+            raise NotImplementedYet("ConversationAnalyzer: not implemented yet") from err
+        except Exception as err:
+            remove_leftover_hooks(model)
+            fail(f"when block {layer} returns a tuple (as in older model families) extract_turn_activations failed "
+                 f"({type(err).__name__}: {str(err)[:120]}): inside the hook take hidden_of(output), which is [1, T, d] "
+                 "for a tensor and a tuple alike, then [0] of that; `output[0]` is the hidden state only for a tuple")
+    no_hooks_left(model, "ConversationAnalyzer.extract_turn_activations")
+    if not close(t_got, torch.stack(turn_mean_activations(model, tokenizer, messages, layer)), rtol=1e-3, atol=1e-4):
+        fail(f"when block {layer} returns a tuple (as in older model families) extract_turn_activations gives other "
+             "activations than when it returns a tensor: inside the hook take hidden_of(output), which is [1, T, d] for a "
+             "tensor and a tuple alike, then [0] of that (`output[0]` on a tuple is [1, T, d], on a tensor [T, d])")
+
     # --- projections
+    axis_given = axis.clone()
     proj = call(analyzer.project_onto_axis, messages, name="ConversationAnalyzer.project_onto_axis")
+    if not torch.equal(axis, axis_given):
+        fail("project_onto_axis changed the axis tensor given to ConversationAnalyzer (normalised it in place, e.g. "
+             "self.axis /= self.axis.norm(); self.axis can share memory with the caller's tensor): compute "
+             "v = self.axis / self.axis.norm() as a new tensor")
     check(isinstance(proj, (list, tuple)) and len(proj) == n_turns, f"project_onto_axis should return a list of {n_turns} floats")
     check(all(isinstance(p, float) for p in proj), "project_onto_axis should return Python floats (use float(...))")
     want = turn_mean_activations(model, tokenizer, messages, layer)
@@ -565,7 +673,8 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
             fail("project_onto_axis returned the cosine similarity; the projection is a . v / ||v|| (do not divide by ||a||)")
         fail(f"project_onto_axis returned {_rounded(proj)}, expected {_rounded(expected)} (a . v / ||v||)")
     no_hooks_left(model, "ConversationAnalyzer")
-    passed("test_conversation_analyzer", f"{n_turns} turns, blocks {layer} and {other_layer}, 4 chat templates, bfloat16")
+    _check_messages_kept(messages, "ConversationAnalyzer")
+    passed("test_conversation_analyzer", f"{n_turns} turns, blocks {layer}, {other_layer} and {last}, 5 chat set-ups, bfloat16")
 
 
 # -----------------------------------------------------------------------------

@@ -45,8 +45,10 @@
 #
 # :::{note} Two conventions that bite in this section
 # **Layer index.** "Activation at layer L" is the output of decoder block L (0-based). HF's
-# `hidden_states[L + 1]` is that same tensor (`hidden_states[0]` is the embedding output), so reading
-# `hidden_states[L]` silently gives you block L − 1. We hook the blocks directly.
+# `hidden_states[L + 1]` is that same tensor for every block but the last (`hidden_states[0]` is the
+# embedding output, and `hidden_states[-1]` has the model's final norm applied; on the tiny models the
+# capping layer is the last block), so reading `hidden_states[L]` silently gives you block L − 1. We
+# hook the blocks directly.
 #
 # **Capping sign.** The course caps with a **floor** on the unit axis $\hat v$ (which points toward
 # the assistant): $h \leftarrow h - \hat v\,\min(\langle h,\hat v\rangle - \tau,\ 0)$. The released

@@ -81,6 +81,15 @@ def shapes_fixed_layer(model, tokenizer, prompt, layer, max_new_tokens=5):
     return _shapes_with(model, tokenizer, prompt, 1, max_new_tokens, lambda o: tuple(hidden_of(o).shape))
 
 
+def shapes_adds_special_tokens(model, tokenizer, prompt, layer, max_new_tokens=5):
+    """tokenizer(text) with its default add_special_tokens=True: a second <bos> where the tokenizer adds one."""
+    shapes = []
+    enc = tokenizer(format_prompt(build_messages(None, prompt), tokenizer), return_tensors="pt")
+    with hooks(model, {layer: lambda m, a, o: shapes.append(tuple(hidden_of(o).shape))}):
+        model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return shapes
+
+
 # correct alternatives
 
 
@@ -331,12 +340,9 @@ class ExtractKeepdim(R.ConversationAnalyzer):
         return [h[s:e].float().mean(0, keepdim=True).cpu() for s, e in self.turn_spans(messages)]
 
 
-# correct alternatives
-
-
-class AnalyzerHiddenStates(R.ConversationAnalyzer):
-    """hidden_states[layer + 1] instead of a hook; the mean taken in the model's dtype, then float32;
-    the turns returned stacked in one [n_turns, d_model] tensor; the projection through F.normalize."""
+class HiddenStatesFinalNorm(R.ConversationAnalyzer):
+    """hidden_states[layer + 1]: block `layer`'s output for every block but the last, whose entry has the
+    final norm applied."""
 
     def extract_turn_activations(self, messages):
         spans = self.turn_spans(messages)
@@ -344,6 +350,87 @@ class AnalyzerHiddenStates(R.ConversationAnalyzer):
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             hs = self.model(input_ids=ids, output_hidden_states=True).hidden_states[self.layer + 1][0]
+        return [hs[s:e].mean(0).float().cpu() for s, e in spans]
+
+
+class SpansAddSpecialTokens(R.ConversationAnalyzer):
+    """Tokenises the rendered chat with the default add_special_tokens=True (spans and forward alike)."""
+
+    def turn_spans(self, messages):
+        msgs = normalize_messages(messages, self.tokenizer)
+        text = render(self.tokenizer, msgs)
+        offsets = self.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        out = []
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                prefix = render(self.tokenizer, msgs[:i], add_generation_prompt=True)
+                if not text.startswith(prefix):
+                    prefix = render(self.tokenizer, msgs[:i])
+                start = text.find(m["content"], len(prefix))
+                out.append(char_span_to_token_span(offsets, (start, start + len(m["content"]))))
+        return out
+
+
+class ExtractAddsSpecialTokens(R.ConversationAnalyzer):
+    """Right spans, but the forward pass tokenises with add_special_tokens=True."""
+
+    def extract_turn_activations(self, messages):
+        text = render(self.tokenizer, normalize_messages(messages, self.tokenizer))
+        ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
+        got = {}
+        with hooks(self.model, {self.layer: lambda m, a, o: got.update(h=hidden_of(o)[0])}), torch.inference_mode():
+            self.model(input_ids=ids.to(input_device(self.model)))
+        return [got["h"][s:e].float().mean(0).cpu() for s, e in self.turn_spans(messages)]
+
+
+class ExtractOutputZero(R.ConversationAnalyzer):
+    """`output[0]` in the hook: batch row 0 of a tensor output (right), the [1, T, d] hidden state of a tuple."""
+
+    def extract_turn_activations(self, messages):
+        text = render(self.tokenizer, normalize_messages(messages, self.tokenizer))
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        got = {}
+        with hooks(self.model, {self.layer: lambda m, a, o: got.update(h=o[0])}), torch.inference_mode():
+            self.model(input_ids=ids.to(input_device(self.model)))
+        return [got["h"][s:e].float().mean(0).cpu() for s, e in self.turn_spans(messages)]
+
+
+class SpansMergeSystemInPlace(R.ConversationAnalyzer):
+    """Merges the system prompt into the caller's first user message (and drops it from their list)
+    where the template has no system role."""
+
+    def turn_spans(self, messages):
+        from utils.chat import supports_system_role
+
+        if messages and messages[0]["role"] == "system" and not supports_system_role(self.tokenizer):
+            messages[1]["content"] = f"{messages[0]['content']}\n\n{messages[1]['content']}"
+            del messages[0]
+        return super().turn_spans(messages)
+
+
+class ProjectionNormalisesAxisInPlace(R.ConversationAnalyzer):
+    def project_onto_axis(self, messages):
+        self.axis /= self.axis.norm()  # the caller's tensor too: __init__ keeps it without a copy
+        return [float(a @ self.axis) for a in self.extract_turn_activations(messages)]
+
+
+# correct alternatives
+
+
+class AnalyzerHiddenStates(R.ConversationAnalyzer):
+    """hidden_states[layer + 1] instead of a hook, except for the last block (whose hidden_states entry
+    has the final norm applied); the mean taken in the model's dtype, then float32; the turns returned
+    stacked in one [n_turns, d_model] tensor; the projection through F.normalize."""
+
+    def extract_turn_activations(self, messages):
+        spans = self.turn_spans(messages)
+        text = render(self.tokenizer, normalize_messages(messages, self.tokenizer))
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if self.layer == len(get_blocks(self.model)) - 1:
+            hs = _hidden(self, messages, self.layer)
+        else:
+            with torch.no_grad():
+                hs = self.model(input_ids=ids, output_hidden_states=True).hidden_states[self.layer + 1][0]
         return torch.stack([hs[s:e].mean(0) for s, e in spans]).float().cpu()
 
     def project_onto_axis(self, messages):
@@ -1456,6 +1543,7 @@ CATALOGUE = {
         (shapes_no_finally, "after an exception"),
         (shapes_ignores_max_new_tokens, "max_new_tokens argument was ignored"),
         (shapes_fixed_layer, "expected block(s) [3]"),
+        (shapes_adds_special_tokens, "tokenizer(text) adds a second one"),
     ]),
     "test_conversation_analyzer": ("ConversationAnalyzer", [
         (SpansWithMarkers, "chat markers"),
@@ -1479,6 +1567,12 @@ CATALOGUE = {
         (NoNormDivision, "divide by ||v||"),
         (CosineInstead, "cosine"),
         (ProjectionReturnsTensors, "Python floats"),
+        (HiddenStatesFinalNorm, "final norm applied"),
+        (SpansAddSpecialTokens, "add_special_tokens=False"),
+        (ExtractAddsSpecialTokens, "a second one shifts every position"),
+        (ExtractOutputZero, "returns a tuple"),
+        (ProjectionNormalisesAxisInPlace, "changed the axis tensor"),
+        (SpansMergeSystemInPlace, "changed the list of messages"),
     ]),
     "test_rate_delusion_risk": ("rate_delusion_risk", [
         (risk_leaks_later_turns, "later turn leaks"),
