@@ -993,7 +993,31 @@ def tau_torch_no_checks(projections, quantile=0.25):
     return float(torch.quantile(torch.as_tensor(projections).double().flatten(), quantile))
 
 
+def tau_sorts_in_place(projections, quantile=0.25):
+    """Linear interpolation by hand, after sorting the caller's list in place."""
+    if not 0 <= quantile <= 1:
+        raise ValueError("quantile must be in [0, 1]")
+    xs = projections.float().tolist() if isinstance(projections, torch.Tensor) else projections
+    if len(xs) == 0:
+        raise ValueError("no projections")
+    xs.sort()
+    pos = quantile * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return float(xs[lo] + (pos - lo) * (xs[hi] - xs[lo]))
+
+
 # correct alternatives
+
+
+def tau_alt_torch_float32(projections, quantile=0.25):
+    """torch.quantile in float32 (differs from np.quantile in float64 by float32 rounding)."""
+    if not 0 <= quantile <= 1:
+        raise ValueError("quantile must be a fraction in [0, 1]")
+    x = torch.as_tensor(projections).detach().float().flatten()
+    if x.numel() == 0:
+        raise ValueError("no projections")
+    return torch.quantile(x, quantile).item()
 
 
 def tau_alt_percentile(projections, quantile=0.25):
@@ -1632,6 +1656,7 @@ CATALOGUE = {
         (tau_nearest, "linear interpolation"),
         (tau_ignores_quantile, "quantile argument was ignored"),
         (tau_numpy_on_tensor, "bfloat16"),
+        (tau_sorts_in_place, "sorted it in place"),
     ]),
     "test_compute_capping_threshold_input_checks": ("compute_capping_threshold", [
         (tau_accepts_percent, "raise ValueError"),
@@ -1699,8 +1724,8 @@ CORRECT_ALTERNATIVES = {
     "test_rate_delusion_risk_input_checks": [risk_alt_line_parser, risk_alt_no_index_check],
     "test_visualize_transcript_drift": [drift_alt_overlay],
     "test_generate_with_steering": [steer_alt_hooks_context, steer_alt_exit_stack],
-    "test_compute_capping_threshold": [tau_alt_percentile, tau_alt_by_hand, tau_torch_no_checks],
-    "test_compute_capping_threshold_input_checks": [tau_alt_percentile, tau_alt_by_hand],
+    "test_compute_capping_threshold": [tau_alt_percentile, tau_alt_by_hand, tau_torch_no_checks, tau_alt_torch_float32],
+    "test_compute_capping_threshold_input_checks": [tau_alt_percentile, tau_alt_by_hand, tau_alt_torch_float32],
     "test_activation_capper": [CapAltWhereExitStack, CapNoLengthCheck],
     "test_activation_capper_input_checks": [CapAltWhereExitStack],
     "test_compute_turn_projections": [ctp_alt_exit_stack, ctp_alt_branches],
