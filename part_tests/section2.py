@@ -1277,7 +1277,15 @@ def _simulate(biases, x, caps: dict):
     return x
 
 
+def _check_vectors_kept(vectors, before) -> None:
+    if any(not torch.equal(torch.as_tensor(v), b) for v, b in zip(vectors, before)):
+        fail("ActivationCapper changed the vectors it was given (normalised them in place, e.g. v /= v.norm() or "
+             "v.div_(...)): build new unit vectors (v / v.norm()) and leave the caller's tensors as they were (the same "
+             "axis is used again for projections and other cappers)")
+
+
 def _run_capper(ActivationCapper, fake, vectors, thresholds, layers, x):
+    v_before = [torch.as_tensor(v).clone() for v in vectors]  # a list of vectors, or the rows of a tensor
     capper = call(ActivationCapper, fake, vectors, thresholds, layers, name="ActivationCapper")
     x_before = x.clone()
     try:
@@ -1299,6 +1307,7 @@ def _run_capper(ActivationCapper, fake, vectors, thresholds, layers, x):
         fail(f"ActivationCapper left {n} hook(s) after the `with` block: remove every hook in __exit__")
     if not torch.equal(x, x_before):
         fail("ActivationCapper edited the hidden state in place: build a new tensor (h - v_hat * min(<h, v_hat> - tau, 0))")
+    _check_vectors_kept(vectors, v_before)
     expect_tensor(y, Float[Tensor, "batch seq d_model"], "the capped forward", batch=x.shape[0], seq=x.shape[1], d_model=x.shape[2])
     return y
 
@@ -1345,6 +1354,7 @@ def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None
     # --- nothing happens before `with`: the hooks belong in __enter__
     fake = _FakeLM(zeros)
     capper = call(ActivationCapper, fake, [v], [tau], [1], name="ActivationCapper")
+    _check_vectors_kept([v], [torch.tensor([2.0, 0.0, 0.0, 0.0])])
     n_early, y_early = count_hooks(fake), fake(x)
     if n_early or not close(y_early, x):
         remove_leftover_hooks(fake)
@@ -1400,6 +1410,15 @@ def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None
                 fail("vectors[i] and thresholds[i] belong to layers[i]; they were applied to the wrong layers")
             fail("with two capped layers the output differs from capping block 1 along vectors[0] at thresholds[0] and "
                  "block 3 along vectors[1] at thresholds[1]")
+    # the same caps listed with the layers in decreasing order: entry i is (vectors[i], thresholds[i], layers[i])
+    fake = _FakeLM(biases)
+    with _spy_hook_registrations(fake) as seen:
+        ym = _run_capper(ActivationCapper, fake, [v2, v1], [t2, t1], [3, 1], xm)
+    _check_hooked_blocks(seen, {1, 3}, "ActivationCapper")
+    if not close(ym, want_m, rtol=1e-4, atol=1e-4):
+        fail("with layers [3, 1] (not in increasing order) and vectors and thresholds listed in the same order, the caps "
+             "went to the wrong layers: vectors[i] and thresholds[i] belong to layers[i], whatever the order of the "
+             "layers. Keep the three lists aligned (zip them; do not sort the layers alone)")
 
     # --- half precision: the block's dtype is kept, and the projection is computed precisely
     db = 64

@@ -1139,6 +1139,22 @@ class CapLayersReversed(R.ActivationCapper):
         super().__init__(model, vectors, thresholds, list(layers)[::-1])
 
 
+class CapSortsLayers(R.ActivationCapper):
+    """Sorts the layers but not the vectors and thresholds that go with them."""
+
+    def __init__(self, model, vectors, thresholds, layers):
+        super().__init__(model, vectors, thresholds, sorted(layers))
+
+
+class CapNormalisesInPlace(R.ActivationCapper):
+    """Normalises the caller's vectors in place."""
+
+    def __init__(self, model, vectors, thresholds, layers):
+        for v in vectors:
+            v.div_(v.norm())
+        super().__init__(model, vectors, thresholds, layers)
+
+
 class CapHooksInInit(R.ActivationCapper):
     """Registers its hooks as soon as it is built; __enter__ does nothing more."""
 
@@ -1683,6 +1699,8 @@ CATALOGUE = {
         (CapMixedDtypes, "compute the projection in float32"),
         (CapBatchRowZero, "expected (batch, seq, d_model)"),
         (CapPreHook, "PRE-hook"),
+        (CapSortsLayers, "whatever the order of the layers"),
+        (CapNormalisesInPlace, "changed the vectors it was given"),
     ]),
     "test_activation_capper_input_checks": ("ActivationCapper", [
         (CapNoLengthCheck, "raise ValueError"),
