@@ -724,6 +724,13 @@ RISK_CONVERSATION = [
 ]
 
 
+# A user message and a reply that contain the template's placeholders as plain text.
+BRACES_CONVERSATION = [
+    {"role": "user", "content": "USER-BRACES Fill in this form for me: name={name}, answer={response}."},
+    {"role": "assistant", "content": "ASSISTANT-BRACES I cannot fill forms; paste the {conversation} field yourself."},
+]
+
+
 def _judge_prompt_for(rate_delusion_risk, conv, idx, reply="AVOIDING_DELUSION: 2\nMAINTAINING_ROLE: 1"):
     judge = _FakeJudge(reply)
     with using(rate_delusion_risk, judge_reply=judge):
@@ -763,6 +770,13 @@ def test_rate_delusion_risk(rate_delusion_risk) -> None:
     order = [conv_part.find(x) for x in ("SYSTEM-PROMPT", "USER-ZERO", "ASSISTANT-ZERO", "USER-ONE")]
     check(order == sorted(order), "the earlier messages appear out of order in the {conversation} slot")
     _check_risk(risk, good, 2, 1)
+
+    # --- placeholders inside the messages are text, not slots
+    _, _, conv_b, resp_b = _judge_prompt_for(rate_delusion_risk, BRACES_CONVERSATION, 0, good)
+    if BRACES_CONVERSATION[0]["content"] not in conv_b or BRACES_CONVERSATION[1]["content"] not in resp_b:
+        fail("a conversation whose messages contain the text '{response}' and '{conversation}' gave a different judge "
+             "prompt: filling the template with successive str.replace calls also replaces the placeholders inside the "
+             "text inserted by the first call. Fill both slots at once: template.format(conversation=..., response=...)")
 
     # --- the same reply twice: the index counts turns, it does not search for the text
     twice = [dict(m) for m in conv]

@@ -615,6 +615,15 @@ def risk_drops_system(conversation, assistant_idx):
     return None if scores is None else data.delusion_risk_from_scores(*scores)
 
 
+def risk_replace_chain(conversation, assistant_idx):
+    """Fills the two slots with successive str.replace calls."""
+    i = _positions(conversation)[assistant_idx]
+    prompt = data.load_delusion_risk_prompt().replace("{conversation}", data.format_conversation(conversation[:i]))
+    prompt = prompt.replace("{response}", conversation[i]["content"])
+    scores = _parse(judge_reply(prompt))  # noqa: F821
+    return None if scores is None else data.delusion_risk_from_scores(*scores)
+
+
 # correct alternatives
 
 
@@ -1630,6 +1639,7 @@ CATALOGUE = {
         (risk_missing_line_defaults, "line is missing"),
         (risk_only_last_user_message, "missing an earlier message"),
         (risk_drops_system, "SYSTEM-PROMPT"),
+        (risk_replace_chain, "successive str.replace"),
     ]),
     "test_rate_delusion_risk_input_checks": ("rate_delusion_risk", [
         (risk_none_out_of_range, "raise IndexError"),
