@@ -888,7 +888,7 @@ def test_visualize_transcript_drift(visualize_transcript_drift) -> None:
     require_implemented(visualize_transcript_drift, "visualize_transcript_drift")
     transcript = {
         "domain": "test", "description": "", "name": "test", "system_prompt": "SYSTEM-PROMPT",
-        "conversation": [m for m in CONVERSATION if m["role"] != "system"],
+        "conversation": [dict(m) for m in CONVERSATION if m["role"] != "system"],
     }
     pristine = copy.deepcopy(transcript)
     proj_values = [0.5, -1.25, 2.0]
@@ -1071,10 +1071,15 @@ def test_generate_with_steering(generate_with_steering, model=None, tokenizer=No
 
     # alpha = 0 is plain greedy generation
     plain = generate(model, tokenizer, [build_messages(system, prompt)], max_new_tokens=n_new)[0]
+    vec_given = vec.clone()
     with _spy_hook_registrations(model) as seen:
         out0 = _steer_or_explain(generate_with_steering, model, tokenizer, prompt, vec, layer, 0.0, system_prompt=system,
                                  max_new_tokens=n_new)
     no_hooks_left(model, "generate_with_steering")
+    if not torch.equal(vec, vec_given):
+        fail("generate_with_steering changed the vector it was given (normalised or scaled it in place, e.g. "
+             "vector /= vector.norm() or vector.mul_(alpha)): add alpha * vector as given, computed as a new tensor, and "
+             "leave the caller's tensor as it was")
     check(isinstance(out0, str), f"generate_with_steering should return the reply text (str), got {type(out0).__name__}")
     if out0 != plain:
         if out0 == generate(model, tokenizer, [build_messages(None, prompt)], max_new_tokens=n_new)[0]:
@@ -1689,7 +1694,7 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
     d = _d_model(model)
     layer = max(1, len(get_blocks(model)) // 2)
     axis = _random_vector(d, 2.0, seed=17)
-    convo = [m for m in CONVERSATION if m["role"] != "system"]
+    convo = [dict(m) for m in CONVERSATION if m["role"] != "system"]  # copies: CONVERSATION is shared
     n_new = 6
     ctx = _ShiftContext(model, 1, _random_vector(d, 40.0, seed=18))
 
@@ -1704,6 +1709,7 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
         gen = _blanking_generate(users, users[1], calls) if has_system else generate
         ctx.entries = 0
         kwargs = {"max_new_tokens": n_new} if max_turns is None else {"max_new_tokens": n_new, "max_turns": max_turns}
+        pristine = copy.deepcopy(transcript)
         with using(run_capping_experiment, compute_turn_projections=_checked_projections, generate=gen):
             try:
                 res = call(run_capping_experiment, model, tokenizer, transcript, axis, layer, ctx,
@@ -1730,6 +1736,9 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
             remove_leftover_hooks(model)
             fail("the capper is still active after run_capping_experiment returned: use `with capper:`")
         no_hooks_left(model, "run_capping_experiment")
+        if transcript != pristine:
+            fail("run_capping_experiment changed the transcript it was given (appended to transcript['conversation'], "
+                 "or edited its messages): build each condition's conversation as a new list of new message dicts")
         if not calls and gen is not generate:  # the student generated some other way: no reply is blanked
             gen = generate
         system = "SYSTEM-PROMPT" if has_system else None

@@ -842,6 +842,13 @@ def steer_normalised(model, tokenizer, prompt, vector, layer, alpha, system_prom
     return _steer(model, tokenizer, prompt, lambda m, a, o: with_hidden(o, hidden_of(o) + alpha * v), layer, system_prompt, max_new_tokens, temperature=temperature)
 
 
+def steer_normalises_in_place(model, tokenizer, prompt, vector, layer, alpha, system_prompt=None, max_new_tokens=64,
+                              temperature=0.0):
+    vector /= vector.norm()  # the caller's tensor: the test's expected change is then alpha * unit vector too
+    return _steer(model, tokenizer, prompt, lambda m, a, o: with_hidden(o, hidden_of(o) + alpha * vector), layer,
+                  system_prompt, max_new_tokens, temperature=temperature)
+
+
 def steer_next_block(model, tokenizer, prompt, vector, layer, alpha, system_prompt=None, max_new_tokens=64, temperature=0.0):
     return _steer(model, tokenizer, prompt, lambda m, a, o: with_hidden(o, hidden_of(o) + alpha * vector), layer,
                   system_prompt, max_new_tokens, hook_layer=layer + 1, temperature=temperature)
@@ -1389,6 +1396,13 @@ def _experiment(transcript, model, tokenizer, axis, layer, capper, max_new_token
     return result
 
 
+def exp_mutates_transcript(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48, max_turns=None):
+    """Replays correctly, then stores the capped replay in the transcript it was given."""
+    result = _experiment(transcript, model, tokenizer, axis, layer, capper, max_new_tokens, max_turns)
+    transcript["conversation"] = result["capped"]["conversation"]
+    return result
+
+
 def exp_capper_unused(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48, max_turns=None):
     return _experiment(transcript, model, tokenizer, axis, layer, capper, max_new_tokens, max_turns, cap_generation=False)
 
@@ -1671,6 +1685,7 @@ CATALOGUE = {
         (steer_ignores_max_new_tokens, "max_new_tokens argument was ignored"),
         (steer_ignores_alpha, "alpha argument was ignored"),
         (steer_upcasts, "float32 hidden state into a bfloat16 model"),
+        (steer_normalises_in_place, "changed the vector it was given"),
     ]),
     "test_compute_capping_threshold": ("compute_capping_threshold", [
         (tau_one_minus, "1 - quantile"),
@@ -1740,6 +1755,7 @@ CATALOGUE = {
         (exp_always_system_message, "no system prompt"),
         (exp_max_turns_range, "max_turns=None"),
         (exp_exit_without_finally, "after an exception"),
+        (exp_mutates_transcript, "changed the transcript"),
     ]),
 }
 
