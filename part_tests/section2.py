@@ -959,6 +959,20 @@ def test_visualize_transcript_drift(visualize_transcript_drift) -> None:
     if "DRIFT-TITLE-7" not in shown_title:
         fail(f"with title='DRIFT-TITLE-7' the figure's title is {shown_title!r}: the title argument was ignored "
              "(fig.update_layout(title=title))")
+
+    # the first figure's axes: turns numbered from 1, the risk on its full 0-100 scale
+    for trace, what in ((t_proj, "projection"), (t_risk, "risk")):
+        xs = None if trace.x is None else list(trace.x)
+        if xs is None or xs == list(range(len(proj_values))):
+            fail(f"the {what} trace puts assistant turn 1 at x = 0 ({'no x given' if xs is None else f'x = {xs}'}): number "
+                 "the turns 1, 2, ... on the x axis (x=list(range(1, n + 1))), as the printed turns are numbered")
+    axis_name = (t_risk.yaxis or "y").replace("y", "yaxis", 1)
+    risk_range = fig.layout[axis_name].range
+    lo, hi = (None, None) if risk_range is None else (float(risk_range[0]), float(risk_range[1]))
+    if lo is None or not (-15 <= lo <= 0 and 100 <= hi <= 115):
+        fail(f"the risk axis shows {'an automatic range' if lo is None else f'the range [{lo:g}, {hi:g}]'}: fix it to the "
+             "risk's full scale, 0 to 100 (fig.update_yaxes(range=[0, 100], secondary_y=True)), so that a low risk looks "
+             "low and plots of different transcripts compare")
     passed("test_visualize_transcript_drift")
 
 

@@ -471,9 +471,10 @@ tests.test_rate_delusion_risk_input_checks(rate_delusion_risk)
 #   turn with `analyzer.project_onto_axis` (one call);
 # - rates every assistant turn with `rate_delusion_risk` on the same messages (when `rate_risk`,
 #   else every risk is `None`);
-# - shows one plotly figure (`fig.show()`) with the projection per assistant turn on the left axis
-#   and the risk on a **second y axis** (0–100) on the right
-#   (`make_subplots(specs=[[{"secondary_y": True}]])`, then `add_trace(..., secondary_y=True)`);
+# - shows one plotly figure (`fig.show()`) with the assistant turns numbered 1, 2, ... on the x axis,
+#   the projection per turn on the left axis and the risk on a **second y axis** on the right, its
+#   range fixed to 0–100 (`make_subplots(specs=[[{"secondary_y": True}]])`, then
+#   `add_trace(..., secondary_y=True)` and `update_yaxes(range=[0, 100], secondary_y=True)`);
 # - returns `(projections, risks)`.
 #
 # :::{dropdown} Hint

@@ -675,16 +675,34 @@ def _messages(transcript, keep_system=True):
     return ([{"role": "system", "content": system}] if system and keep_system else []) + list(conv)
 
 
-def _plot(projections, risks, secondary=True, show=True, title=None):
+def _plot(projections, risks, secondary=True, show=True, title=None, first_turn=1, risk_range=(0, 100)):
     from plotly.subplots import make_subplots
 
-    turns = list(range(1, len(projections) + 1))
+    turns = list(range(first_turn, len(projections) + first_turn))
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(go.Scatter(x=turns, y=projections), secondary_y=False)
     fig.add_trace(go.Scatter(x=turns, y=risks), secondary_y=secondary)
     fig.update_layout(title=title)
+    if secondary and risk_range is not None:
+        fig.update_yaxes(range=list(risk_range), secondary_y=True)
     if show:
         fig.show()
+
+
+def drift_turns_from_zero(analyzer, transcript, rate_risk=True, title=None):
+    msgs = _messages(transcript)
+    p = analyzer.project_onto_axis(msgs)
+    r = [rate_delusion_risk(msgs, k) for k in range(len(p))] if rate_risk else [None] * len(p)  # noqa: F821
+    _plot(p, r, title=title, first_turn=0)
+    return p, r
+
+
+def drift_risk_autorange(analyzer, transcript, rate_risk=True, title=None):
+    msgs = _messages(transcript)
+    p = analyzer.project_onto_axis(msgs)
+    r = [rate_delusion_risk(msgs, k) for k in range(len(p))] if rate_risk else [None] * len(p)  # noqa: F821
+    _plot(p, r, title=title, risk_range=None)
+    return p, r
 
 
 def drift_drops_system_prompt(analyzer, transcript, rate_risk=True, title=None):
@@ -1669,6 +1687,8 @@ CATALOGUE = {
         (drift_ignores_title, "title argument was ignored"),
         (drift_rates_without_system, "system prompt is missing"),
         (drift_mutates_transcript, "changed the transcript"),
+        (drift_turns_from_zero, "number the turns 1, 2, ..."),
+        (drift_risk_autorange, "full scale, 0 to 100"),
     ]),
     "test_generate_with_steering": ("generate_with_steering", [
         (steer_normalised, "as given"),
