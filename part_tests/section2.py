@@ -1530,6 +1530,29 @@ def test_activation_capper_input_checks(ActivationCapper) -> None:
                            what=f"{len(args[0])} vectors, {len(args[1])} thresholds and {len(args[2])} layers (the lengths "
                                 "differ: one vector and one threshold per capped layer)")
         remove_leftover_hooks(fake)
+    # a layer the model does not have: refused (when built or when entered) without leaving a hook behind
+    fake = _FakeLM(biases)
+    try:
+        with call(ActivationCapper, fake, [v1, v2], [0.5, 0.2], [1, 7], name="ActivationCapper"):
+            pass
+    except (IndexError, ValueError):
+        pass
+    except AssertionError:
+        raise
+    except Exception as err:
+        remove_leftover_hooks(fake)
+        fail(f"ActivationCapper with layers [1, 7] on a model with 4 blocks raised {err!r}: refuse a layer that does not "
+             "exist with IndexError (check_layer(model, layer) does it)")
+    else:
+        remove_leftover_hooks(fake)
+        fail("ActivationCapper accepted layers [1, 7] on a model with 4 blocks: refuse a layer that does not exist "
+             "(check_layer(model, layer) raises IndexError)")
+    n = count_hooks(fake)
+    if n:
+        remove_leftover_hooks(fake)
+        fail(f"ActivationCapper left {n} hook(s) on the model after failing on layer 7 of a model with 4 blocks: `with` "
+             "does not call __exit__ when __enter__ raises, so block 1 stayed capped. Check every layer in __init__ "
+             "(check_layer(model, layer)), or remove the hooks already registered when __enter__ fails")
     passed("test_activation_capper_input_checks")
 
 

@@ -849,7 +849,9 @@ glue("s2_cap_between", "between the two groups' means, below the defaults' and a
 # - Return a new tensor in the container the block gave you, in the block's dtype; never edit the
 #   output in place. In a bfloat16 model compute the cap in float32 (Hint 2).
 # - `__enter__` registers one hook per entry; `remove()` (called by `__exit__`, also when the body
-#   raises) removes **all** of them.
+#   raises) removes **all** of them. A layer the model does not have raises `IndexError`
+#   (`check_layer(model, layer)`) and leaves no hook behind: `with` does not call `__exit__` when
+#   `__enter__` itself raises.
 #
 # :::{dropdown} Hint 1
 # With `h` of shape `[B, T, d]` and `v` of shape `[d]`, `h @ v` is `[B, T]`. Then

@@ -1151,6 +1151,21 @@ class CapNoLengthCheck(R.ActivationCapper):
         super().__init__(model, vectors[:n], list(thresholds)[:n], list(layers)[:n])
 
 
+class CapLeaksOnBadLayer(R.ActivationCapper):
+    """No layer check when built; __enter__ registers hook after hook and stops at the first missing block."""
+
+    def __init__(self, model, vectors, thresholds, layers):
+        n = len(get_blocks(model))
+        super().__init__(model, vectors, thresholds, [min(int(x), n - 1) for x in layers])
+        self.layers = [int(x) for x in layers]
+
+    def __enter__(self):
+        blocks = get_blocks(self.model)
+        for v_hat, tau, layer in zip(self.units, self.thresholds, self.layers):
+            self._handles.append(blocks[layer].register_forward_hook(self._make_hook(v_hat, tau)))
+        return self
+
+
 class CapFirstLayerOnly(R.ActivationCapper):
     def __enter__(self):
         self._handles.append(get_blocks(self.model)[self.layers[0]].register_forward_hook(
@@ -1749,6 +1764,7 @@ CATALOGUE = {
     ]),
     "test_activation_capper_input_checks": ("ActivationCapper", [
         (CapNoLengthCheck, "raise ValueError"),
+        (CapLeaksOnBadLayer, "stayed capped"),
     ]),
     "test_compute_turn_projections": ("compute_turn_projections", [
         (ctp_ignores_capper, "not active"),
