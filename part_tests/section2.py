@@ -609,6 +609,24 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
              "the model's final norm applied: it is not block L's output for the last block (hidden_states[L + 1] is, for "
              "every other block). Hook get_blocks(model)[layer] and read its output")
     _check_turn_activations(got_last, model, tokenizer, messages, last, "extract_turn_activations")
+    # another hook on the same block, entered before the analyzer runs (the notebook projects at a capped block with
+    # the capper active): the analyzer must read the block's output as that hook left it
+    with torch.inference_mode():  # transformers installs its own output-capturing hooks first, as in a notebook
+        model(input_ids=torch.tensor([[1, 2, 3]], device=input_device(model)), output_hidden_states=True)
+    plain = torch.stack(turn_mean_activations(model, tokenizer, messages, layer))
+    with _ShiftContext(model, layer, _random_vector(d, 25.0, seed=24)):
+        got_shift = _as_turn_tensor(call(analyzer.extract_turn_activations, messages,
+                                         name="ConversationAnalyzer.extract_turn_activations"), n_turns, d,
+                                    "extract_turn_activations")
+        want_shift = torch.stack(turn_mean_activations(model, tokenizer, messages, layer))
+    if not close(got_shift, want_shift, rtol=1e-3, atol=1e-4):
+        if close(got_shift, plain, rtol=1e-3, atol=1e-4):
+            fail(f"with a capper (or any hook that changes block {layer}'s output) active, extract_turn_activations returned "
+                 "the unchanged output: HF's output_hidden_states records a block's output before the hooks you add "
+                 "change it (transformers >= 5). Read the output with your own forward hook on get_blocks(model)[layer], "
+                 "which runs after the hooks registered before it")
+        fail(f"with another hook on block {layer} active, extract_turn_activations differs from the mean of the block's "
+             "output (as that hook left it) over each assistant span")
     _check_hooks_after_exception(model, lambda: analyzer.extract_turn_activations(messages), "ConversationAnalyzer.extract_turn_activations")
 
     # --- half precision: the documented result is float32 on the CPU

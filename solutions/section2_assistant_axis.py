@@ -48,7 +48,8 @@
 # `hidden_states[L + 1]` is that same tensor for every block but the last (`hidden_states[0]` is the
 # embedding output, and `hidden_states[-1]` has the model's final norm applied; on the tiny models the
 # capping layer is the last block), so reading `hidden_states[L]` silently gives you block L − 1. We
-# hook the blocks directly.
+# hook the blocks directly: a hook also sees what an earlier hook on the block (a capper, a steerer)
+# made of its output, which `hidden_states` in transformers ≥ 5 does not.
 #
 # **Capping sign.** The course caps with a **floor** on the unit axis $\hat v$ (which points toward
 # the assistant): $h \leftarrow h - \hat v\,\min(\langle h,\hat v\rangle - \tau,\ 0)$. The released

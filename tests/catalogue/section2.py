@@ -414,13 +414,9 @@ class ProjectionNormalisesAxisInPlace(R.ConversationAnalyzer):
         return [float(a @ self.axis) for a in self.extract_turn_activations(messages)]
 
 
-# correct alternatives
-
-
-class AnalyzerHiddenStates(R.ConversationAnalyzer):
-    """hidden_states[layer + 1] instead of a hook, except for the last block (whose hidden_states entry
-    has the final norm applied); the mean taken in the model's dtype, then float32; the turns returned
-    stacked in one [n_turns, d_model] tensor; the projection through F.normalize."""
+class HiddenStatesMissHooks(R.ConversationAnalyzer):
+    """hidden_states[layer + 1], with a hook for the last block only: in transformers >= 5 the
+    hidden_states entry is recorded before a capper's hook on the same block changes the output."""
 
     def extract_turn_activations(self, messages):
         spans = self.turn_spans(messages)
@@ -431,6 +427,19 @@ class AnalyzerHiddenStates(R.ConversationAnalyzer):
         else:
             with torch.no_grad():
                 hs = self.model(input_ids=ids, output_hidden_states=True).hidden_states[self.layer + 1][0]
+        return [hs[s:e].mean(0).float().cpu() for s, e in spans]
+
+
+# correct alternatives
+
+
+class AnalyzerHookHelper(R.ConversationAnalyzer):
+    """The block's output through utils.hooks.hooks; the mean taken in the model's dtype, then float32;
+    the turns returned stacked in one [n_turns, d_model] tensor; the projection through F.normalize."""
+
+    def extract_turn_activations(self, messages):
+        spans = self.turn_spans(messages)
+        hs = _hidden(self, messages, self.layer)
         return torch.stack([hs[s:e].mean(0) for s, e in spans]).float().cpu()
 
     def project_onto_axis(self, messages):
@@ -1669,6 +1678,7 @@ CATALOGUE = {
         (ExtractOutputZero, "returns a tuple"),
         (ProjectionNormalisesAxisInPlace, "changed the axis tensor"),
         (SpansMergeSystemInPlace, "changed the list of messages"),
+        (HiddenStatesMissHooks, "records a block's output before the hooks you add"),
     ]),
     "test_rate_delusion_risk": ("rate_delusion_risk", [
         (risk_leaks_later_turns, "later turn leaks"),
@@ -1799,7 +1809,7 @@ CATALOGUE = {
 # their own test grades): each must pass its test.
 CORRECT_ALTERNATIVES = {
     "test_record_hidden_shapes": [shapes_via_hidden_states, shapes_manual_kv_loop],
-    "test_conversation_analyzer": [AnalyzerHiddenStates, AnalyzerWalkingCursor],
+    "test_conversation_analyzer": [AnalyzerHookHelper, AnalyzerWalkingCursor],
     "test_rate_delusion_risk": [risk_alt_line_parser, risk_alt_no_index_check],
     "test_rate_delusion_risk_input_checks": [risk_alt_line_parser, risk_alt_no_index_check],
     "test_visualize_transcript_drift": [drift_alt_overlay],
