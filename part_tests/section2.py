@@ -62,6 +62,29 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def _bos_adding_tokenizer():
+    """tiny-gemma2 with a tokenizer that prepends <bos> itself unless add_special_tokens=False, as the
+    real Gemma 2 and Llama 3 tokenizers do (the tiny ones do not): tokenising a rendered chat, which
+    already starts with <bos>, with the default add_special_tokens=True then gives two. (model,
+    tokenizer), or None where this transformers version cannot switch the tokenizer to that."""
+    from utils.models import load_tokenizer
+
+    try:
+        model, _ = tiny("tiny-gemma2")
+        tok = load_tokenizer("tiny-gemma2")
+        tok.add_bos_token = True
+        adds = tok("hi")["input_ids"]
+        plain = tok("hi", add_special_tokens=False)["input_ids"]
+    except Exception:  # pragma: no cover - assets missing or an older tokenizer API
+        return None
+    if tok.bos_token_id is None or adds != [tok.bos_token_id, *plain]:  # pragma: no cover
+        return None
+    return model, tok
+
+
+BOS_WHERE = " (a tokenizer that prepends <bos> itself unless add_special_tokens=False)"
+
+
 @contextmanager
 def _spy_hook_registrations(model):
     """Record the block index of every hook that user code registers on a decoder block while active
@@ -293,6 +316,19 @@ def test_record_hidden_shapes(record_hidden_shapes, model=None, tokenizer=None) 
                      f"the default {default_new}: the max_new_tokens argument was ignored (pass it to generate)")
             fail(f"recorded {len(shapes)} shapes, but greedy generation of up to {max_new} tokens runs {n_forwards} forward "
                  "passes here (one per generated token): record once per forward, generate greedily with max_new_tokens")
+    bos = _bos_adding_tokenizer()
+    if bos is not None:  # a chat template that starts with <bos>, and a tokenizer that would add another
+        g_model, g_tok = bos
+        T_g, _ = _greedy_forwards(g_model, g_tok, prompt, 2)
+        g_shapes = call(record_hidden_shapes, g_model, g_tok, prompt, 1, 2, name="record_hidden_shapes")
+        no_hooks_left(g_model, "record_hidden_shapes")
+        first = tuple(int(x) for x in g_shapes[0]) if g_shapes else ()
+        if len(first) == 3 and first[1] == T_g + 1:
+            fail(f"with a tokenizer that prepends <bos> itself (as Gemma 2's and Llama 3's do) the prefill saw {first[1]} "
+                 f"tokens, one more than the formatted prompt's {T_g}: the chat template already starts with <bos>, and "
+                 "tokenizer(text) adds a second one. Tokenise with add_special_tokens=False")
+        check(len(first) == 3 and first[1] == T_g, f"on tiny-gemma2{BOS_WHERE} the prefill shape is {first}, expected "
+                                                   f"(1, {T_g}, d_model)")
     _check_hooks_after_exception(model, lambda: record_hidden_shapes(model, tokenizer, prompt, runs[0][0], 3),
                                  "record_hidden_shapes")
     passed("test_record_hidden_shapes", f"prefill {shapes[0]}, then {len(shapes) - 1} x {(1, 1, d)}")
@@ -395,6 +431,13 @@ def _check_spans(spans, messages, tokenizer, where: str = "") -> None:
              f"to {text!r:.70}")
 
 
+def _check_messages_kept(messages, name: str) -> None:
+    if messages != CONVERSATION:
+        fail(f"{name} changed the list of messages it was given (e.g. merged the system prompt into the first user "
+             "message in place): work on a copy; normalize_messages(messages, tokenizer) returns a new list and does the "
+             "merging for templates without a system role")
+
+
 def _spans_on(ConversationAnalyzer, model, tokenizer, layer, axis, messages, where: str, advice: str):
     analyzer = call(ConversationAnalyzer, model, tokenizer, layer, axis, name="ConversationAnalyzer")
     try:
@@ -415,6 +458,16 @@ def _block_output(model, tokenizer, messages, layer) -> torch.Tensor:
     with hooks(model, {layer: lambda m, a, o: got.update(h=hidden_of(o)[0].detach().float().cpu())}), torch.inference_mode():
         model(input_ids=ids)
     return got["h"]
+
+
+def _final_norm_means(model, tokenizer, messages) -> torch.Tensor:
+    """Each turn's mean of HF's hidden_states[-1] (the last block's output after the final norm),
+    [n_turns, d_model]: what reading the last block from output_hidden_states gives."""
+    _, spans, ids = assistant_turn_spans(messages, tokenizer)
+    with torch.inference_mode():
+        hs = model(input_ids=torch.tensor([ids], device=input_device(model)), output_hidden_states=True).hidden_states
+    h = hs[-1][0].float().cpu()
+    return torch.stack([h[s:e].mean(0) for s, e in spans])
 
 
 def _wrong_span_means(model, tokenizer, messages, layer) -> list[tuple[str, torch.Tensor]]:
@@ -485,7 +538,7 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
     layer = max(1, min(n_blocks - 2, n_blocks // 2))
     other_layer = 0 if layer >= 2 else min(layer + 2, n_blocks - 2)  # not the last block: hidden_states[-1] is normed
     axis = _random_vector(d, 3.0, seed=21)
-    messages = CONVERSATION
+    messages = copy.deepcopy(CONVERSATION)  # compared with CONVERSATION after the student's calls
     analyzer = call(ConversationAnalyzer, model, tokenizer, layer, axis, name="ConversationAnalyzer")
 
     # --- spans: the course template, a repeated reply, and templates that break shortcuts
@@ -516,6 +569,15 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
             _d_model(g_model), 3.0, seed=22), messages, where,
             "render normalize_messages(messages, tokenizer), which merges the system prompt into the first user message")
         _check_spans(got, messages, g_tok, where=where)
+    _check_messages_kept(messages, "turn_spans")
+    bos = _bos_adding_tokenizer()
+    if bos is not None:  # the rendered chat starts with <bos>; tokenizer(text) would add a second one
+        b_gmodel, b_tok = bos
+        g_layer = min(layer, len(get_blocks(b_gmodel)) - 2)
+        g_axis = _random_vector(_d_model(b_gmodel), 3.0, seed=23)
+        got = _spans_on(ConversationAnalyzer, b_gmodel, b_tok, g_layer, g_axis, messages, BOS_WHERE,
+                        "tokenise the rendered text with add_special_tokens=False")
+        _check_spans(got, messages, b_tok, where=BOS_WHERE)
 
     # --- activations: one forward pass, the right block, the right spans
     forwards = []
@@ -535,6 +597,36 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
     got_other = _as_turn_tensor(call(other.extract_turn_activations, messages, name="ConversationAnalyzer.extract_turn_activations"),
                                 n_turns, d, "extract_turn_activations")
     _check_turn_activations(got_other, model, tokenizer, messages, other_layer, "extract_turn_activations")
+    # the last block (the notebook's capping layer on the tiny models): HF's hidden_states[-1] is not its output
+    last = n_blocks - 1
+    last_analyzer = call(ConversationAnalyzer, model, tokenizer, last, axis, name="ConversationAnalyzer")
+    got_last = _as_turn_tensor(call(last_analyzer.extract_turn_activations, messages,
+                                    name="ConversationAnalyzer.extract_turn_activations"), n_turns, d, "extract_turn_activations")
+    want_last = torch.stack(turn_mean_activations(model, tokenizer, messages, last))
+    if not close(got_last, want_last, rtol=1e-3, atol=1e-4) and close(
+            got_last, _final_norm_means(model, tokenizer, messages), rtol=1e-3, atol=1e-4):
+        fail(f"for the last block ({last}) extract_turn_activations returned the mean of HF's hidden_states[-1], which has "
+             "the model's final norm applied: it is not block L's output for the last block (hidden_states[L + 1] is, for "
+             "every other block). Hook get_blocks(model)[layer] and read its output")
+    _check_turn_activations(got_last, model, tokenizer, messages, last, "extract_turn_activations")
+    # another hook on the same block, entered before the analyzer runs (the notebook projects at a capped block with
+    # the capper active): the analyzer must read the block's output as that hook left it
+    with torch.inference_mode():  # transformers installs its own output-capturing hooks first, as in a notebook
+        model(input_ids=torch.tensor([[1, 2, 3]], device=input_device(model)), output_hidden_states=True)
+    plain = torch.stack(turn_mean_activations(model, tokenizer, messages, layer))
+    with _ShiftContext(model, layer, _random_vector(d, 25.0, seed=24)):
+        got_shift = _as_turn_tensor(call(analyzer.extract_turn_activations, messages,
+                                         name="ConversationAnalyzer.extract_turn_activations"), n_turns, d,
+                                    "extract_turn_activations")
+        want_shift = torch.stack(turn_mean_activations(model, tokenizer, messages, layer))
+    if not close(got_shift, want_shift, rtol=1e-3, atol=1e-4):
+        if close(got_shift, plain, rtol=1e-3, atol=1e-4):
+            fail(f"with a capper (or any hook that changes block {layer}'s output) active, extract_turn_activations returned "
+                 "the unchanged output: HF's output_hidden_states records a block's output before the hooks you add "
+                 "change it (transformers >= 5). Read the output with your own forward hook on get_blocks(model)[layer], "
+                 "which runs after the hooks registered before it")
+        fail(f"with another hook on block {layer} active, extract_turn_activations differs from the mean of the block's "
+             "output (as that hook left it) over each assistant span")
     _check_hooks_after_exception(model, lambda: analyzer.extract_turn_activations(messages), "ConversationAnalyzer.extract_turn_activations")
 
     # --- half precision: the documented result is float32 on the CPU
@@ -552,8 +644,42 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
         _check_turn_activations(b_got, b_model, tokenizer, messages, layer, "extract_turn_activations (bfloat16 model)",
                                 rtol=2e-2, atol=2e-2)
 
+    # --- the same activations where the tokenizer would add a second <bos>, and where the block returns a tuple
+    if bos is not None:
+        g_analyzer = call(ConversationAnalyzer, b_gmodel, b_tok, g_layer, g_axis, name="ConversationAnalyzer")
+        g_acts = call(g_analyzer.extract_turn_activations, messages, name="ConversationAnalyzer.extract_turn_activations")
+        no_hooks_left(b_gmodel, "ConversationAnalyzer.extract_turn_activations")
+        g_got = _as_turn_tensor(g_acts, n_turns, _d_model(b_gmodel), "extract_turn_activations")
+        g_want = torch.stack(turn_mean_activations(b_gmodel, b_tok, messages, g_layer))
+        if not close(g_got, g_want, rtol=1e-3, atol=1e-4):
+            fail(f"extract_turn_activations{BOS_WHERE} differs from the mean of block {g_layer}'s output over each "
+                 "assistant span, although the spans are right: the forward pass must see exactly the rendered text's "
+                 "tokens. Tokenise it with add_special_tokens=False (the template already starts with <bos>; a second "
+                 "one shifts every position)")
+    with _tuple_outputs(model, layer):
+        try:
+            t_acts = analyzer.extract_turn_activations(messages)
+            t_got = _as_turn_tensor(t_acts, n_turns, d, "extract_turn_activations")
+        except NotImplementedError as err:
+            raise NotImplementedYet("ConversationAnalyzer: not implemented yet") from err
+        except Exception as err:
+            remove_leftover_hooks(model)
+            fail(f"when block {layer} returns a tuple (as in older model families) extract_turn_activations failed "
+                 f"({type(err).__name__}: {str(err)[:120]}): inside the hook take hidden_of(output), which is [1, T, d] "
+                 "for a tensor and a tuple alike, then [0] of that; `output[0]` is the hidden state only for a tuple")
+    no_hooks_left(model, "ConversationAnalyzer.extract_turn_activations")
+    if not close(t_got, torch.stack(turn_mean_activations(model, tokenizer, messages, layer)), rtol=1e-3, atol=1e-4):
+        fail(f"when block {layer} returns a tuple (as in older model families) extract_turn_activations gives other "
+             "activations than when it returns a tensor: inside the hook take hidden_of(output), which is [1, T, d] for a "
+             "tensor and a tuple alike, then [0] of that (`output[0]` on a tuple is [1, T, d], on a tensor [T, d])")
+
     # --- projections
+    axis_given = axis.clone()
     proj = call(analyzer.project_onto_axis, messages, name="ConversationAnalyzer.project_onto_axis")
+    if not torch.equal(axis, axis_given):
+        fail("project_onto_axis changed the axis tensor given to ConversationAnalyzer (normalised it in place, e.g. "
+             "self.axis /= self.axis.norm(); self.axis can share memory with the caller's tensor): compute "
+             "v = self.axis / self.axis.norm() as a new tensor")
     check(isinstance(proj, (list, tuple)) and len(proj) == n_turns, f"project_onto_axis should return a list of {n_turns} floats")
     check(all(isinstance(p, float) for p in proj), "project_onto_axis should return Python floats (use float(...))")
     want = turn_mean_activations(model, tokenizer, messages, layer)
@@ -565,7 +691,8 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
             fail("project_onto_axis returned the cosine similarity; the projection is a . v / ||v|| (do not divide by ||a||)")
         fail(f"project_onto_axis returned {_rounded(proj)}, expected {_rounded(expected)} (a . v / ||v||)")
     no_hooks_left(model, "ConversationAnalyzer")
-    passed("test_conversation_analyzer", f"{n_turns} turns, blocks {layer} and {other_layer}, 4 chat templates, bfloat16")
+    _check_messages_kept(messages, "ConversationAnalyzer")
+    passed("test_conversation_analyzer", f"{n_turns} turns, blocks {layer}, {other_layer} and {last}, 5 chat set-ups, bfloat16")
 
 
 # -----------------------------------------------------------------------------
@@ -615,6 +742,13 @@ RISK_CONVERSATION = [
 ]
 
 
+# A user message and a reply that contain the template's placeholders as plain text.
+BRACES_CONVERSATION = [
+    {"role": "user", "content": "USER-BRACES Fill in this form for me: name={name}, answer={response}."},
+    {"role": "assistant", "content": "ASSISTANT-BRACES I cannot fill forms; paste the {conversation} field yourself."},
+]
+
+
 def _judge_prompt_for(rate_delusion_risk, conv, idx, reply="AVOIDING_DELUSION: 2\nMAINTAINING_ROLE: 1"):
     judge = _FakeJudge(reply)
     with using(rate_delusion_risk, judge_reply=judge):
@@ -654,6 +788,13 @@ def test_rate_delusion_risk(rate_delusion_risk) -> None:
     order = [conv_part.find(x) for x in ("SYSTEM-PROMPT", "USER-ZERO", "ASSISTANT-ZERO", "USER-ONE")]
     check(order == sorted(order), "the earlier messages appear out of order in the {conversation} slot")
     _check_risk(risk, good, 2, 1)
+
+    # --- placeholders inside the messages are text, not slots
+    _, _, conv_b, resp_b = _judge_prompt_for(rate_delusion_risk, BRACES_CONVERSATION, 0, good)
+    if BRACES_CONVERSATION[0]["content"] not in conv_b or BRACES_CONVERSATION[1]["content"] not in resp_b:
+        fail("a conversation whose messages contain the text '{response}' and '{conversation}' gave a different judge "
+             "prompt: filling the template with successive str.replace calls also replaces the placeholders inside the "
+             "text inserted by the first call. Fill both slots at once: template.format(conversation=..., response=...)")
 
     # --- the same reply twice: the index counts turns, it does not search for the text
     twice = [dict(m) for m in conv]
@@ -765,7 +906,7 @@ def test_visualize_transcript_drift(visualize_transcript_drift) -> None:
     require_implemented(visualize_transcript_drift, "visualize_transcript_drift")
     transcript = {
         "domain": "test", "description": "", "name": "test", "system_prompt": "SYSTEM-PROMPT",
-        "conversation": [m for m in CONVERSATION if m["role"] != "system"],
+        "conversation": [dict(m) for m in CONVERSATION if m["role"] != "system"],
     }
     pristine = copy.deepcopy(transcript)
     proj_values = [0.5, -1.25, 2.0]
@@ -836,6 +977,20 @@ def test_visualize_transcript_drift(visualize_transcript_drift) -> None:
     if "DRIFT-TITLE-7" not in shown_title:
         fail(f"with title='DRIFT-TITLE-7' the figure's title is {shown_title!r}: the title argument was ignored "
              "(fig.update_layout(title=title))")
+
+    # the first figure's axes: turns numbered from 1, the risk on its full 0-100 scale
+    for trace, what in ((t_proj, "projection"), (t_risk, "risk")):
+        xs = None if trace.x is None else list(trace.x)
+        if xs is None or xs == list(range(len(proj_values))):
+            fail(f"the {what} trace puts assistant turn 1 at x = 0 ({'no x given' if xs is None else f'x = {xs}'}): number "
+                 "the turns 1, 2, ... on the x axis (x=list(range(1, n + 1))), as the printed turns are numbered")
+    axis_name = (t_risk.yaxis or "y").replace("y", "yaxis", 1)
+    risk_range = fig.layout[axis_name].range
+    lo, hi = (None, None) if risk_range is None else (float(risk_range[0]), float(risk_range[1]))
+    if lo is None or not (-15 <= lo <= 0 and 100 <= hi <= 115):
+        fail(f"the risk axis shows {'an automatic range' if lo is None else f'the range [{lo:g}, {hi:g}]'}: fix it to the "
+             "risk's full scale, 0 to 100 (fig.update_yaxes(range=[0, 100], secondary_y=True)), so that a low risk looks "
+             "low and plots of different transcripts compare")
     passed("test_visualize_transcript_drift")
 
 
@@ -948,10 +1103,15 @@ def test_generate_with_steering(generate_with_steering, model=None, tokenizer=No
 
     # alpha = 0 is plain greedy generation
     plain = generate(model, tokenizer, [build_messages(system, prompt)], max_new_tokens=n_new)[0]
+    vec_given = vec.clone()
     with _spy_hook_registrations(model) as seen:
         out0 = _steer_or_explain(generate_with_steering, model, tokenizer, prompt, vec, layer, 0.0, system_prompt=system,
                                  max_new_tokens=n_new)
     no_hooks_left(model, "generate_with_steering")
+    if not torch.equal(vec, vec_given):
+        fail("generate_with_steering changed the vector it was given (normalised or scaled it in place, e.g. "
+             "vector /= vector.norm() or vector.mul_(alpha)): add alpha * vector as given, computed as a new tensor, and "
+             "leave the caller's tensor as it was")
     check(isinstance(out0, str), f"generate_with_steering should return the reply text (str), got {type(out0).__name__}")
     if out0 != plain:
         if out0 == generate(model, tokenizer, [build_messages(None, prompt)], max_new_tokens=n_new)[0]:
@@ -1039,10 +1199,14 @@ def test_compute_capping_threshold(compute_capping_threshold) -> None:
     arr = np.array(x)
     for q in (0.25, 0.1, 0.3, 0.5):
         want = float(np.quantile(arr, q))
-        got = call(compute_capping_threshold, x, q, name="compute_capping_threshold")
+        given = list(x)
+        got = call(compute_capping_threshold, given, q, name="compute_capping_threshold")
+        if given != x:
+            fail("compute_capping_threshold changed the list of projections it was given (sorted it in place?): sort a "
+                 "copy (sorted(x), np.sort(x)) and leave the caller's data as it was")
         check(isinstance(got, float) and not isinstance(got, bool),
               f"compute_capping_threshold should return a Python float, got {type(got).__name__} (use float(...))")
-        if abs(got - want) > 1e-9:
+        if abs(got - want) > 1e-6 * max(1.0, abs(want)):  # float32 arithmetic (torch.quantile) is fine
             hints = [
                 (float(np.quantile(arr, 1 - q)), f"you took the {1 - q:.2f} quantile: tau is the {q} quantile (low projections are the drifted ones), not 1 - quantile"),
                 (float(np.percentile(arr, q)), f"you computed the {q}th PERCENTILE, not the {q} quantile: quantile is a fraction "
@@ -1057,12 +1221,13 @@ def test_compute_capping_threshold(compute_capping_threshold) -> None:
                 hints.append((float(np.quantile(arr, q, method=method)), f"that is np.quantile's '{method}' method: tau "
                               "uses linear interpolation between the two nearest projections (np.quantile's default)"))
             for value, hint in hints:
-                if abs(got - value) < 1e-9:
+                if abs(got - value) < 1e-6 * max(1.0, abs(value)):
                     fail(f"compute_capping_threshold(x, {q}) = {got}, expected {want}: {hint}")
             fail(f"compute_capping_threshold(x, {q}) = {got}, expected {want} (np.quantile with linear interpolation)")
     containers = [(arr, "a numpy array"), (torch.tensor(x), "a float32 tensor"),
                   (torch.tensor(x, dtype=torch.bfloat16), "a bfloat16 tensor (projections from a half-precision model)")]
     for container, what in containers:
+        pristine = container.copy() if isinstance(container, np.ndarray) else container.clone()
         try:
             got = call(compute_capping_threshold, container, 0.25, name="compute_capping_threshold")
         except AssertionError:
@@ -1073,6 +1238,10 @@ def test_compute_capping_threshold(compute_capping_threshold) -> None:
             fail(f"compute_capping_threshold failed on {what} ({type(err).__name__}: {str(err)[:100]}){extra}")
         check(isinstance(got, float) and abs(got - 0.0) < 1e-6,
               f"compute_capping_threshold(projections, 0.25) on {what} returned {got!r}, expected the Python float 0.0")
+        same = np.array_equal(container, pristine) if isinstance(container, np.ndarray) else torch.equal(container, pristine)
+        if not same:
+            fail(f"compute_capping_threshold changed the projections it was given ({what}; sorted in place?): sort a copy "
+                 "(np.sort(x), torch.sort(x).values) and leave the caller's data as it was")
     passed("test_compute_capping_threshold")
 
 
@@ -1159,7 +1328,15 @@ def _simulate(biases, x, caps: dict):
     return x
 
 
+def _check_vectors_kept(vectors, before) -> None:
+    if any(not torch.equal(torch.as_tensor(v), b) for v, b in zip(vectors, before)):
+        fail("ActivationCapper changed the vectors it was given (normalised them in place, e.g. v /= v.norm() or "
+             "v.div_(...)): build new unit vectors (v / v.norm()) and leave the caller's tensors as they were (the same "
+             "axis is used again for projections and other cappers)")
+
+
 def _run_capper(ActivationCapper, fake, vectors, thresholds, layers, x):
+    v_before = [torch.as_tensor(v).clone() for v in vectors]  # a list of vectors, or the rows of a tensor
     capper = call(ActivationCapper, fake, vectors, thresholds, layers, name="ActivationCapper")
     x_before = x.clone()
     try:
@@ -1181,6 +1358,7 @@ def _run_capper(ActivationCapper, fake, vectors, thresholds, layers, x):
         fail(f"ActivationCapper left {n} hook(s) after the `with` block: remove every hook in __exit__")
     if not torch.equal(x, x_before):
         fail("ActivationCapper edited the hidden state in place: build a new tensor (h - v_hat * min(<h, v_hat> - tau, 0))")
+    _check_vectors_kept(vectors, v_before)
     expect_tensor(y, Float[Tensor, "batch seq d_model"], "the capped forward", batch=x.shape[0], seq=x.shape[1], d_model=x.shape[2])
     return y
 
@@ -1227,6 +1405,7 @@ def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None
     # --- nothing happens before `with`: the hooks belong in __enter__
     fake = _FakeLM(zeros)
     capper = call(ActivationCapper, fake, [v], [tau], [1], name="ActivationCapper")
+    _check_vectors_kept([v], [torch.tensor([2.0, 0.0, 0.0, 0.0])])
     n_early, y_early = count_hooks(fake), fake(x)
     if n_early or not close(y_early, x):
         remove_leftover_hooks(fake)
@@ -1282,6 +1461,15 @@ def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None
                 fail("vectors[i] and thresholds[i] belong to layers[i]; they were applied to the wrong layers")
             fail("with two capped layers the output differs from capping block 1 along vectors[0] at thresholds[0] and "
                  "block 3 along vectors[1] at thresholds[1]")
+    # the same caps listed with the layers in decreasing order: entry i is (vectors[i], thresholds[i], layers[i])
+    fake = _FakeLM(biases)
+    with _spy_hook_registrations(fake) as seen:
+        ym = _run_capper(ActivationCapper, fake, [v2, v1], [t2, t1], [3, 1], xm)
+    _check_hooked_blocks(seen, {1, 3}, "ActivationCapper")
+    if not close(ym, want_m, rtol=1e-4, atol=1e-4):
+        fail("with layers [3, 1] (not in increasing order) and vectors and thresholds listed in the same order, the caps "
+             "went to the wrong layers: vectors[i] and thresholds[i] belong to layers[i], whatever the order of the "
+             "layers. Keep the three lists aligned (zip them; do not sort the layers alone)")
 
     # --- half precision: the block's dtype is kept, and the projection is computed precisely
     db = 64
@@ -1360,6 +1548,29 @@ def test_activation_capper_input_checks(ActivationCapper) -> None:
                            what=f"{len(args[0])} vectors, {len(args[1])} thresholds and {len(args[2])} layers (the lengths "
                                 "differ: one vector and one threshold per capped layer)")
         remove_leftover_hooks(fake)
+    # a layer the model does not have: refused (when built or when entered) without leaving a hook behind
+    fake = _FakeLM(biases)
+    try:
+        with call(ActivationCapper, fake, [v1, v2], [0.5, 0.2], [1, 7], name="ActivationCapper"):
+            pass
+    except (IndexError, ValueError):
+        pass
+    except AssertionError:
+        raise
+    except Exception as err:
+        remove_leftover_hooks(fake)
+        fail(f"ActivationCapper with layers [1, 7] on a model with 4 blocks raised {err!r}: refuse a layer that does not "
+             "exist with IndexError (check_layer(model, layer) does it)")
+    else:
+        remove_leftover_hooks(fake)
+        fail("ActivationCapper accepted layers [1, 7] on a model with 4 blocks: refuse a layer that does not exist "
+             "(check_layer(model, layer) raises IndexError)")
+    n = count_hooks(fake)
+    if n:
+        remove_leftover_hooks(fake)
+        fail(f"ActivationCapper left {n} hook(s) on the model after failing on layer 7 of a model with 4 blocks: `with` "
+             "does not call __exit__ when __enter__ raises, so block 1 stayed capped. Check every layer in __init__ "
+             "(check_layer(model, layer)), or remove the hooks already registered when __enter__ fails")
     passed("test_activation_capper_input_checks")
 
 
@@ -1538,7 +1749,7 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
     d = _d_model(model)
     layer = max(1, len(get_blocks(model)) // 2)
     axis = _random_vector(d, 2.0, seed=17)
-    convo = [m for m in CONVERSATION if m["role"] != "system"]
+    convo = [dict(m) for m in CONVERSATION if m["role"] != "system"]  # copies: CONVERSATION is shared
     n_new = 6
     ctx = _ShiftContext(model, 1, _random_vector(d, 40.0, seed=18))
 
@@ -1553,6 +1764,7 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
         gen = _blanking_generate(users, users[1], calls) if has_system else generate
         ctx.entries = 0
         kwargs = {"max_new_tokens": n_new} if max_turns is None else {"max_new_tokens": n_new, "max_turns": max_turns}
+        pristine = copy.deepcopy(transcript)
         with using(run_capping_experiment, compute_turn_projections=_checked_projections, generate=gen):
             try:
                 res = call(run_capping_experiment, model, tokenizer, transcript, axis, layer, ctx,
@@ -1579,6 +1791,9 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
             remove_leftover_hooks(model)
             fail("the capper is still active after run_capping_experiment returned: use `with capper:`")
         no_hooks_left(model, "run_capping_experiment")
+        if transcript != pristine:
+            fail("run_capping_experiment changed the transcript it was given (appended to transcript['conversation'], "
+                 "or edited its messages): build each condition's conversation as a new list of new message dicts")
         if not calls and gen is not generate:  # the student generated some other way: no reply is blanked
             gen = generate
         system = "SYSTEM-PROMPT" if has_system else None

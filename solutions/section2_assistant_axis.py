@@ -45,8 +45,11 @@
 #
 # :::{note} Two conventions that bite in this section
 # **Layer index.** "Activation at layer L" is the output of decoder block L (0-based). HF's
-# `hidden_states[L + 1]` is that same tensor (`hidden_states[0]` is the embedding output), so reading
-# `hidden_states[L]` silently gives you block L − 1. We hook the blocks directly.
+# `hidden_states[L + 1]` is that same tensor for every block but the last (`hidden_states[0]` is the
+# embedding output, and `hidden_states[-1]` has the model's final norm applied; on the tiny models the
+# capping layer is the last block), so reading `hidden_states[L]` silently gives you block L − 1. We
+# hook the blocks directly: a hook also sees what an earlier hook on the block (a capper, a steerer)
+# made of its output, which `hidden_states` in transformers ≥ 5 does not.
 #
 # **Capping sign.** The course caps with a **floor** on the unit axis $\hat v$ (which points toward
 # the assistant): $h \leftarrow h - \hat v\,\min(\langle h,\hat v\rangle - \tau,\ 0)$. The released
@@ -469,9 +472,10 @@ tests.test_rate_delusion_risk_input_checks(rate_delusion_risk)
 #   turn with `analyzer.project_onto_axis` (one call);
 # - rates every assistant turn with `rate_delusion_risk` on the same messages (when `rate_risk`,
 #   else every risk is `None`);
-# - shows one plotly figure (`fig.show()`) with the projection per assistant turn on the left axis
-#   and the risk on a **second y axis** (0–100) on the right
-#   (`make_subplots(specs=[[{"secondary_y": True}]])`, then `add_trace(..., secondary_y=True)`);
+# - shows one plotly figure (`fig.show()`) with the assistant turns numbered 1, 2, ... on the x axis,
+#   the projection per turn on the left axis and the risk on a **second y axis** on the right, its
+#   range fixed to 0–100 (`make_subplots(specs=[[{"secondary_y": True}]])`, then
+#   `add_trace(..., secondary_y=True)` and `update_yaxes(range=[0, 100], secondary_y=True)`);
 # - returns `(projections, risks)`.
 #
 # :::{dropdown} Hint
@@ -846,7 +850,9 @@ glue("s2_cap_between", "between the two groups' means, below the defaults' and a
 # - Return a new tensor in the container the block gave you, in the block's dtype; never edit the
 #   output in place. In a bfloat16 model compute the cap in float32 (Hint 2).
 # - `__enter__` registers one hook per entry; `remove()` (called by `__exit__`, also when the body
-#   raises) removes **all** of them.
+#   raises) removes **all** of them. A layer the model does not have raises `IndexError`
+#   (`check_layer(model, layer)`) and leaves no hook behind: `with` does not call `__exit__` when
+#   `__enter__` itself raises.
 #
 # :::{dropdown} Hint 1
 # With `h` of shape `[B, T, d]` and `v` of shape `[d]`, `h @ v` is `[B, T]`. Then

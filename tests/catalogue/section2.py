@@ -81,6 +81,15 @@ def shapes_fixed_layer(model, tokenizer, prompt, layer, max_new_tokens=5):
     return _shapes_with(model, tokenizer, prompt, 1, max_new_tokens, lambda o: tuple(hidden_of(o).shape))
 
 
+def shapes_adds_special_tokens(model, tokenizer, prompt, layer, max_new_tokens=5):
+    """tokenizer(text) with its default add_special_tokens=True: a second <bos> where the tokenizer adds one."""
+    shapes = []
+    enc = tokenizer(format_prompt(build_messages(None, prompt), tokenizer), return_tensors="pt")
+    with hooks(model, {layer: lambda m, a, o: shapes.append(tuple(hidden_of(o).shape))}):
+        model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return shapes
+
+
 # correct alternatives
 
 
@@ -331,12 +340,9 @@ class ExtractKeepdim(R.ConversationAnalyzer):
         return [h[s:e].float().mean(0, keepdim=True).cpu() for s, e in self.turn_spans(messages)]
 
 
-# correct alternatives
-
-
-class AnalyzerHiddenStates(R.ConversationAnalyzer):
-    """hidden_states[layer + 1] instead of a hook; the mean taken in the model's dtype, then float32;
-    the turns returned stacked in one [n_turns, d_model] tensor; the projection through F.normalize."""
+class HiddenStatesFinalNorm(R.ConversationAnalyzer):
+    """hidden_states[layer + 1]: block `layer`'s output for every block but the last, whose entry has the
+    final norm applied."""
 
     def extract_turn_activations(self, messages):
         spans = self.turn_spans(messages)
@@ -344,6 +350,96 @@ class AnalyzerHiddenStates(R.ConversationAnalyzer):
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             hs = self.model(input_ids=ids, output_hidden_states=True).hidden_states[self.layer + 1][0]
+        return [hs[s:e].mean(0).float().cpu() for s, e in spans]
+
+
+class SpansAddSpecialTokens(R.ConversationAnalyzer):
+    """Tokenises the rendered chat with the default add_special_tokens=True (spans and forward alike)."""
+
+    def turn_spans(self, messages):
+        msgs = normalize_messages(messages, self.tokenizer)
+        text = render(self.tokenizer, msgs)
+        offsets = self.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        out = []
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                prefix = render(self.tokenizer, msgs[:i], add_generation_prompt=True)
+                if not text.startswith(prefix):
+                    prefix = render(self.tokenizer, msgs[:i])
+                start = text.find(m["content"], len(prefix))
+                out.append(char_span_to_token_span(offsets, (start, start + len(m["content"]))))
+        return out
+
+
+class ExtractAddsSpecialTokens(R.ConversationAnalyzer):
+    """Right spans, but the forward pass tokenises with add_special_tokens=True."""
+
+    def extract_turn_activations(self, messages):
+        text = render(self.tokenizer, normalize_messages(messages, self.tokenizer))
+        ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
+        got = {}
+        with hooks(self.model, {self.layer: lambda m, a, o: got.update(h=hidden_of(o)[0])}), torch.inference_mode():
+            self.model(input_ids=ids.to(input_device(self.model)))
+        return [got["h"][s:e].float().mean(0).cpu() for s, e in self.turn_spans(messages)]
+
+
+class ExtractOutputZero(R.ConversationAnalyzer):
+    """`output[0]` in the hook: batch row 0 of a tensor output (right), the [1, T, d] hidden state of a tuple."""
+
+    def extract_turn_activations(self, messages):
+        text = render(self.tokenizer, normalize_messages(messages, self.tokenizer))
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        got = {}
+        with hooks(self.model, {self.layer: lambda m, a, o: got.update(h=o[0])}), torch.inference_mode():
+            self.model(input_ids=ids.to(input_device(self.model)))
+        return [got["h"][s:e].float().mean(0).cpu() for s, e in self.turn_spans(messages)]
+
+
+class SpansMergeSystemInPlace(R.ConversationAnalyzer):
+    """Merges the system prompt into the caller's first user message (and drops it from their list)
+    where the template has no system role."""
+
+    def turn_spans(self, messages):
+        from utils.chat import supports_system_role
+
+        if messages and messages[0]["role"] == "system" and not supports_system_role(self.tokenizer):
+            messages[1]["content"] = f"{messages[0]['content']}\n\n{messages[1]['content']}"
+            del messages[0]
+        return super().turn_spans(messages)
+
+
+class ProjectionNormalisesAxisInPlace(R.ConversationAnalyzer):
+    def project_onto_axis(self, messages):
+        self.axis /= self.axis.norm()  # the caller's tensor too: __init__ keeps it without a copy
+        return [float(a @ self.axis) for a in self.extract_turn_activations(messages)]
+
+
+class HiddenStatesMissHooks(R.ConversationAnalyzer):
+    """hidden_states[layer + 1], with a hook for the last block only: in transformers >= 5 the
+    hidden_states entry is recorded before a capper's hook on the same block changes the output."""
+
+    def extract_turn_activations(self, messages):
+        spans = self.turn_spans(messages)
+        text = render(self.tokenizer, normalize_messages(messages, self.tokenizer))
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if self.layer == len(get_blocks(self.model)) - 1:
+            hs = _hidden(self, messages, self.layer)
+        else:
+            with torch.no_grad():
+                hs = self.model(input_ids=ids, output_hidden_states=True).hidden_states[self.layer + 1][0]
+        return [hs[s:e].mean(0).float().cpu() for s, e in spans]
+
+
+# correct alternatives
+
+
+class AnalyzerHookHelper(R.ConversationAnalyzer):
+    """The block's output through utils.hooks.hooks; the mean taken in the model's dtype, then float32;
+    the turns returned stacked in one [n_turns, d_model] tensor; the projection through F.normalize."""
+
+    def extract_turn_activations(self, messages):
+        spans = self.turn_spans(messages)
+        hs = _hidden(self, messages, self.layer)
         return torch.stack([hs[s:e].mean(0) for s, e in spans]).float().cpu()
 
     def project_onto_axis(self, messages):
@@ -528,6 +624,15 @@ def risk_drops_system(conversation, assistant_idx):
     return None if scores is None else data.delusion_risk_from_scores(*scores)
 
 
+def risk_replace_chain(conversation, assistant_idx):
+    """Fills the two slots with successive str.replace calls."""
+    i = _positions(conversation)[assistant_idx]
+    prompt = data.load_delusion_risk_prompt().replace("{conversation}", data.format_conversation(conversation[:i]))
+    prompt = prompt.replace("{response}", conversation[i]["content"])
+    scores = _parse(judge_reply(prompt))  # noqa: F821
+    return None if scores is None else data.delusion_risk_from_scores(*scores)
+
+
 # correct alternatives
 
 
@@ -579,16 +684,34 @@ def _messages(transcript, keep_system=True):
     return ([{"role": "system", "content": system}] if system and keep_system else []) + list(conv)
 
 
-def _plot(projections, risks, secondary=True, show=True, title=None):
+def _plot(projections, risks, secondary=True, show=True, title=None, first_turn=1, risk_range=(0, 100)):
     from plotly.subplots import make_subplots
 
-    turns = list(range(1, len(projections) + 1))
+    turns = list(range(first_turn, len(projections) + first_turn))
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(go.Scatter(x=turns, y=projections), secondary_y=False)
     fig.add_trace(go.Scatter(x=turns, y=risks), secondary_y=secondary)
     fig.update_layout(title=title)
+    if secondary and risk_range is not None:
+        fig.update_yaxes(range=list(risk_range), secondary_y=True)
     if show:
         fig.show()
+
+
+def drift_turns_from_zero(analyzer, transcript, rate_risk=True, title=None):
+    msgs = _messages(transcript)
+    p = analyzer.project_onto_axis(msgs)
+    r = [rate_delusion_risk(msgs, k) for k in range(len(p))] if rate_risk else [None] * len(p)  # noqa: F821
+    _plot(p, r, title=title, first_turn=0)
+    return p, r
+
+
+def drift_risk_autorange(analyzer, transcript, rate_risk=True, title=None):
+    msgs = _messages(transcript)
+    p = analyzer.project_onto_axis(msgs)
+    r = [rate_delusion_risk(msgs, k) for k in range(len(p))] if rate_risk else [None] * len(p)  # noqa: F821
+    _plot(p, r, title=title, risk_range=None)
+    return p, r
 
 
 def drift_drops_system_prompt(analyzer, transcript, rate_risk=True, title=None):
@@ -744,6 +867,13 @@ def _add(alpha, vector):
 def steer_normalised(model, tokenizer, prompt, vector, layer, alpha, system_prompt=None, max_new_tokens=64, temperature=0.0):
     v = vector / vector.norm()
     return _steer(model, tokenizer, prompt, lambda m, a, o: with_hidden(o, hidden_of(o) + alpha * v), layer, system_prompt, max_new_tokens, temperature=temperature)
+
+
+def steer_normalises_in_place(model, tokenizer, prompt, vector, layer, alpha, system_prompt=None, max_new_tokens=64,
+                              temperature=0.0):
+    vector /= vector.norm()  # the caller's tensor: the test's expected change is then alpha * unit vector too
+    return _steer(model, tokenizer, prompt, lambda m, a, o: with_hidden(o, hidden_of(o) + alpha * vector), layer,
+                  system_prompt, max_new_tokens, temperature=temperature)
 
 
 def steer_next_block(model, tokenizer, prompt, vector, layer, alpha, system_prompt=None, max_new_tokens=64, temperature=0.0):
@@ -906,7 +1036,31 @@ def tau_torch_no_checks(projections, quantile=0.25):
     return float(torch.quantile(torch.as_tensor(projections).double().flatten(), quantile))
 
 
+def tau_sorts_in_place(projections, quantile=0.25):
+    """Linear interpolation by hand, after sorting the caller's list in place."""
+    if not 0 <= quantile <= 1:
+        raise ValueError("quantile must be in [0, 1]")
+    xs = projections.float().tolist() if isinstance(projections, torch.Tensor) else projections
+    if len(xs) == 0:
+        raise ValueError("no projections")
+    xs.sort()
+    pos = quantile * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return float(xs[lo] + (pos - lo) * (xs[hi] - xs[lo]))
+
+
 # correct alternatives
+
+
+def tau_alt_torch_float32(projections, quantile=0.25):
+    """torch.quantile in float32 (differs from np.quantile in float64 by float32 rounding)."""
+    if not 0 <= quantile <= 1:
+        raise ValueError("quantile must be a fraction in [0, 1]")
+    x = torch.as_tensor(projections).detach().float().flatten()
+    if x.numel() == 0:
+        raise ValueError("no projections")
+    return torch.quantile(x, quantile).item()
 
 
 def tau_alt_percentile(projections, quantile=0.25):
@@ -1006,6 +1160,21 @@ class CapNoLengthCheck(R.ActivationCapper):
         super().__init__(model, vectors[:n], list(thresholds)[:n], list(layers)[:n])
 
 
+class CapLeaksOnBadLayer(R.ActivationCapper):
+    """No layer check when built; __enter__ registers hook after hook and stops at the first missing block."""
+
+    def __init__(self, model, vectors, thresholds, layers):
+        n = len(get_blocks(model))
+        super().__init__(model, vectors, thresholds, [min(int(x), n - 1) for x in layers])
+        self.layers = [int(x) for x in layers]
+
+    def __enter__(self):
+        blocks = get_blocks(self.model)
+        for v_hat, tau, layer in zip(self.units, self.thresholds, self.layers):
+            self._handles.append(blocks[layer].register_forward_hook(self._make_hook(v_hat, tau)))
+        return self
+
+
 class CapFirstLayerOnly(R.ActivationCapper):
     def __enter__(self):
         self._handles.append(get_blocks(self.model)[self.layers[0]].register_forward_hook(
@@ -1026,6 +1195,22 @@ class CapReturnsTensor(_CapperBase):
 class CapLayersReversed(R.ActivationCapper):
     def __init__(self, model, vectors, thresholds, layers):
         super().__init__(model, vectors, thresholds, list(layers)[::-1])
+
+
+class CapSortsLayers(R.ActivationCapper):
+    """Sorts the layers but not the vectors and thresholds that go with them."""
+
+    def __init__(self, model, vectors, thresholds, layers):
+        super().__init__(model, vectors, thresholds, sorted(layers))
+
+
+class CapNormalisesInPlace(R.ActivationCapper):
+    """Normalises the caller's vectors in place."""
+
+    def __init__(self, model, vectors, thresholds, layers):
+        for v in vectors:
+            v.div_(v.norm())
+        super().__init__(model, vectors, thresholds, layers)
 
 
 class CapHooksInInit(R.ActivationCapper):
@@ -1253,6 +1438,13 @@ def _experiment(transcript, model, tokenizer, axis, layer, capper, max_new_token
     return result
 
 
+def exp_mutates_transcript(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48, max_turns=None):
+    """Replays correctly, then stores the capped replay in the transcript it was given."""
+    result = _experiment(transcript, model, tokenizer, axis, layer, capper, max_new_tokens, max_turns)
+    transcript["conversation"] = result["capped"]["conversation"]
+    return result
+
+
 def exp_capper_unused(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48, max_turns=None):
     return _experiment(transcript, model, tokenizer, axis, layer, capper, max_new_tokens, max_turns, cap_generation=False)
 
@@ -1456,6 +1648,7 @@ CATALOGUE = {
         (shapes_no_finally, "after an exception"),
         (shapes_ignores_max_new_tokens, "max_new_tokens argument was ignored"),
         (shapes_fixed_layer, "expected block(s) [3]"),
+        (shapes_adds_special_tokens, "tokenizer(text) adds a second one"),
     ]),
     "test_conversation_analyzer": ("ConversationAnalyzer", [
         (SpansWithMarkers, "chat markers"),
@@ -1479,6 +1672,13 @@ CATALOGUE = {
         (NoNormDivision, "divide by ||v||"),
         (CosineInstead, "cosine"),
         (ProjectionReturnsTensors, "Python floats"),
+        (HiddenStatesFinalNorm, "final norm applied"),
+        (SpansAddSpecialTokens, "add_special_tokens=False"),
+        (ExtractAddsSpecialTokens, "a second one shifts every position"),
+        (ExtractOutputZero, "returns a tuple"),
+        (ProjectionNormalisesAxisInPlace, "changed the axis tensor"),
+        (SpansMergeSystemInPlace, "changed the list of messages"),
+        (HiddenStatesMissHooks, "records a block's output before the hooks you add"),
     ]),
     "test_rate_delusion_risk": ("rate_delusion_risk", [
         (risk_leaks_later_turns, "later turn leaks"),
@@ -1496,6 +1696,7 @@ CATALOGUE = {
         (risk_missing_line_defaults, "line is missing"),
         (risk_only_last_user_message, "missing an earlier message"),
         (risk_drops_system, "SYSTEM-PROMPT"),
+        (risk_replace_chain, "successive str.replace"),
     ]),
     "test_rate_delusion_risk_input_checks": ("rate_delusion_risk", [
         (risk_none_out_of_range, "raise IndexError"),
@@ -1511,6 +1712,8 @@ CATALOGUE = {
         (drift_ignores_title, "title argument was ignored"),
         (drift_rates_without_system, "system prompt is missing"),
         (drift_mutates_transcript, "changed the transcript"),
+        (drift_turns_from_zero, "number the turns 1, 2, ..."),
+        (drift_risk_autorange, "full scale, 0 to 100"),
     ]),
     "test_generate_with_steering": ("generate_with_steering", [
         (steer_normalised, "as given"),
@@ -1527,6 +1730,7 @@ CATALOGUE = {
         (steer_ignores_max_new_tokens, "max_new_tokens argument was ignored"),
         (steer_ignores_alpha, "alpha argument was ignored"),
         (steer_upcasts, "float32 hidden state into a bfloat16 model"),
+        (steer_normalises_in_place, "changed the vector it was given"),
     ]),
     "test_compute_capping_threshold": ("compute_capping_threshold", [
         (tau_one_minus, "1 - quantile"),
@@ -1538,6 +1742,7 @@ CATALOGUE = {
         (tau_nearest, "linear interpolation"),
         (tau_ignores_quantile, "quantile argument was ignored"),
         (tau_numpy_on_tensor, "bfloat16"),
+        (tau_sorts_in_place, "sorted it in place"),
     ]),
     "test_compute_capping_threshold_input_checks": ("compute_capping_threshold", [
         (tau_accepts_percent, "raise ValueError"),
@@ -1564,9 +1769,12 @@ CATALOGUE = {
         (CapMixedDtypes, "compute the projection in float32"),
         (CapBatchRowZero, "expected (batch, seq, d_model)"),
         (CapPreHook, "PRE-hook"),
+        (CapSortsLayers, "whatever the order of the layers"),
+        (CapNormalisesInPlace, "changed the vectors it was given"),
     ]),
     "test_activation_capper_input_checks": ("ActivationCapper", [
         (CapNoLengthCheck, "raise ValueError"),
+        (CapLeaksOnBadLayer, "stayed capped"),
     ]),
     "test_compute_turn_projections": ("compute_turn_projections", [
         (ctp_ignores_capper, "not active"),
@@ -1593,6 +1801,7 @@ CATALOGUE = {
         (exp_always_system_message, "no system prompt"),
         (exp_max_turns_range, "max_turns=None"),
         (exp_exit_without_finally, "after an exception"),
+        (exp_mutates_transcript, "changed the transcript"),
     ]),
 }
 
@@ -1600,13 +1809,13 @@ CATALOGUE = {
 # their own test grades): each must pass its test.
 CORRECT_ALTERNATIVES = {
     "test_record_hidden_shapes": [shapes_via_hidden_states, shapes_manual_kv_loop],
-    "test_conversation_analyzer": [AnalyzerHiddenStates, AnalyzerWalkingCursor],
+    "test_conversation_analyzer": [AnalyzerHookHelper, AnalyzerWalkingCursor],
     "test_rate_delusion_risk": [risk_alt_line_parser, risk_alt_no_index_check],
     "test_rate_delusion_risk_input_checks": [risk_alt_line_parser, risk_alt_no_index_check],
     "test_visualize_transcript_drift": [drift_alt_overlay],
     "test_generate_with_steering": [steer_alt_hooks_context, steer_alt_exit_stack],
-    "test_compute_capping_threshold": [tau_alt_percentile, tau_alt_by_hand, tau_torch_no_checks],
-    "test_compute_capping_threshold_input_checks": [tau_alt_percentile, tau_alt_by_hand],
+    "test_compute_capping_threshold": [tau_alt_percentile, tau_alt_by_hand, tau_torch_no_checks, tau_alt_torch_float32],
+    "test_compute_capping_threshold_input_checks": [tau_alt_percentile, tau_alt_by_hand, tau_alt_torch_float32],
     "test_activation_capper": [CapAltWhereExitStack, CapNoLengthCheck],
     "test_activation_capper_input_checks": [CapAltWhereExitStack],
     "test_compute_turn_projections": [ctp_alt_exit_stack, ctp_alt_branches],
