@@ -7,6 +7,7 @@ is about plumbing, so every test is fast, offline and deterministic.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
@@ -145,9 +146,12 @@ def test_generate_contrastive_responses(generate_contrastive_responses, model=No
         return [_fake_answer(p) for p in prompts]
 
     trait = "cruel"
+    given = copy.deepcopy(TINY_TRAIT)
     with using(generate_contrastive_responses, generate=fake_generate, construct_system_prompt=_system_prompt):
-        records = call(generate_contrastive_responses, model, tokenizer, TINY_TRAIT, trait,
+        records = call(generate_contrastive_responses, model, tokenizer, given, trait,
                        max_new_tokens=7, temperature=0.9, name="generate_contrastive_responses")
+    check(given == TINY_TRAIT, "generate_contrastive_responses changed the trait_data it was given (its keys, "
+                               "instructions or questions): read it, do not modify it (the notebook reuses it)")
 
     n_expected = len(TINY_TRAIT["instruction"]) * len(TINY_TRAIT["questions"]) * 2
     check(len(calls) > 0, "generate_contrastive_responses never called `generate(model, tokenizer, prompts, ...)` "
@@ -270,6 +274,8 @@ PARSE_CASES = [
                           "(a refusal is not a score of 0)"),
     ("REFUSAL. If I had to give a number: 10", None, " -- the reply contains REFUSAL: return None even when it also "
                                                      "holds a number"),
+    ("Refusal, so 0", None, " -- look for the word REFUSAL in any case (here 'Refusal'), and return None even when "
+                            "the reply also holds a number"),
     ("150", None, " -- a number outside 0-100 is not a valid score: return None"),
     ("150, or maybe 40", None, " -- the first number, 150, is outside 0-100: return None (do not go on to a later "
                                "number)"),
@@ -357,7 +363,8 @@ def _filter_fixture():
 def test_filter_effective_pairs(filter_effective_pairs) -> None:
     trait, table, records = _filter_fixture()
     questions = trait["questions"]
-    kept = call(filter_effective_pairs, [dict(r) for r in records], trait, name="filter_effective_pairs")
+    given = [dict(r) for r in records]
+    kept = call(filter_effective_pairs, given, trait, name="filter_effective_pairs")
     check(isinstance(kept, list), f"filter_effective_pairs should return a list, got {type(kept).__name__}")
     for p in kept:
         check(isinstance(p, dict) and {"instruction_idx", "question", "pos", "neg"} <= set(p),
@@ -379,6 +386,9 @@ def test_filter_effective_pairs(filter_effective_pairs) -> None:
         fail(f"dropped the pair (instruction {key[0]}, question {key[1]}), which should be kept: {why}")
     check(len(got) == len(set(got)), "a pair appears more than once in the result")
     check(got == sorted(want), f"pairs should come in the order of the instruction pairs, then of trait_data['questions']; got {got}")
+    check(given == records, "filter_effective_pairs changed the scored records it was given (added, removed or "
+                            "changed a key): leave them as they are and put them into new pair dicts (the scored "
+                            "records are used again later)")
 
     # the negative side is held to 100 - threshold
     strict = call(filter_effective_pairs, [dict(r) for r in records], trait, threshold=60, name="filter_effective_pairs")
@@ -715,7 +725,7 @@ def _correct_extract(model, tokenizer, records, *args, **kwargs):
     return _reference_activations(model, tokenizer, records)
 
 
-def _check_vector(got, pos_acts, neg_acts, rtol, atol):
+def _check_vector(got, pos_acts, neg_acts, rtol, atol, questions=None):
     expected = pos_acts.mean(0) - neg_acts.mean(0)
     if close(got, expected, rtol=rtol, atol=atol):
         return
@@ -726,6 +736,16 @@ def _check_vector(got, pos_acts, neg_acts, rtol, atol):
              "informative, and Section 4 scales steering by it)")
     if close(got, pos_acts.mean(0), rtol=rtol, atol=atol):
         fail("extract_contrastive_vectors returned the mean of the positive activations: subtract the negative mean")
+    if questions is not None:
+        for keep in ("first", "last"):
+            order = range(len(questions)) if keep == "first" else reversed(range(len(questions)))
+            chosen = {}
+            for i in order:
+                chosen.setdefault(questions[i], i)
+            idx = sorted(chosen.values())
+            if len(idx) < len(questions) and close(got, pos_acts[idx].mean(0) - neg_acts[idx].mean(0), rtol=rtol, atol=atol):
+                fail("extract_contrastive_vectors kept one pair per question: the same question under another "
+                     "instruction pair is another pair, with its own answers; average over every pair")
     pooled = (pos_acts.sum(0) - neg_acts.sum(0)) / (len(pos_acts) + len(neg_acts))
     if close(got, pooled, rtol=rtol, atol=atol):
         fail("extract_contrastive_vectors divided sum(pos) - sum(neg) by the number of answers on both sides together: "
@@ -757,6 +777,12 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
                                                                          response="Because of Rayleigh scattering.")]
     pairs = [{"instruction_idx": p["instruction_idx"], "question": p["question"], "pos": dict(p), "neg": dict(n)}
              for p, n in zip(pos, neg)]
+    # the first question again, under the other instruction pair: another pair, with its own answers
+    again = {"question": pos[0]["question"], "instruction_idx": 1}
+    pairs.append({**again, "pos": {**again, "polarity": "pos", "system_prompt": "You are a cruel assistant. Mock them.",
+                                   "response": "Someone to laugh at when you are bored."},
+                  "neg": {**again, "polarity": "neg", "system_prompt": "You are a helpful assistant. Respect them.",
+                          "response": "Someone who listens to you and tells you the truth."}})
 
     # 1. planted activations: the function must take mean(pos) - mean(neg) of what extract_all_layer_activations returns
     g = torch.Generator().manual_seed(0)
@@ -778,7 +804,7 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
     if used_planted:  # the function called extract_all_layer_activations, as asked
         pos_acts = torch.stack([planted[(p["pos"]["response"], "pos")] for p in pairs])
         neg_acts = torch.stack([planted[(p["neg"]["response"], "neg")] for p in pairs])
-        _check_vector(got, pos_acts, neg_acts, rtol=1e-4, atol=1e-5)
+        _check_vector(got, pos_acts, neg_acts, rtol=1e-4, atol=1e-5, questions=[p["question"] for p in pairs])
 
     # 2. the real thing on the tiny model, with responses of different lengths
     with hook_guard(model, "extract_contrastive_vectors"), \
@@ -787,7 +813,7 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
     _expect_vectors(got, n_layers, d_model)
     pos_acts = _reference_activations(model, tokenizer, [p["pos"] for p in pairs])
     neg_acts = _reference_activations(model, tokenizer, [p["neg"] for p in pairs])
-    _check_vector(got, pos_acts, neg_acts, **_tol(model))
+    _check_vector(got, pos_acts, neg_acts, questions=[p["question"] for p in pairs], **_tol(model))
     passed("test_extract_contrastive_vectors")
 
 
@@ -907,7 +933,7 @@ def _fake_score(question, answer):
         return 99  # scored against another question
     if layer == ALL_NONE_LAYER or (layer, q) == (0, 1):
         return None  # a refusal: must be skipped, not counted as 0
-    return 10 * layer + q
+    return 10 * layer + q * q  # 0, 1, 4: most layers' means have a fraction (21.67 at block 2)
 
 
 class _FakeScorer:
@@ -1048,6 +1074,9 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
             as_zero = sum(s or 0 for s in scores) / len(scores)
             if math.isclose(value, as_zero, rel_tol=1e-6, abs_tol=1e-6):
                 fail(f"layer {L}: a None score (refusal) was counted as 0; average only the scores that are not None")
+            if want != int(want) and value in (math.floor(want), round(want)):
+                fail(f"layer {L}: mean score {value}, expected {want:.4g}: the mean was rounded to a whole number "
+                     "(// or round): divide with /, and keep the fraction")
             fail(f"layer {L}: mean score {value}, expected {want} (the mean of the judge's scores for that layer's answers)")
 
     # the steering is undone when generation fails half-way
@@ -1081,6 +1110,10 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
                 raise AssertionError(f"{err}: the steering must return the hidden state in the model's own dtype "
                                      "(cast the added vector to it; Steerer does)") from None
             raise
+        check(len(half_probe.calls) <= 1,
+              f"asked for the one layer [{ALL_NONE_LAYER + 1}], but generate was called {len(half_probe.calls)} times "
+              "(steered at blocks " + ", ".join(str(c["layer"]) for c in half_probe.calls) + "): steer only the layers "
+              "in `layers`, not every block")
         check(half_probe.calls and half_probe.calls[0]["layer"] == ALL_NONE_LAYER + 1,
               f"on a bfloat16 model the steering was not applied at block {ALL_NONE_LAYER + 1}")
     passed("test_steering_effect_by_layer")
