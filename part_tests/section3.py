@@ -482,7 +482,7 @@ def _alternatives(model, tokenizer, records):
 
     keys = ("all tokens", "embedding", "final norm", "pad-id mask", "no system prompt", "merged with a space",
             "merged with a newline", "first occurrence", "header", "end-of-turn",
-            "shifted span", "drops last", "token before")
+            "shifted span", "drops last", "token before", "special tokens added", "special tokens added, span moved")
     alts = {k: [] for k in keys}
     for conv in _conversations(records):
         chat = format_chat(conv, tokenizer)
@@ -523,6 +523,18 @@ def _alternatives(model, tokenizer, records):
                                               output_hidden_states=True).hidden_states]
         alts["no system prompt"].append(torch.stack([hb[L + 1][0, bare.token_span[0]:bare.token_span[1]].mean(0)
                                                      for L in range(n)]))
+        # tokenizer(chat.text) with its default add_special_tokens=True: a tokenizer that adds a BOS of its own
+        # (Llama 3's, Gemma's) puts a second one before the template's
+        again = tokenizer(chat.text)["input_ids"]
+        k = next((k for k in range(1, 4) if again[k:k + len(chat.input_ids)] == chat.input_ids), None)
+        if k is None:
+            alts["special tokens added"].append(mean(s, e))
+            alts["special tokens added, span moved"].append(mean(s, e))
+        else:
+            ha = [h.float().cpu() for h in model(input_ids=torch.tensor([again], device=_input_device(model)),
+                                                  output_hidden_states=True).hidden_states]
+            alts["special tokens added"].append(torch.stack([ha[L + 1][0, s:e].mean(0) for L in range(n)]))
+            alts["special tokens added, span moved"].append(torch.stack([ha[L + 1][0, s + k:e + k].mean(0) for L in range(n)]))
         alts["end-of-turn"].append(mean(s, e + 1))
         alts["shifted span"].append(mean(s + 1, e + 1))
         alts["drops last"].append(mean(s, e - 1))
@@ -559,6 +571,12 @@ ALT_MESSAGES = {
                   "whatever the number of end-of-turn tokens of the chat template (one here, not two)",
     "token before": "your span starts one token early, on the last token of the assistant header: use the exact "
                     "[start, end) span from format_chat",
+    "special tokens added": "the token ids have a second BOS token: the rendered chat already starts with one, and "
+                            "tokenizer(text) adds the tokenizer's own (Llama 3 and Gemma tokenizers do); use "
+                            "format_chat(...).input_ids, or tokenize with add_special_tokens=False",
+    "special tokens added, span moved": "the token ids have a second BOS token: the rendered chat already starts with "
+                                        "one, and tokenizer(text) adds the tokenizer's own (Llama 3 and Gemma tokenizers "
+                                        "do); use format_chat(...).input_ids, or tokenize with add_special_tokens=False",
 }
 
 
@@ -644,6 +662,17 @@ def _run_extract(fn, model, tokenizer, records, where, **kwargs):
     return got, counter.rows
 
 
+def _add_bos_like_llama3(tokenizer) -> None:
+    """Make `tokenizer(text)` put a BOS token first, as Llama 3's tokenizer does by default (the chat template
+    writes one too; format_chat tokenizes with add_special_tokens=False, so its ids have one BOS)."""
+    from tokenizers import processors
+
+    bos = "<|endoftext|>"  # the BOS the Llama-3-style template variant opens with
+    bos_id = tokenizer.convert_tokens_to_ids(bos)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+
+
 def test_extract_all_layer_activations(extract_all_layer_activations, model=None, tokenizer=None) -> None:
     own = model is not None and tokenizer is not None
     model, tokenizer = model_or_tiny(model, tokenizer)
@@ -684,6 +713,8 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
                 ("llama3", 4, "Llama-3", "a BOS token, a one-token end of turn"),
                 ("qwen3", 3, "Qwen3", "the assistant turn opens with an empty <think></think> block before the response")):
             variant_model, variant_tok = tiny_variant(kind)
+            if kind == "llama3":
+                _add_bos_like_llama3(variant_tok)
             subset = records[:n]
             got, _ = _run_extract(extract_all_layer_activations, variant_model, variant_tok, subset,
                                   f" with a {label}-style chat template")
@@ -1074,6 +1105,14 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
             as_zero = sum(s or 0 for s in scores) / len(scores)
             if math.isclose(value, as_zero, rel_tol=1e-6, abs_tol=1e-6):
                 fail(f"layer {L}: a None score (refusal) was counted as 0; average only the scores that are not None")
+            order = [c["layer"] for c in probe.calls]
+            if L in order and order.index(L) > 0:
+                upto = order[:order.index(L) + 1]
+                pooled = [s for M in upto for s in (_fake_score(q, f"[steered layer={M}] answer to question {i}")
+                                                    for i, q in enumerate(STEER_QUESTIONS)) if s is not None]
+                if pooled and math.isclose(value, sum(pooled) / len(pooled), rel_tol=1e-6, abs_tol=1e-6):
+                    fail(f"layer {L}: the mean also counts the scores of the layers steered before it ({upto[:-1]}): "
+                         "start a new list of scores for each layer")
             if want != int(want) and value in (math.floor(want), round(want)):
                 fail(f"layer {L}: mean score {value}, expected {want:.4g}: the mean was rounded to a whole number "
                      "(// or round): divide with /, and keep the fraction")

@@ -1079,6 +1079,28 @@ def acts_tokenizer_padding(model, tokenizer, records, batch_size=16):
     return torch.cat(out)
 
 
+def acts_retokenized_with_special_tokens(model, tokenizer, records, batch_size=16):
+    """Re-tokenises the rendered chats with the tokenizer's defaults: a Llama-3-style tokenizer adds a second BOS."""
+    chats = _chats(records, tokenizer)
+    n_layers = len(get_blocks(model))
+    out = []
+    for start in range(0, len(chats), batch_size):
+        batch = chats[start:start + batch_size]
+        enc = tokenizer([c.text for c in batch], return_tensors="pt", padding=True)
+        T = enc["input_ids"].shape[1]
+        sel = torch.zeros(len(batch), T)
+        for b, c in enumerate(batch):
+            off = int((enc["attention_mask"][b] == 0).sum()) if tokenizer.padding_side == "left" else 0
+            sel[b, off + c.token_span[0]:off + c.token_span[1]] = 1
+        caught = {}
+        with torch.inference_mode(), hooks(model, {L: (lambda L: lambda m, a, o: caught.__setitem__(L, hidden_of(o).float()))(L)
+                                                   for L in range(n_layers)}):
+            model.get_decoder()(**enc)
+        means = [(caught[L] * sel[..., None]).sum(1) / sel.sum(1, keepdim=True) for L in range(n_layers)]
+        out.append(torch.stack(means, 1))
+    return torch.cat(out)
+
+
 def _merged_records(records, sep):
     return [{**r, "system_prompt": None, "question": f"{r['system_prompt']}{sep}{r['question']}"} for r in records]
 
@@ -1405,6 +1427,20 @@ def steer_floor_mean(model, tokenizer, vectors, questions, eval_prompt_template,
     return out
 
 
+def steer_scores_accumulate(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                            max_new_tokens=64):
+    """One list of scores for the whole sweep: each layer's mean includes the layers before it."""
+    prompts = [build_messages(None, q) for q in questions]
+    out, scores = {}, []
+    for layer in layers:
+        with Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response"):
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+        scores += [s for s in (score_trait_response(q, a, eval_prompt_template) for q, a in zip(questions, answers))
+                   if s is not None]
+        out[layer] = sum(scores) / len(scores) if scores else float("nan")
+    return out
+
+
 def steer_every_layer(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
     """Sweeps every block, whatever `layers` asks for."""
     return _sweep(model, tokenizer, vectors, questions, eval_prompt_template, range(vectors.shape[0]), coeff,
@@ -1546,6 +1582,7 @@ CATALOGUE = {
         (acts_template_direct, "merges the system prompt into the first user message where the template has no system role"),
         (acts_merged_with_space, "merged into the user message with a space"),
         (acts_keeps_model_dtype, "returned dtype torch.bfloat16 on a bfloat16 model, expected torch.float32"),
+        (acts_retokenized_with_special_tokens, "the token ids have a second bos token"),
     ]),
     "test_extract_contrastive_vectors": ("extract_contrastive_vectors", [
         (vec_neg_minus_pos, "neg - pos"),
@@ -1583,6 +1620,7 @@ CATALOGUE = {
         (steer_manual_enter_no_finally, "when generate raised an error"),
         (steer_upcasting_hook, "in the model's own dtype"),
         (steer_floor_mean, "rounded to a whole number"),
+        (steer_scores_accumulate, "start a new list of scores for each layer"),
         (steer_every_layer, "steer only the layers in `layers`"),
     ]),
     "test_top_sae_features_by_cosine": ("top_sae_features_by_cosine", [
