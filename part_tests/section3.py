@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import numbers
 import re
 
 import torch
@@ -1095,8 +1096,11 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
         valid = [s for s in scores if s is not None]
         want = sum(valid) / len(valid) if valid else float("nan")
         value = got[L]
-        check(isinstance(value, (int, float)) and not isinstance(value, bool),
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            fail(f"the mean score for layer {L} is a one-element tensor: store a Python float (call .item() on it)")
+        check(isinstance(value, numbers.Real) and not isinstance(value, bool),
               f"the mean score for layer {L} should be a number, got {type(value).__name__}")
+        value = float(value)  # a numpy float32 mean is a number too
         if not valid:
             check(math.isnan(value), f"layer {L}: the judge scored none of the answers (every score None), and the "
                                      f"result is {value!r}: store float('nan') there, not a number the judge never gave")

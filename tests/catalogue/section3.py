@@ -1441,6 +1441,28 @@ def steer_scores_accumulate(model, tokenizer, vectors, questions, eval_prompt_te
     return out
 
 
+def steer_float32_means(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                        max_new_tokens=64):
+    """NaN for a missing score and numpy's nanmean in float32: each mean is a numpy float32."""
+    import numpy as np
+
+    prompts = [build_messages(None, q) for q in questions]
+    out = {}
+    for layer in layers:
+        with Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response"):
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+        scores = np.array([np.nan if s is None else s for s in (score_trait_response(q, a, eval_prompt_template)
+                                                                for q, a in zip(questions, answers))], dtype=np.float32)
+        out[layer] = np.float32("nan") if np.isnan(scores).all() else np.nanmean(scores)
+    return out
+
+
+def steer_tensor_means(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    """Stores each mean as a one-element tensor."""
+    return {layer: torch.tensor(value) for layer, value in
+            _sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens).items()}
+
+
 def steer_every_layer(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
     """Sweeps every block, whatever `layers` asks for."""
     return _sweep(model, tokenizer, vectors, questions, eval_prompt_template, range(vectors.shape[0]), coeff,
@@ -1621,6 +1643,7 @@ CATALOGUE = {
         (steer_upcasting_hook, "in the model's own dtype"),
         (steer_floor_mean, "rounded to a whole number"),
         (steer_scores_accumulate, "start a new list of scores for each layer"),
+        (steer_tensor_means, "one-element tensor"),
         (steer_every_layer, "steer only the layers in `layers`"),
     ]),
     "test_top_sae_features_by_cosine": ("top_sae_features_by_cosine", [
@@ -1660,7 +1683,7 @@ CORRECT_ALTERNATIVES = {
     "test_extract_contrastive_vectors_input_checks": [vec_mean_of_pair_differences, vec_one_extraction_call,
                                                       vec_no_own_check],
     "test_steering_effect_by_layer": [steer_manual_hook, steer_exitstack, steer_numpy_nanmean, steer_sorted_layers,
-                                      steer_scores_inside_context],
+                                      steer_scores_inside_context, steer_float32_means],
     "test_top_sae_features_by_cosine": [cos_functional, cos_feature_directions],
     "test_feature_activation_differences": [diff_concatenated_chunks, diff_running_sums, diff_weighted_chunk_means],
 }
