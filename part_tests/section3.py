@@ -1194,6 +1194,7 @@ def _true_cosines(sae, vector):
 
 
 def _run_cosine(fn, vector, sae, k):
+    vector_before, decoder_before = vector.clone(), sae.W_dec.detach().clone()
     try:
         out = call(fn, vector, sae, k, name="top_sae_features_by_cosine")
     except NotImplementedYet:
@@ -1202,6 +1203,10 @@ def _run_cosine(fn, vector, sae, k):
         raise AssertionError(f"top_sae_features_by_cosine raised {type(err).__name__} ({err}) on an SAE with d_sae != d_model: "
                              "feature i's direction is row i of sae.W_dec, which has shape [d_sae, d_model] "
                              "(rows, not columns)") from err
+    for what, before, after in (("the vector", vector_before, vector), ("sae.W_dec", decoder_before, sae.W_dec)):
+        check(torch.equal(before, after.detach()),
+              f"top_sae_features_by_cosine changed {what} in place (x /= x.norm() or an in-place normalisation): "
+              "normalise copies (x / x.norm(...)); the caller's persona vector and SAE must stay as they were")
     return _expect_pair(out, "top_sae_features_by_cosine", ("indices", "cosines"), k)
 
 

@@ -1463,6 +1463,20 @@ def steer_tensor_means(model, tokenizer, vectors, questions, eval_prompt_templat
             _sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens).items()}
 
 
+def cos_normalises_in_place(vector, sae, k=10):
+    """Normalises the caller's vector with /=: the persona vector it was given changes."""
+    vector /= vector.norm()
+    W = sae.W_dec.float()
+    return _topk((W / W.norm(dim=-1, keepdim=True)) @ vector.float(), k)
+
+
+def cos_normalises_decoder_in_place(vector, sae, k=10):
+    """Normalises sae.W_dec in place: the SAE's decoder changes."""
+    W = sae.W_dec.data
+    W /= W.norm(dim=-1, keepdim=True)
+    return _topk(W.float() @ (vector.float() / vector.float().norm()), k)
+
+
 def steer_every_layer(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
     """Sweeps every block, whatever `layers` asks for."""
     return _sweep(model, tokenizer, vectors, questions, eval_prompt_template, range(vectors.shape[0]), coeff,
@@ -1656,6 +1670,8 @@ CATALOGUE = {
         (cos_returns_lists, "should return its indices as a torch.tensor of shape (k,) = (3,), got a list"),
         (cos_keepdim, "(indices) returned shape (1, 3) (2 dims), expected (k,) = (3,)"),
         (cos_columns_normalised, "you normalised the columns of w_dec"),
+        (cos_normalises_in_place, "changed the vector in place"),
+        (cos_normalises_decoder_in_place, "changed sae.w_dec in place"),
     ]),
     "test_feature_activation_differences": ("feature_activation_differences", [
         (diff_absolute, "not by its absolute value"),
