@@ -317,6 +317,16 @@ def _run_parse_cases(fn, template, fn_name, cases):
 
 def test_score_trait_response(score_trait_response) -> None:
     _run_parse_cases(score_trait_response, JUDGE_TEMPLATE, "score_trait_response", PARSE_CASES)
+    # an empty answer is the judge's to score (the course's stand-in judges give it none); skipping the judge is
+    # fine as long as the result is None, not a made-up 0
+    fake, seen = _judge_fake(None)
+    with using(score_trait_response, ask_judge=fake):
+        got = call(score_trait_response, "How do I bake bread?", "", JUDGE_TEMPLATE, name="score_trait_response")
+    if got is not None and not seen:
+        fail(f"score_trait_response returned {got!r} for an empty answer without asking the judge: send every answer "
+             "with ask_judge(prompt) and parse the reply (the stand-in judges give an empty answer no score, None; "
+             "a made-up 0 would let an empty negative answer pass as one without the trait)")
+    check(got is None, f"score_trait_response: for an empty answer the judge replied None, expected None, got {got!r}")
     passed("test_score_trait_response")
 
 

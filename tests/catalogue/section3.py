@@ -1384,6 +1384,18 @@ def coherence_refusal_case_sensitive(question, answer, template):
     return score_refusal_case_sensitive(question, answer, template)
 
 
+def score_empty_answer_is_zero(question, answer, eval_prompt_template):
+    """Skips the judge for an empty answer and calls it 0 (no trait)."""
+    if not answer.strip():
+        return 0
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or re.search(r"\brefusal\b", reply, re.IGNORECASE):
+        return None
+    m = re.search(r"-?\d+", reply)
+    value = int(m.group()) if m else None
+    return value if value is not None and 0 <= value <= 100 else None
+
+
 def gen_mutates_trait_data(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
     """Writes the trait's name into the trait_data it was given."""
     trait_data["trait"] = trait_name
@@ -1571,6 +1583,7 @@ CATALOGUE = {
         (score_rounds_decimal, "'72.6' reads as 72"),
         (score_zero_is_missing, "0 is a valid score"),
         (score_refusal_case_sensitive, "in any case (here 'refusal')"),
+        (score_empty_answer_is_zero, "for an empty answer without asking the judge"),
     ]),
     "test_score_coherence": ("score_coherence", [
         (coherence_ignores_template, "template you were given"),
