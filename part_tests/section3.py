@@ -341,7 +341,7 @@ def test_score_coherence(score_coherence) -> None:
 def _filter_fixture():
     # not in alphabetical order: sorting by the question's text is not the order of trait_data["questions"]
     questions = ["Why do cats purr?", "Is tea better than coffee?", "How do tides work?", "What makes music sad?",
-                 "Can plants hear?", "Does money buy happiness?", "Are dreams meaningful?"]
+                 "Can plants hear?", "Does money buy happiness?", "Are dreams meaningful?", "Why do we yawn?"]
     trait = {"instruction": [{"pos": "p0", "neg": "n0"}, {"pos": "p1", "neg": "n1"}], "questions": questions,
              "eval_prompt": "{question} {answer}"}
     # (instruction, question index): ((pos score, pos coherence), (neg score, neg coherence), kept?, why)
@@ -360,6 +360,7 @@ def _filter_fixture():
         (1, 4): ((20, 90), (60, 90), False, "the pos answer must score >= 50 and the neg < 50"),
         (1, 5): ((65, 80), (35, 80), True, ""),
         (1, 6): ((60, 70), (30, 70), True, ""),
+        (0, 7): ((80, 90), (10, None), False, "a neg coherence of None is not a pass: both sides must be coherent"),
     }
     records = []
     for (i, q), (pos, neg, _, _) in table.items():

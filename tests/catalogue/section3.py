@@ -1404,6 +1404,13 @@ def gen_mutates_trait_data(model, tokenizer, trait_data, trait_name, max_new_tok
                    max_new_tokens, temperature)
 
 
+def filter_neg_coherence_none_passes(responses, trait_data, threshold=50):
+    """Checks the neg side's coherence only when it has one: a neg coherence of None passes."""
+    return _pairs(responses, trait_data, lambda p, n: p["score"] is not None and n["score"] is not None
+                  and p["score"] >= threshold and n["score"] < 100 - threshold and _ok(p)
+                  and (n["coherence"] is None or n["coherence"] >= COHERENCE_THRESHOLD))
+
+
 def filter_mutates_records(responses, trait_data, threshold=50):
     """Marks the kept records in place (the scored records gain a key)."""
     pairs = _pairs(responses, trait_data, lambda p, n: p["score"] is not None and n["score"] is not None
@@ -1607,6 +1614,7 @@ CATALOGUE = {
         (filter_sorted_by_question_text, "order of the instruction pairs, then of trait_data['questions']"),
         (filter_missing_key_passes, "no 'coherence' key at all"),
         (filter_mutates_records, "changed the scored records it was given"),
+        (filter_neg_coherence_none_passes, "a neg coherence of none is not a pass"),
     ]),
     "test_extract_all_layer_activations": ("extract_all_layer_activations", [
         (acts_all_tokens, "response tokens only"),
