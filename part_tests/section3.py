@@ -1128,6 +1128,12 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
                 if pooled and math.isclose(value, sum(pooled) / len(pooled), rel_tol=1e-6, abs_tol=1e-6):
                     fail(f"layer {L}: the mean also counts the scores of the layers steered before it ({upto[:-1]}): "
                          "start a new list of scores for each layer")
+            for M in layers:
+                other = [x for x in (_fake_score(q, f"[steered layer={M}] answer to question {i}")
+                                     for i, q in enumerate(STEER_QUESTIONS)) if x is not None]
+                if M != L and other and math.isclose(value, sum(other) / len(other), rel_tol=1e-6, abs_tol=1e-6):
+                    fail(f"layer {L}: the result holds the mean score of layer {M}: key each mean by its layer, "
+                         f"result[L] for L in layers (not by its position in `layers`, {list(layers)})")
             if want != int(want) and value in (math.floor(want), round(want)):
                 fail(f"layer {L}: mean score {value}, expected {want:.4g}: the mean was rounded to a whole number "
                      "(// or round): divide with /, and keep the fraction")

@@ -1496,6 +1496,13 @@ def cos_normalises_decoder_in_place(vector, sae, k=10):
     return _topk(W.float() @ (vector.float() / vector.float().norm()), k)
 
 
+def steer_keyed_by_position(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                            max_new_tokens=64):
+    """Keys each mean by its position in `layers` (0, 1, ...), not by the layer."""
+    means = _sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens)
+    return {i: means[layer] for i, layer in enumerate(layers)}
+
+
 def steer_every_layer(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
     """Sweeps every block, whatever `layers` asks for."""
     return _sweep(model, tokenizer, vectors, questions, eval_prompt_template, range(vectors.shape[0]), coeff,
@@ -1679,6 +1686,7 @@ CATALOGUE = {
         (steer_floor_mean, "rounded to a whole number"),
         (steer_scores_accumulate, "start a new list of scores for each layer"),
         (steer_tensor_means, "one-element tensor"),
+        (steer_keyed_by_position, "not by its position in `layers`"),
         (steer_every_layer, "steer only the layers in `layers`"),
     ]),
     "test_top_sae_features_by_cosine": ("top_sae_features_by_cosine", [
