@@ -8,6 +8,7 @@ is about plumbing, so every test is fast, offline and deterministic.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 import numbers
@@ -674,15 +675,23 @@ def _run_extract(fn, model, tokenizer, records, where, **kwargs):
     return got, counter.rows
 
 
-def _add_bos_like_llama3(tokenizer) -> None:
-    """Make `tokenizer(text)` put a BOS token first, as Llama 3's tokenizer does by default (the chat template
-    writes one too; format_chat tokenizes with add_special_tokens=False, so its ids have one BOS)."""
+@functools.lru_cache(maxsize=None)
+def _llama3_tokenizer_with_bos():
+    """tiny_variant("llama3")'s tokenizer, a private copy whose `tokenizer(text)` puts a BOS token first, as Llama 3's
+    tokenizer does by default (the chat template writes one too; format_chat tokenizes with
+    add_special_tokens=False, so its ids have one BOS)."""
     from tokenizers import processors
 
-    bos = "<|endoftext|>"  # the BOS the Llama-3-style template variant opens with
+    from part_tests._common import TEMPLATE_VARIANTS
+    from utils.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-qwen2")  # not the shared variant: other tests keep its defaults
+    tokenizer.chat_template = TEMPLATE_VARIANTS["llama3"]
+    bos = "<|endoftext|>"  # the BOS the Llama-3-style template opens with
     bos_id = tokenizer.convert_tokens_to_ids(bos)
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    return tokenizer
 
 
 def test_extract_all_layer_activations(extract_all_layer_activations, model=None, tokenizer=None) -> None:
@@ -726,7 +735,7 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
                 ("qwen3", 3, "Qwen3", "the assistant turn opens with an empty <think></think> block before the response")):
             variant_model, variant_tok = tiny_variant(kind)
             if kind == "llama3":
-                _add_bos_like_llama3(variant_tok)
+                variant_tok = _llama3_tokenizer_with_bos()
             subset = records[:n]
             got, _ = _run_extract(extract_all_layer_activations, variant_model, variant_tok, subset,
                                   f" with a {label}-style chat template")
