@@ -362,6 +362,7 @@ def _filter_fixture():
         (1, 5): ((65, 80), (35, 80), True, ""),
         (1, 6): ((60, 70), (30, 70), True, ""),
         (0, 7): ((80, 90), (10, None), False, "a neg coherence of None is not a pass: both sides must be coherent"),
+        (1, 7): ((30, 85), (15, 85), False, "the pos answer must score >= 50"),
     }
     records = []
     for (i, q), (pos, neg, _, _) in table.items():

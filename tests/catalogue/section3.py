@@ -1525,6 +1525,22 @@ def score_scanned_by_hand(question, answer, eval_prompt_template):
     return None
 
 
+def filter_direct_lookup(responses, trait_data, threshold=50):
+    """Looks both sides up with by_key[...] (a KeyError if a record were missing: every pair has both here)."""
+    by_key = {(r["instruction_idx"], r["question"], r["polarity"]): r for r in responses}
+    out = []
+    for i in range(len(trait_data["instruction"])):
+        for q in trait_data["questions"]:
+            pos, neg = by_key[(i, q, "pos")], by_key[(i, q, "neg")]
+            scores = (pos["score"], neg["score"], pos["coherence"], neg["coherence"])
+            if any(x is None for x in scores):
+                continue
+            if pos["score"] >= threshold and neg["score"] < 100 - threshold \
+                    and min(pos["coherence"], neg["coherence"]) >= COHERENCE_THRESHOLD:
+                out.append({"instruction_idx": i, "question": q, "pos": pos, "neg": neg})
+    return out
+
+
 def steer_scores_inside_context(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
                                 max_new_tokens=64):
     """Scores while the steering hook is still attached (the judge does not run the model)."""
@@ -1721,7 +1737,7 @@ CORRECT_ALTERNATIVES = {
     "test_generate_contrastive_responses": [gen_polarity_outer, gen_formatted_strings, gen_positional_args],
     "test_score_trait_response": [score_with_replace, score_try_int, score_scanned_by_hand],
     "test_score_coherence": [coherence_via_score_trait, score_with_replace],
-    "test_filter_effective_pairs": [filter_nested_search, filter_sort_afterwards],
+    "test_filter_effective_pairs": [filter_nested_search, filter_sort_afterwards, filter_direct_lookup],
     "test_extract_all_layer_activations": [acts_left_padded, acts_no_attention_mask, acts_sorted_by_length,
                                            acts_hidden_states_and_last_hook, acts_tokenizer_padding],
     "test_extract_contrastive_vectors": [vec_mean_of_pair_differences, vec_one_extraction_call, vec_no_own_check],
