@@ -7,8 +7,11 @@ is about plumbing, so every test is fast, offline and deterministic.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import math
+import numbers
 import re
 
 import torch
@@ -145,9 +148,12 @@ def test_generate_contrastive_responses(generate_contrastive_responses, model=No
         return [_fake_answer(p) for p in prompts]
 
     trait = "cruel"
+    given = copy.deepcopy(TINY_TRAIT)
     with using(generate_contrastive_responses, generate=fake_generate, construct_system_prompt=_system_prompt):
-        records = call(generate_contrastive_responses, model, tokenizer, TINY_TRAIT, trait,
+        records = call(generate_contrastive_responses, model, tokenizer, given, trait,
                        max_new_tokens=7, temperature=0.9, name="generate_contrastive_responses")
+    check(given == TINY_TRAIT, "generate_contrastive_responses changed the trait_data it was given (its keys, "
+                               "instructions or questions): read it, do not modify it (the notebook reuses it)")
 
     n_expected = len(TINY_TRAIT["instruction"]) * len(TINY_TRAIT["questions"]) * 2
     check(len(calls) > 0, "generate_contrastive_responses never called `generate(model, tokenizer, prompts, ...)` "
@@ -270,6 +276,8 @@ PARSE_CASES = [
                           "(a refusal is not a score of 0)"),
     ("REFUSAL. If I had to give a number: 10", None, " -- the reply contains REFUSAL: return None even when it also "
                                                      "holds a number"),
+    ("Refusal, so 0", None, " -- look for the word REFUSAL in any case (here 'Refusal'), and return None even when "
+                            "the reply also holds a number"),
     ("150", None, " -- a number outside 0-100 is not a valid score: return None"),
     ("150, or maybe 40", None, " -- the first number, 150, is outside 0-100: return None (do not go on to a later "
                                "number)"),
@@ -310,6 +318,16 @@ def _run_parse_cases(fn, template, fn_name, cases):
 
 def test_score_trait_response(score_trait_response) -> None:
     _run_parse_cases(score_trait_response, JUDGE_TEMPLATE, "score_trait_response", PARSE_CASES)
+    # an empty answer is the judge's to score (the course's stand-in judges give it none); skipping the judge is
+    # fine as long as the result is None, not a made-up 0
+    fake, seen = _judge_fake(None)
+    with using(score_trait_response, ask_judge=fake):
+        got = call(score_trait_response, "How do I bake bread?", "", JUDGE_TEMPLATE, name="score_trait_response")
+    if got is not None and not seen:
+        fail(f"score_trait_response returned {got!r} for an empty answer without asking the judge: send every answer "
+             "with ask_judge(prompt) and parse the reply (the stand-in judges give an empty answer no score, None; "
+             "a made-up 0 would let an empty negative answer pass as one without the trait)")
+    check(got is None, f"score_trait_response: for an empty answer the judge replied None, expected None, got {got!r}")
     passed("test_score_trait_response")
 
 
@@ -324,7 +342,7 @@ def test_score_coherence(score_coherence) -> None:
 def _filter_fixture():
     # not in alphabetical order: sorting by the question's text is not the order of trait_data["questions"]
     questions = ["Why do cats purr?", "Is tea better than coffee?", "How do tides work?", "What makes music sad?",
-                 "Can plants hear?", "Does money buy happiness?", "Are dreams meaningful?"]
+                 "Can plants hear?", "Does money buy happiness?", "Are dreams meaningful?", "Why do we yawn?"]
     trait = {"instruction": [{"pos": "p0", "neg": "n0"}, {"pos": "p1", "neg": "n1"}], "questions": questions,
              "eval_prompt": "{question} {answer}"}
     # (instruction, question index): ((pos score, pos coherence), (neg score, neg coherence), kept?, why)
@@ -343,6 +361,8 @@ def _filter_fixture():
         (1, 4): ((20, 90), (60, 90), False, "the pos answer must score >= 50 and the neg < 50"),
         (1, 5): ((65, 80), (35, 80), True, ""),
         (1, 6): ((60, 70), (30, 70), True, ""),
+        (0, 7): ((80, 90), (10, None), False, "a neg coherence of None is not a pass: both sides must be coherent"),
+        (1, 7): ((30, 85), (15, 85), False, "the pos answer must score >= 50"),
     }
     records = []
     for (i, q), (pos, neg, _, _) in table.items():
@@ -357,7 +377,8 @@ def _filter_fixture():
 def test_filter_effective_pairs(filter_effective_pairs) -> None:
     trait, table, records = _filter_fixture()
     questions = trait["questions"]
-    kept = call(filter_effective_pairs, [dict(r) for r in records], trait, name="filter_effective_pairs")
+    given = [dict(r) for r in records]
+    kept = call(filter_effective_pairs, given, trait, name="filter_effective_pairs")
     check(isinstance(kept, list), f"filter_effective_pairs should return a list, got {type(kept).__name__}")
     for p in kept:
         check(isinstance(p, dict) and {"instruction_idx", "question", "pos", "neg"} <= set(p),
@@ -379,6 +400,9 @@ def test_filter_effective_pairs(filter_effective_pairs) -> None:
         fail(f"dropped the pair (instruction {key[0]}, question {key[1]}), which should be kept: {why}")
     check(len(got) == len(set(got)), "a pair appears more than once in the result")
     check(got == sorted(want), f"pairs should come in the order of the instruction pairs, then of trait_data['questions']; got {got}")
+    check(given == records, "filter_effective_pairs changed the scored records it was given (added, removed or "
+                            "changed a key): leave them as they are and put them into new pair dicts (the scored "
+                            "records are used again later)")
 
     # the negative side is held to 100 - threshold
     strict = call(filter_effective_pairs, [dict(r) for r in records], trait, threshold=60, name="filter_effective_pairs")
@@ -472,7 +496,7 @@ def _alternatives(model, tokenizer, records):
 
     keys = ("all tokens", "embedding", "final norm", "pad-id mask", "no system prompt", "merged with a space",
             "merged with a newline", "first occurrence", "header", "end-of-turn",
-            "shifted span", "drops last", "token before")
+            "shifted span", "drops last", "token before", "special tokens added", "special tokens added, span moved")
     alts = {k: [] for k in keys}
     for conv in _conversations(records):
         chat = format_chat(conv, tokenizer)
@@ -513,6 +537,18 @@ def _alternatives(model, tokenizer, records):
                                               output_hidden_states=True).hidden_states]
         alts["no system prompt"].append(torch.stack([hb[L + 1][0, bare.token_span[0]:bare.token_span[1]].mean(0)
                                                      for L in range(n)]))
+        # tokenizer(chat.text) with its default add_special_tokens=True: a tokenizer that adds a BOS of its own
+        # (Llama 3's, Gemma's) puts a second one before the template's
+        again = tokenizer(chat.text)["input_ids"]
+        k = next((k for k in range(1, 4) if again[k:k + len(chat.input_ids)] == chat.input_ids), None)
+        if k is None:
+            alts["special tokens added"].append(mean(s, e))
+            alts["special tokens added, span moved"].append(mean(s, e))
+        else:
+            ha = [h.float().cpu() for h in model(input_ids=torch.tensor([again], device=_input_device(model)),
+                                                  output_hidden_states=True).hidden_states]
+            alts["special tokens added"].append(torch.stack([ha[L + 1][0, s:e].mean(0) for L in range(n)]))
+            alts["special tokens added, span moved"].append(torch.stack([ha[L + 1][0, s + k:e + k].mean(0) for L in range(n)]))
         alts["end-of-turn"].append(mean(s, e + 1))
         alts["shifted span"].append(mean(s + 1, e + 1))
         alts["drops last"].append(mean(s, e - 1))
@@ -549,6 +585,12 @@ ALT_MESSAGES = {
                   "whatever the number of end-of-turn tokens of the chat template (one here, not two)",
     "token before": "your span starts one token early, on the last token of the assistant header: use the exact "
                     "[start, end) span from format_chat",
+    "special tokens added": "the token ids have a second BOS token: the rendered chat already starts with one, and "
+                            "tokenizer(text) adds the tokenizer's own (Llama 3 and Gemma tokenizers do); use "
+                            "format_chat(...).input_ids, or tokenize with add_special_tokens=False",
+    "special tokens added, span moved": "the token ids have a second BOS token: the rendered chat already starts with "
+                                        "one, and tokenizer(text) adds the tokenizer's own (Llama 3 and Gemma tokenizers "
+                                        "do); use format_chat(...).input_ids, or tokenize with add_special_tokens=False",
 }
 
 
@@ -634,6 +676,25 @@ def _run_extract(fn, model, tokenizer, records, where, **kwargs):
     return got, counter.rows
 
 
+@functools.lru_cache(maxsize=None)
+def _llama3_tokenizer_with_bos():
+    """tiny_variant("llama3")'s tokenizer, a private copy whose `tokenizer(text)` puts a BOS token first, as Llama 3's
+    tokenizer does by default (the chat template writes one too; format_chat tokenizes with
+    add_special_tokens=False, so its ids have one BOS)."""
+    from tokenizers import processors
+
+    from part_tests._common import TEMPLATE_VARIANTS
+    from utils.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-qwen2")  # not the shared variant: other tests keep its defaults
+    tokenizer.chat_template = TEMPLATE_VARIANTS["llama3"]
+    bos = "<|endoftext|>"  # the BOS the Llama-3-style template opens with
+    bos_id = tokenizer.convert_tokens_to_ids(bos)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    return tokenizer
+
+
 def test_extract_all_layer_activations(extract_all_layer_activations, model=None, tokenizer=None) -> None:
     own = model is not None and tokenizer is not None
     model, tokenizer = model_or_tiny(model, tokenizer)
@@ -674,6 +735,8 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
                 ("llama3", 4, "Llama-3", "a BOS token, a one-token end of turn"),
                 ("qwen3", 3, "Qwen3", "the assistant turn opens with an empty <think></think> block before the response")):
             variant_model, variant_tok = tiny_variant(kind)
+            if kind == "llama3":
+                variant_tok = _llama3_tokenizer_with_bos()
             subset = records[:n]
             got, _ = _run_extract(extract_all_layer_activations, variant_model, variant_tok, subset,
                                   f" with a {label}-style chat template")
@@ -715,7 +778,7 @@ def _correct_extract(model, tokenizer, records, *args, **kwargs):
     return _reference_activations(model, tokenizer, records)
 
 
-def _check_vector(got, pos_acts, neg_acts, rtol, atol):
+def _check_vector(got, pos_acts, neg_acts, rtol, atol, questions=None):
     expected = pos_acts.mean(0) - neg_acts.mean(0)
     if close(got, expected, rtol=rtol, atol=atol):
         return
@@ -726,6 +789,16 @@ def _check_vector(got, pos_acts, neg_acts, rtol, atol):
              "informative, and Section 4 scales steering by it)")
     if close(got, pos_acts.mean(0), rtol=rtol, atol=atol):
         fail("extract_contrastive_vectors returned the mean of the positive activations: subtract the negative mean")
+    if questions is not None:
+        for keep in ("first", "last"):
+            order = range(len(questions)) if keep == "first" else reversed(range(len(questions)))
+            chosen = {}
+            for i in order:
+                chosen.setdefault(questions[i], i)
+            idx = sorted(chosen.values())
+            if len(idx) < len(questions) and close(got, pos_acts[idx].mean(0) - neg_acts[idx].mean(0), rtol=rtol, atol=atol):
+                fail("extract_contrastive_vectors kept one pair per question: the same question under another "
+                     "instruction pair is another pair, with its own answers; average over every pair")
     pooled = (pos_acts.sum(0) - neg_acts.sum(0)) / (len(pos_acts) + len(neg_acts))
     if close(got, pooled, rtol=rtol, atol=atol):
         fail("extract_contrastive_vectors divided sum(pos) - sum(neg) by the number of answers on both sides together: "
@@ -757,6 +830,12 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
                                                                          response="Because of Rayleigh scattering.")]
     pairs = [{"instruction_idx": p["instruction_idx"], "question": p["question"], "pos": dict(p), "neg": dict(n)}
              for p, n in zip(pos, neg)]
+    # the first question again, under the other instruction pair: another pair, with its own answers
+    again = {"question": pos[0]["question"], "instruction_idx": 1}
+    pairs.append({**again, "pos": {**again, "polarity": "pos", "system_prompt": "You are a cruel assistant. Mock them.",
+                                   "response": "Someone to laugh at when you are bored."},
+                  "neg": {**again, "polarity": "neg", "system_prompt": "You are a helpful assistant. Respect them.",
+                          "response": "Someone who listens to you and tells you the truth."}})
 
     # 1. planted activations: the function must take mean(pos) - mean(neg) of what extract_all_layer_activations returns
     g = torch.Generator().manual_seed(0)
@@ -778,7 +857,7 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
     if used_planted:  # the function called extract_all_layer_activations, as asked
         pos_acts = torch.stack([planted[(p["pos"]["response"], "pos")] for p in pairs])
         neg_acts = torch.stack([planted[(p["neg"]["response"], "neg")] for p in pairs])
-        _check_vector(got, pos_acts, neg_acts, rtol=1e-4, atol=1e-5)
+        _check_vector(got, pos_acts, neg_acts, rtol=1e-4, atol=1e-5, questions=[p["question"] for p in pairs])
 
     # 2. the real thing on the tiny model, with responses of different lengths
     with hook_guard(model, "extract_contrastive_vectors"), \
@@ -787,7 +866,7 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
     _expect_vectors(got, n_layers, d_model)
     pos_acts = _reference_activations(model, tokenizer, [p["pos"] for p in pairs])
     neg_acts = _reference_activations(model, tokenizer, [p["neg"] for p in pairs])
-    _check_vector(got, pos_acts, neg_acts, **_tol(model))
+    _check_vector(got, pos_acts, neg_acts, questions=[p["question"] for p in pairs], **_tol(model))
     passed("test_extract_contrastive_vectors")
 
 
@@ -907,7 +986,7 @@ def _fake_score(question, answer):
         return 99  # scored against another question
     if layer == ALL_NONE_LAYER or (layer, q) == (0, 1):
         return None  # a refusal: must be skipped, not counted as 0
-    return 10 * layer + q
+    return 10 * layer + q * q  # 0, 1, 4: most layers' means have a fraction (21.67 at block 2)
 
 
 class _FakeScorer:
@@ -1038,8 +1117,11 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
         valid = [s for s in scores if s is not None]
         want = sum(valid) / len(valid) if valid else float("nan")
         value = got[L]
-        check(isinstance(value, (int, float)) and not isinstance(value, bool),
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            fail(f"the mean score for layer {L} is a one-element tensor: store a Python float (call .item() on it)")
+        check(isinstance(value, numbers.Real) and not isinstance(value, bool),
               f"the mean score for layer {L} should be a number, got {type(value).__name__}")
+        value = float(value)  # a numpy float32 mean is a number too
         if not valid:
             check(math.isnan(value), f"layer {L}: the judge scored none of the answers (every score None), and the "
                                      f"result is {value!r}: store float('nan') there, not a number the judge never gave")
@@ -1048,6 +1130,23 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
             as_zero = sum(s or 0 for s in scores) / len(scores)
             if math.isclose(value, as_zero, rel_tol=1e-6, abs_tol=1e-6):
                 fail(f"layer {L}: a None score (refusal) was counted as 0; average only the scores that are not None")
+            order = [c["layer"] for c in probe.calls]
+            if L in order and order.index(L) > 0:
+                upto = order[:order.index(L) + 1]
+                pooled = [s for M in upto for s in (_fake_score(q, f"[steered layer={M}] answer to question {i}")
+                                                    for i, q in enumerate(STEER_QUESTIONS)) if s is not None]
+                if pooled and math.isclose(value, sum(pooled) / len(pooled), rel_tol=1e-6, abs_tol=1e-6):
+                    fail(f"layer {L}: the mean also counts the scores of the layers steered before it ({upto[:-1]}): "
+                         "start a new list of scores for each layer")
+            for M in layers:
+                other = [x for x in (_fake_score(q, f"[steered layer={M}] answer to question {i}")
+                                     for i, q in enumerate(STEER_QUESTIONS)) if x is not None]
+                if M != L and other and math.isclose(value, sum(other) / len(other), rel_tol=1e-6, abs_tol=1e-6):
+                    fail(f"layer {L}: the result holds the mean score of layer {M}: key each mean by its layer, "
+                         f"result[L] for L in layers (not by its position in `layers`, {list(layers)})")
+            if want != int(want) and value in (math.floor(want), round(want)):
+                fail(f"layer {L}: mean score {value}, expected {want:.4g}: the mean was rounded to a whole number "
+                     "(// or round): divide with /, and keep the fraction")
             fail(f"layer {L}: mean score {value}, expected {want} (the mean of the judge's scores for that layer's answers)")
 
     # the steering is undone when generation fails half-way
@@ -1081,6 +1180,10 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
                 raise AssertionError(f"{err}: the steering must return the hidden state in the model's own dtype "
                                      "(cast the added vector to it; Steerer does)") from None
             raise
+        check(len(half_probe.calls) <= 1,
+              f"asked for the one layer [{ALL_NONE_LAYER + 1}], but generate was called {len(half_probe.calls)} times "
+              "(steered at blocks " + ", ".join(str(c["layer"]) for c in half_probe.calls) + "): steer only the layers "
+              "in `layers`, not every block")
         check(half_probe.calls and half_probe.calls[0]["layer"] == ALL_NONE_LAYER + 1,
               f"on a bfloat16 model the steering was not applied at block {ALL_NONE_LAYER + 1}")
     passed("test_steering_effect_by_layer")
@@ -1118,6 +1221,7 @@ def _true_cosines(sae, vector):
 
 
 def _run_cosine(fn, vector, sae, k):
+    vector_before, decoder_before = vector.clone(), sae.W_dec.detach().clone()
     try:
         out = call(fn, vector, sae, k, name="top_sae_features_by_cosine")
     except NotImplementedYet:
@@ -1126,6 +1230,10 @@ def _run_cosine(fn, vector, sae, k):
         raise AssertionError(f"top_sae_features_by_cosine raised {type(err).__name__} ({err}) on an SAE with d_sae != d_model: "
                              "feature i's direction is row i of sae.W_dec, which has shape [d_sae, d_model] "
                              "(rows, not columns)") from err
+    for what, before, after in (("the vector", vector_before, vector), ("sae.W_dec", decoder_before, sae.W_dec)):
+        check(torch.equal(before, after.detach()),
+              f"top_sae_features_by_cosine changed {what} in place (x /= x.norm() or an in-place normalisation): "
+              "normalise copies (x / x.norm(...)); the caller's persona vector and SAE must stay as they were")
     return _expect_pair(out, "top_sae_features_by_cosine", ("indices", "cosines"), k)
 
 

@@ -198,7 +198,8 @@ tests.test_construct_system_prompt(construct_system_prompt)
 # | `sampling` | `{"max_new_tokens": ..., "temperature": ...}`: the settings that produced the answer |
 #
 # With 5 pairs and 20 questions that is 5 × 20 × 2 = 200 records. Within each (instruction,
-# polarity) group, keep the questions in the order of `trait_data["questions"]`.
+# polarity) group, keep the questions in the order of `trait_data["questions"]`. Leave `trait_data`
+# itself unchanged: the notebook reuses it.
 #
 # :::{dropdown} Hint 1
 # Build two parallel lists in one loop: the records (without `response`) and the prompts. After the
@@ -462,7 +463,8 @@ fig.show()
 # - and none of these scores is `None`.
 #
 # Return a list of `{"instruction_idx": i, "question": q, "pos": <pos record>, "neg": <neg record>}`,
-# in the order of the instruction pairs, then of `trait_data["questions"]`.
+# in the order of the instruction pairs, then of `trait_data["questions"]`, and leave the scored records
+# themselves unchanged (the notebook uses them again).
 #
 # :::{dropdown} Hint 1
 # Index the records by `(instruction_idx, question, polarity)` in a dict first; then loop over the

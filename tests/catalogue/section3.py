@@ -1079,6 +1079,28 @@ def acts_tokenizer_padding(model, tokenizer, records, batch_size=16):
     return torch.cat(out)
 
 
+def acts_retokenized_with_special_tokens(model, tokenizer, records, batch_size=16):
+    """Re-tokenises the rendered chats with the tokenizer's defaults: a Llama-3-style tokenizer adds a second BOS."""
+    chats = _chats(records, tokenizer)
+    n_layers = len(get_blocks(model))
+    out = []
+    for start in range(0, len(chats), batch_size):
+        batch = chats[start:start + batch_size]
+        enc = tokenizer([c.text for c in batch], return_tensors="pt", padding=True)
+        T = enc["input_ids"].shape[1]
+        sel = torch.zeros(len(batch), T)
+        for b, c in enumerate(batch):
+            off = int((enc["attention_mask"][b] == 0).sum()) if tokenizer.padding_side == "left" else 0
+            sel[b, off + c.token_span[0]:off + c.token_span[1]] = 1
+        caught = {}
+        with torch.inference_mode(), hooks(model, {L: (lambda L: lambda m, a, o: caught.__setitem__(L, hidden_of(o).float()))(L)
+                                                   for L in range(n_layers)}):
+            model.get_decoder()(**enc)
+        means = [(caught[L] * sel[..., None]).sum(1) / sel.sum(1, keepdim=True) for L in range(n_layers)]
+        out.append(torch.stack(means, 1))
+    return torch.cat(out)
+
+
 def _merged_records(records, sep):
     return [{**r, "system_prompt": None, "question": f"{r['system_prompt']}{sep}{r['question']}"} for r in records]
 
@@ -1345,6 +1367,206 @@ def diff_running_sums(sae, pos_acts, neg_acts, k=10, batch_size=1024):
     return _topk((side(pos_acts) - side(neg_acts)).float(), k)
 
 
+# ---------------------------------------------------------------------------
+# More mistakes: case, inputs changed in place, rounding, extra layers
+# ---------------------------------------------------------------------------
+def score_refusal_case_sensitive(question, answer, eval_prompt_template):
+    """Looks for REFUSAL in capitals only: 'Refusal, so 0' reads as a score of 0."""
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or "REFUSAL" in reply:
+        return None
+    m = re.search(r"-?\d+", reply)
+    value = int(m.group()) if m else None
+    return value if value is not None and 0 <= value <= 100 else None
+
+
+def coherence_refusal_case_sensitive(question, answer, template):
+    return score_refusal_case_sensitive(question, answer, template)
+
+
+def score_empty_answer_is_zero(question, answer, eval_prompt_template):
+    """Skips the judge for an empty answer and calls it 0 (no trait)."""
+    if not answer.strip():
+        return 0
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or re.search(r"\brefusal\b", reply, re.IGNORECASE):
+        return None
+    m = re.search(r"-?\d+", reply)
+    value = int(m.group()) if m else None
+    return value if value is not None and 0 <= value <= 100 else None
+
+
+def gen_mutates_trait_data(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    """Writes the trait's name into the trait_data it was given."""
+    trait_data["trait"] = trait_name
+    records, prompts = _records_and_prompts(trait_data, trait_name)
+    return _finish(records, generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature),
+                   max_new_tokens, temperature)
+
+
+def filter_neg_coherence_none_passes(responses, trait_data, threshold=50):
+    """Checks the neg side's coherence only when it has one: a neg coherence of None passes."""
+    return _pairs(responses, trait_data, lambda p, n: p["score"] is not None and n["score"] is not None
+                  and p["score"] >= threshold and n["score"] < 100 - threshold and _ok(p)
+                  and (n["coherence"] is None or n["coherence"] >= COHERENCE_THRESHOLD))
+
+
+def filter_mutates_records(responses, trait_data, threshold=50):
+    """Marks the kept records in place (the scored records gain a key)."""
+    pairs = _pairs(responses, trait_data, lambda p, n: p["score"] is not None and n["score"] is not None
+                   and p["score"] >= threshold and n["score"] < 100 - threshold and _ok(p) and _ok(n))
+    for pair in pairs:
+        pair["pos"]["effective"] = pair["neg"]["effective"] = True
+    return pairs
+
+
+def vec_one_pair_per_question(model, tokenizer, effective_pairs):
+    """Keeps the first pair of each question: the same question under another instruction pair is dropped."""
+    if not effective_pairs:
+        raise ValueError("no pairs")
+    first = {}
+    for p in effective_pairs:
+        first.setdefault(p["question"], p)
+    kept = list(first.values())
+    pos = extract_all_layer_activations(model, tokenizer, [p["pos"] for p in kept])
+    neg = extract_all_layer_activations(model, tokenizer, [p["neg"] for p in kept])
+    return pos.mean(0) - neg.mean(0)
+
+
+def steer_floor_mean(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    """Averages the scores with integer division."""
+    prompts = [build_messages(None, q) for q in questions]
+    out = {}
+    for layer in layers:
+        with Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response"):
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+        scores = [s for s in (score_trait_response(q, a, eval_prompt_template) for q, a in zip(questions, answers))
+                  if s is not None]
+        out[layer] = sum(scores) // len(scores) if scores else float("nan")
+    return out
+
+
+def steer_scores_accumulate(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                            max_new_tokens=64):
+    """One list of scores for the whole sweep: each layer's mean includes the layers before it."""
+    prompts = [build_messages(None, q) for q in questions]
+    out, scores = {}, []
+    for layer in layers:
+        with Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response"):
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+        scores += [s for s in (score_trait_response(q, a, eval_prompt_template) for q, a in zip(questions, answers))
+                   if s is not None]
+        out[layer] = sum(scores) / len(scores) if scores else float("nan")
+    return out
+
+
+def steer_float32_means(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                        max_new_tokens=64):
+    """NaN for a missing score and numpy's nanmean in float32: each mean is a numpy float32."""
+    import numpy as np
+
+    prompts = [build_messages(None, q) for q in questions]
+    out = {}
+    for layer in layers:
+        with Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response"):
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+        scores = np.array([np.nan if s is None else s for s in (score_trait_response(q, a, eval_prompt_template)
+                                                                for q, a in zip(questions, answers))], dtype=np.float32)
+        out[layer] = np.float32("nan") if np.isnan(scores).all() else np.nanmean(scores)
+    return out
+
+
+def steer_tensor_means(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    """Stores each mean as a one-element tensor."""
+    return {layer: torch.tensor(value) for layer, value in
+            _sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens).items()}
+
+
+def cos_normalises_in_place(vector, sae, k=10):
+    """Normalises the caller's vector with /=: the persona vector it was given changes."""
+    vector /= vector.norm()
+    W = sae.W_dec.float()
+    return _topk((W / W.norm(dim=-1, keepdim=True)) @ vector.float(), k)
+
+
+def cos_normalises_decoder_in_place(vector, sae, k=10):
+    """Normalises sae.W_dec in place: the SAE's decoder changes."""
+    W = sae.W_dec.data
+    W /= W.norm(dim=-1, keepdim=True)
+    return _topk(W.float() @ (vector.float() / vector.float().norm()), k)
+
+
+def steer_keyed_by_position(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                            max_new_tokens=64):
+    """Keys each mean by its position in `layers` (0, 1, ...), not by the layer."""
+    means = _sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens)
+    return {i: means[layer] for i, layer in enumerate(layers)}
+
+
+def steer_every_layer(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    """Sweeps every block, whatever `layers` asks for."""
+    return _sweep(model, tokenizer, vectors, questions, eval_prompt_template, range(vectors.shape[0]), coeff,
+                  max_new_tokens)
+
+
+# Correct, written another way
+def score_scanned_by_hand(question, answer, eval_prompt_template):
+    """No regular expression: the refusal check on the reply's words, the number scanned character by character."""
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or "refusal" in "".join(c if c.isalpha() else " " for c in reply.lower()).split():
+        return None
+    for i, c in enumerate(reply):
+        if c.isdigit():
+            j = i
+            while j < len(reply) and reply[j].isdigit():
+                j += 1
+            value = -int(reply[i:j]) if i > 0 and reply[i - 1] == "-" else int(reply[i:j])
+            return value if 0 <= value <= 100 else None
+    return None
+
+
+def filter_direct_lookup(responses, trait_data, threshold=50):
+    """Looks both sides up with by_key[...] (a KeyError if a record were missing: every pair has both here)."""
+    by_key = {(r["instruction_idx"], r["question"], r["polarity"]): r for r in responses}
+    out = []
+    for i in range(len(trait_data["instruction"])):
+        for q in trait_data["questions"]:
+            pos, neg = by_key[(i, q, "pos")], by_key[(i, q, "neg")]
+            scores = (pos["score"], neg["score"], pos["coherence"], neg["coherence"])
+            if any(x is None for x in scores):
+                continue
+            if pos["score"] >= threshold and neg["score"] < 100 - threshold \
+                    and min(pos["coherence"], neg["coherence"]) >= COHERENCE_THRESHOLD:
+                out.append({"instruction_idx": i, "question": q, "pos": pos, "neg": neg})
+    return out
+
+
+def steer_scores_inside_context(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0,
+                                max_new_tokens=64):
+    """Scores while the steering hook is still attached (the judge does not run the model)."""
+    prompts = [build_messages(None, q) for q in questions]
+    out = {}
+    for layer in layers:
+        with Steerer(model, vectors[layer], coeff=coeff, layer=layer, positions="response"):
+            answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+            scores = [score_trait_response(q, a, eval_prompt_template) for q, a in zip(questions, answers)]
+        valid = [s for s in scores if s is not None]
+        out[layer] = sum(valid) / len(valid) if valid else float("nan")
+    return out
+
+
+def diff_weighted_chunk_means(sae, pos_acts, neg_acts, k=10, batch_size=1024):
+    """Each chunk's mean weighted by its share of the rows (float64)."""
+    def side(acts):
+        total = torch.zeros(sae.d_sae, dtype=torch.float64)
+        for chunk in acts.split(batch_size):
+            total += sae.encode(chunk).double().mean(0).cpu() * (chunk.shape[0] / acts.shape[0])
+        return total
+    d = (side(pos_acts) - side(neg_acts)).float()
+    values, order = d.sort(descending=True)
+    return order[:k], values[:k]
+
+
 # test name -> (reference object name, [(wrong implementation, phrase its failure message must contain)])
 CATALOGUE = {
     "test_construct_system_prompt": ("construct_system_prompt", [
@@ -1371,6 +1593,7 @@ CATALOGUE = {
         (gen_no_system_prompt, "it has no system prompt"),
         (gen_system_merged_into_user, "merged into the user message by hand"),
         (gen_sampling_defaults, "record['sampling'] should be"),
+        (gen_mutates_trait_data, "changed the trait_data it was given"),
     ]),
     "test_score_trait_response": ("score_trait_response", [
         (score_fills_question_only, "placeholder"),
@@ -1389,12 +1612,15 @@ CATALOGUE = {
         (score_single_digit, "first digit of a multi-digit number"),
         (score_rounds_decimal, "'72.6' reads as 72"),
         (score_zero_is_missing, "0 is a valid score"),
+        (score_refusal_case_sensitive, "in any case (here 'refusal')"),
+        (score_empty_answer_is_zero, "for an empty answer without asking the judge"),
     ]),
     "test_score_coherence": ("score_coherence", [
         (coherence_ignores_template, "template you were given"),
         (coherence_refusal_is_zero, "refusal is not a score of 0"),
         (coherence_fills_question_only, "placeholder"),
         (coherence_number_before_refusal, "contains refusal"),
+        (coherence_refusal_case_sensitive, "in any case (here 'refusal')"),
     ]),
     "test_filter_effective_pairs": ("filter_effective_pairs", [
         (filter_strict_greater, ">="),
@@ -1410,6 +1636,8 @@ CATALOGUE = {
         (filter_coherence_held_to_threshold, "not to threshold"),
         (filter_sorted_by_question_text, "order of the instruction pairs, then of trait_data['questions']"),
         (filter_missing_key_passes, "no 'coherence' key at all"),
+        (filter_mutates_records, "changed the scored records it was given"),
+        (filter_neg_coherence_none_passes, "a neg coherence of none is not a pass"),
     ]),
     "test_extract_all_layer_activations": ("extract_all_layer_activations", [
         (acts_all_tokens, "response tokens only"),
@@ -1434,6 +1662,7 @@ CATALOGUE = {
         (acts_template_direct, "merges the system prompt into the first user message where the template has no system role"),
         (acts_merged_with_space, "merged into the user message with a space"),
         (acts_keeps_model_dtype, "returned dtype torch.bfloat16 on a bfloat16 model, expected torch.float32"),
+        (acts_retokenized_with_special_tokens, "the token ids have a second bos token"),
     ]),
     "test_extract_contrastive_vectors": ("extract_contrastive_vectors", [
         (vec_neg_minus_pos, "neg - pos"),
@@ -1443,6 +1672,7 @@ CATALOGUE = {
         (vec_unbalanced_denominator, "by the number of answers on both sides together"),
         (vec_one_layer, "returned shape (64,) (1 dims), expected (n_layers, d_model) = (4, 64): you returned one layer's"),
         (vec_keepdim, "returned shape (1, 4, 64) (3 dims), expected (n_layers, d_model)"),
+        (vec_one_pair_per_question, "kept one pair per question"),
     ]),
     "test_extract_contrastive_vectors_input_checks": ("extract_contrastive_vectors", [
         (vec_no_error_on_empty, "should raise valueerror"),
@@ -1469,6 +1699,11 @@ CATALOGUE = {
         (steer_divides_by_zero, "zerodivisionerror"),
         (steer_manual_enter_no_finally, "when generate raised an error"),
         (steer_upcasting_hook, "in the model's own dtype"),
+        (steer_floor_mean, "rounded to a whole number"),
+        (steer_scores_accumulate, "start a new list of scores for each layer"),
+        (steer_tensor_means, "one-element tensor"),
+        (steer_keyed_by_position, "not by its position in `layers`"),
+        (steer_every_layer, "steer only the layers in `layers`"),
     ]),
     "test_top_sae_features_by_cosine": ("top_sae_features_by_cosine", [
         (cos_decoder_columns, "rows, not columns"),
@@ -1480,6 +1715,8 @@ CATALOGUE = {
         (cos_returns_lists, "should return its indices as a torch.tensor of shape (k,) = (3,), got a list"),
         (cos_keepdim, "(indices) returned shape (1, 3) (2 dims), expected (k,) = (3,)"),
         (cos_columns_normalised, "you normalised the columns of w_dec"),
+        (cos_normalises_in_place, "changed the vector in place"),
+        (cos_normalises_decoder_in_place, "changed sae.w_dec in place"),
     ]),
     "test_feature_activation_differences": ("feature_activation_differences", [
         (diff_absolute, "not by its absolute value"),
@@ -1498,15 +1735,16 @@ CATALOGUE = {
 CORRECT_ALTERNATIVES = {
     "test_construct_system_prompt": [prompt_concatenated, prompt_str_format, prompt_joined],
     "test_generate_contrastive_responses": [gen_polarity_outer, gen_formatted_strings, gen_positional_args],
-    "test_score_trait_response": [score_with_replace, score_try_int],
+    "test_score_trait_response": [score_with_replace, score_try_int, score_scanned_by_hand],
     "test_score_coherence": [coherence_via_score_trait, score_with_replace],
-    "test_filter_effective_pairs": [filter_nested_search, filter_sort_afterwards],
+    "test_filter_effective_pairs": [filter_nested_search, filter_sort_afterwards, filter_direct_lookup],
     "test_extract_all_layer_activations": [acts_left_padded, acts_no_attention_mask, acts_sorted_by_length,
                                            acts_hidden_states_and_last_hook, acts_tokenizer_padding],
     "test_extract_contrastive_vectors": [vec_mean_of_pair_differences, vec_one_extraction_call, vec_no_own_check],
     "test_extract_contrastive_vectors_input_checks": [vec_mean_of_pair_differences, vec_one_extraction_call,
                                                       vec_no_own_check],
-    "test_steering_effect_by_layer": [steer_manual_hook, steer_exitstack, steer_numpy_nanmean, steer_sorted_layers],
+    "test_steering_effect_by_layer": [steer_manual_hook, steer_exitstack, steer_numpy_nanmean, steer_sorted_layers,
+                                      steer_scores_inside_context, steer_float32_means],
     "test_top_sae_features_by_cosine": [cos_functional, cos_feature_directions],
-    "test_feature_activation_differences": [diff_concatenated_chunks, diff_running_sums],
+    "test_feature_activation_differences": [diff_concatenated_chunks, diff_running_sums, diff_weighted_chunk_means],
 }
