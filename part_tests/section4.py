@@ -1032,6 +1032,20 @@ class _Projector:
             means.append(self.hidden(list(enc["input_ids"]))[layer][s0:s1].mean(0))
         return self.project(means)
 
+    def hidden_states_values(self, layer: int) -> list[float] | None:
+        """HF's hidden_states[layer + 1] over the response span: at the last block that entry is the
+        final norm's output, not the block's."""
+        means = []
+        try:
+            for chat in self.chats:
+                with torch.no_grad():
+                    device = self.model.get_input_embeddings().weight.device
+                    hs = self.model(input_ids=torch.tensor([chat.input_ids], device=device), output_hidden_states=True).hidden_states
+                means.append(hs[layer + 1][0].float().cpu()[slice(*chat.token_span)].mean(0))
+        except Exception:
+            return None
+        return self.project(means)
+
     def batched_values(self, layer: int, mask: bool, shift: bool) -> list[float]:
         """All examples in one left-padded batch: without the attention mask, or with spans not shifted."""
         from utils.hooks import get_blocks, hidden_of
@@ -1092,6 +1106,12 @@ class _Projector:
         if layer + 1 < n_blocks:
             candidates.append((lambda: self.values(layer + 1), f"off by one layer: used block {layer + 1}'s output; use"
                                                                f" block {layer}'s output"))
+        if layer == n_blocks - 1:
+            candidates.append((lambda: self.hidden_states_values(layer),
+                               f"at the last block (layer={layer}) it read HF's hidden_states[{layer + 1}] = hidden_states[-1],"
+                               " which is the model's final norm applied to the block's output: take block L's output"
+                               " with a forward hook on get_blocks(model)[L] (or response_mean_activations), not from"
+                               " hidden_states"))
         candidates += [(lambda r=rule: self.values(layer, rule=r), why.format(tail=self.tail()))
                        for rule, why in self.SPAN_MISTAKES.items()]
         candidates += [
@@ -1142,9 +1162,10 @@ def _call_on_template(fn, name: str, where: str, *args):
 
 def test_compute_trait_projections(compute_trait_projections, model=None, tokenizer=None) -> None:
     """Projections a·v/‖v‖ of the mean response activation at block `layer`, checked against a
-    forward pass with a hook and the exact response span from the chat template: at two layers,
-    on templates with a BOS and a one-token end of turn (Llama 3 style), with a thinking block
-    (Qwen 3 style) and without a system role (Gemma 2). Input checks: the next test."""
+    forward pass with a hook and the exact response span from the chat template: at two layers and
+    at the last block (where HF's hidden_states[-1] is the final norm's output, not the block's), on
+    templates with a BOS and a one-token end of turn (Llama 3 style), with a thinking block (Qwen 3
+    style) and without a system role (Gemma 2). Input checks: the next test."""
     require_implemented(compute_trait_projections, "compute_trait_projections")
     name = "compute_trait_projections"
     own = model is not None
@@ -1169,6 +1190,16 @@ def test_compute_trait_projections(compute_trait_projections, model=None, tokeni
                  " notebook's LAYER?)")
         proj.diagnose(got, other, name, f" (layer={other})")
 
+    # the last block: HF's hidden_states[-1] is the final norm's output there, not block L's output
+    from utils.hooks import get_blocks
+
+    last = len(get_blocks(model)) - 1
+    if last not in (layer, other):
+        got = _projection_list(call(compute_trait_projections, model, tokenizer, PROJ_SYSTEMS, PROJ_QUESTIONS, PROJ_RESPONSES,
+                                    vector, last, name=name), n, name)
+        if not _same_values(got, proj.values(last)):
+            proj.diagnose(got, last, name, f" (layer={last}, the last block)")
+
     if not own:  # other chat templates, on the same tiny weights (or Gemma 2's)
         cases = [("llama3", "a Llama-3-style template (a BOS token, a one-token end of turn)", tiny_variant("llama3")),
                  ("qwen3", "a Qwen-3-style template (an empty thinking block before the final answer)", tiny_variant("qwen3")),
@@ -1190,7 +1221,8 @@ def test_compute_trait_projections(compute_trait_projections, model=None, tokeni
 
 
 def test_compute_trait_projections_input_checks(compute_trait_projections, model=None, tokenizer=None) -> None:
-    """Lists of different lengths and a vector that is not [d_model] are rejected with ValueError."""
+    """Lists of different lengths and a vector that is not [d_model], is zero or holds NaN or inf are rejected with
+    ValueError."""
     require_implemented(compute_trait_projections, "compute_trait_projections")
     model, tokenizer = model_or_tiny(model, tokenizer)
     layer, d = _layer_for(model), _d_model(model)
@@ -1201,7 +1233,8 @@ def test_compute_trait_projections_input_checks(compute_trait_projections, model
                        ((s, q, r, torch.ones(d + 1)), f"a vector of shape [{d + 1}] (d_model is {d})"),
                        ((s, q, r, torch.ones(1, d)), f"a vector of shape [1, {d}] (it must be [d_model])"),
                        ((s, q, r, torch.zeros(d)), "a zero vector (there is no direction to project onto)"),
-                       ((s, q, r, torch.full((d,), float("nan"))), "a vector holding NaN")]:
+                       ((s, q, r, torch.full((d,), float("nan"))), "a vector holding NaN"),
+                       ((s, q, r, torch.ones(d).index_fill(0, torch.tensor([0]), float("inf"))), "a vector holding inf")]:
         expect_value_error(compute_trait_projections, model, tokenizer, *args, layer, name="compute_trait_projections", what=what)
         no_hooks_left(model, "compute_trait_projections")
     passed("test_compute_trait_projections_input_checks")
@@ -1672,12 +1705,14 @@ def test_trait_cosine_matrix(trait_cosine_matrix) -> None:
 
 
 def test_trait_cosine_matrix_input_checks(trait_cosine_matrix) -> None:
-    """2-D vectors (all layers: pick one first) and vectors of different sizes are rejected with ValueError."""
+    """2-D vectors (all layers: pick one first), vectors of different sizes and vectors with no direction (zero, NaN,
+    inf) are rejected with ValueError."""
     require_implemented(trait_cosine_matrix, "trait_cosine_matrix")
     for bad, what in [({"a": torch.ones(3, 4), "b": torch.ones(3, 4)}, "2-D vectors ([n_layers, d_model]): pick one layer first"),
                       ({"a": torch.ones(4), "b": torch.ones(5)}, "vectors of different sizes ([4] and [5])"),
                       ({"a": torch.zeros(4), "b": torch.ones(4)}, "a zero vector (it has no direction, hence no cosine)"),
-                      ({"a": torch.tensor([1.0, float("nan"), 0.0, 2.0]), "b": torch.ones(4)}, "a vector holding NaN")]:
+                      ({"a": torch.tensor([1.0, float("nan"), 0.0, 2.0]), "b": torch.ones(4)}, "a vector holding NaN"),
+                      ({"a": torch.tensor([1.0, float("inf"), 0.0, 2.0]), "b": torch.ones(4)}, "a vector holding inf")]:
         expect_value_error(trait_cosine_matrix, bad, name="trait_cosine_matrix", what=what)
     passed("test_trait_cosine_matrix_input_checks")
 

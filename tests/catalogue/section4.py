@@ -677,7 +677,9 @@ def _block_output(model, ids, layer, attention_mask=None, hidden_states=False):
     device = model.get_input_embeddings().weight.device
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
     with torch.no_grad():
-        if hidden_states:
+        # hidden_states[layer + 1] is block `layer`'s output except at the last block, where it is the final norm's
+        # output: hidden_states=True reads it from hidden_states below the last block only, "always" everywhere
+        if hidden_states == "always" or (hidden_states and layer + 1 < len(get_blocks(model))):
             return model(input_ids=ids.to(device), output_hidden_states=True, **kwargs).hidden_states[layer + 1].float().cpu()
         seen = {}
         handle = get_blocks(model)[layer].register_forward_hook(lambda m, a, out: seen.update(h=hidden_of(out)))
@@ -870,10 +872,25 @@ def proj_per_chat_hooks(model, tokenizer, system_prompts, questions, responses, 
 
 
 def proj_hidden_states_numpy(model, tokenizer, system_prompts, questions, responses, vector, layer):
-    """Correct: hidden_states[layer + 1], the template applied by hand, numpy maths, Python floats."""
+    """Correct: hidden_states[layer + 1] (a hook at the last block, whose hidden_states entry is normed), the
+    template applied by hand, numpy maths, Python floats."""
     return [float(x) for x in _hand_rolled(model, tokenizer, system_prompts, questions, responses, vector, layer,
                                            span_of=_span_after_prompt, as_numpy=True, hidden_states=True,
                                            merge=None if _system_role(tokenizer) else "\n\n")]
+
+
+def proj_hidden_states_everywhere(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """hidden_states[layer + 1] at every layer: at the last block that is hidden_states[-1], the final norm's output."""
+    return _hand_rolled(model, tokenizer, system_prompts, questions, responses, vector, layer, span_of=_span_after_prompt,
+                        hidden_states="always", merge=None if _system_role(tokenizer) else "\n\n")
+
+
+def proj_no_inf_check(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Refuses a zero or NaN vector, but not one holding inf (every projection is then inf or NaN)."""
+    vector = _check_inputs(model, system_prompts, questions, responses, vector, directions=False)
+    if torch.isnan(vector).any() or not vector.any():
+        raise ValueError("vector has no direction")
+    return _projections(model, tokenizer, system_prompts, questions, responses, vector.nan_to_num(posinf=1.0), layer)
 
 
 def _system_role(tokenizer):
@@ -1146,6 +1163,17 @@ def cos_loops(vectors):
     return sim, names
 
 
+def cos_no_inf_check(vectors):
+    """Refuses zero and NaN vectors, but not one holding inf (its row of cosines is NaN)."""
+    _check_vectors(vectors, directions=False)
+    if any(torch.isnan(torch.as_tensor(v)).any() or not torch.as_tensor(v).any() for v in vectors.values()):
+        raise ValueError("a vector has no direction")
+    names = list(vectors)
+    X = torch.stack([torch.as_tensor(vectors[n]).float() for n in names])
+    X = X / X.norm(dim=1, keepdim=True)
+    return X @ X.T, names
+
+
 def cos_flattens_layers(vectors):
     flat = {k: torch.as_tensor(v).reshape(-1) for k, v in vectors.items()}
     size = min(v.shape[0] for v in flat.values())
@@ -1262,11 +1290,13 @@ CATALOGUE = {
         (proj_left_pad_no_mask, "without the attention mask"),
         (proj_left_pad_unshifted, "not shifted"),
         (proj_merge_newline, "merged into the question with '\\n'"),
+        (proj_hidden_states_everywhere, "final norm"),
     ]),
     "test_compute_trait_projections_input_checks": ("compute_trait_projections", [
         (proj_no_checks, "ValueError"),
         (proj_no_length_check, "lists of different lengths"),
         (proj_accepts_row_vector, "shape [1, 64]"),
+        (proj_no_inf_check, "a vector holding inf"),
     ]),
     "test_run_trait_pipeline": ("run_trait_pipeline", [
         (_pipeline_variant("judge_uncached"), "repeated"),
@@ -1321,6 +1351,7 @@ CATALOGUE = {
         (cos_flattens_layers, "pick one layer"),
         (cos_no_size_check, "different sizes"),
         (cos_numpy_no_checks, "ValueError"),
+        (cos_no_inf_check, "a vector holding inf"),
     ]),
 }
 
