@@ -266,8 +266,9 @@ def _tiny_ids(model, shape, seed: int) -> torch.Tensor:
 
 
 def _check_steerer_lifecycle(ActivationSteerer, model, layer: int) -> None:
-    """Constructing registers nothing; `with ... as s` gives the steerer; an exception inside the
-    block propagates and leaves no hook behind."""
+    """Constructing registers nothing; leaving the `with` block removes the steerer's hook and no
+    other; `with ... as s` gives the steerer; an exception inside the block propagates and leaves no
+    hook behind."""
     from utils.hooks import count_hooks, get_blocks
 
     ids = _tiny_ids(model, (2, 5), 11)
@@ -289,6 +290,22 @@ def _check_steerer_lifecycle(ActivationSteerer, model, layer: int) -> None:
         what = f"registered {registered} hook(s)" if registered > 0 else f"changed block {moved[0]}'s output"
         fail(f"ActivationSteerer {what} as soon as it was constructed, before the `with` block: register the hook in"
              " __enter__, not in __init__ (a steerer that is built but not entered must leave the model alone)")
+
+    # another hook on the same block (a recording hook, an outer steerer) must survive the `with` block
+    seen: list = []
+    theirs = get_blocks(model)[layer].register_forward_hook(lambda m, a, out: seen.append(1))
+    try:
+        with call(ActivationSteerer, model, _vector(_d_model(model), 2, 3.0), coeff=1.0, layer=layer, positions="all",
+                  name="ActivationSteerer"):
+            pass
+        with torch.no_grad():
+            model(input_ids=ids)
+        check(bool(seen),
+              f"ActivationSteerer.__exit__ removed a hook it did not register (another hook on block {layer} was gone"
+              " after the `with` block): remove only your own hook, with the handle register_forward_hook returned"
+              " (handle.remove()), never with block._forward_hooks.clear()")
+    finally:
+        theirs.remove()
 
     class _Boom(Exception):
         pass

@@ -176,6 +176,15 @@ class NeverRemoves(Ref):
         return False
 
 
+class ClearsBlockHooks(Ref):
+    """Removes its hook by clearing every forward hook of the block (other code's hooks too)."""
+
+    def __exit__(self, exc_type, exc, tb):
+        get_blocks(self.model)[self.layer]._forward_hooks.clear()
+        self._handle = None
+        return False
+
+
 class RegistersInInit(Ref):
     """Registers the hook in __init__; __enter__ only returns self."""
 
@@ -1209,6 +1218,7 @@ CATALOGUE = {
         (HookLeftOnException, "after an exception"),
         (SwallowsException, "swallowed"),
         (NeverRemoves, "left"),
+        (ClearsBlockHooks, "did not register"),
         (RegistersInInit, "not in __init__"),
         (EnterReturnsNone, "__enter__ should return self"),
         (LayerPlusOne, "off by one"),
