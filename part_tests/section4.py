@@ -801,6 +801,18 @@ class _RecordingSteeredGeneration:
         return _course_generate_with_steerer(*bound.args, **bound.kwargs)
 
 
+@contextmanager
+def _course_get_judge(fake):
+    """utils.judge.get_judge replaced too, for code that calls it through the module (`utils.judge.get_judge()`, or
+    `from utils.judge import get_judge` inside the function) rather than the notebook's global name."""
+    from unittest import mock
+
+    import utils.judge
+
+    with mock.patch.object(utils.judge, "get_judge", fake):
+        yield
+
+
 def _check_scores(records, judge: FakeJudge, name: str) -> None:
     for r in records:
         for key in ("trait_score", "coherence_score"):
@@ -883,7 +895,7 @@ def test_run_steering_experiment(run_steering_experiment, model=None, tokenizer=
     steered = _RecordingSteeredGeneration()
     with _clean_afterwards(model, own):
         with using(run_steering_experiment, generate_with_steerer=steered, get_judge=lambda *a, **k: judge,
-                   ActivationSteerer=Steerer):
+                   ActivationSteerer=Steerer), _course_get_judge(lambda *a, **k: judge):
             with _count_prefills(model) as prefills:
                 records = call(run_steering_experiment, model, tokenizer, QUESTIONS, vector, TRAIT_TEMPLATE, layer,
                                coefficients=coefficients, max_new_tokens=6, name=name)
@@ -916,7 +928,7 @@ def test_run_steering_experiment(run_steering_experiment, model=None, tokenizer=
     steered = _RecordingSteeredGeneration()
     with _clean_afterwards(model, own):
         with using(run_steering_experiment, generate_with_steerer=steered, get_judge=lambda *a, **k: unwanted,
-                   ActivationSteerer=Steerer):
+                   ActivationSteerer=Steerer), _course_get_judge(lambda *a, **k: unwanted):
             records = call(run_steering_experiment, model, tokenizer, questions, vector, TRAIT_TEMPLATE, other_layer,
                            coefficients=coeffs, judge=passed_judge, coherence_template=COHERENCE_TEMPLATE, max_new_tokens=4,
                            positions="all", name=name)

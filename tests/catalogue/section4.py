@@ -626,6 +626,15 @@ def experiment_offline_judge(model, tokenizer, questions, vector, eval_prompt_te
     return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, judge=judge or OfflineJudge(), **kw)
 
 
+def experiment_module_get_judge(model, tokenizer, questions, vector, eval_prompt_template, layer,
+                                coefficients=(-3, -1, 0, 1, 3, 5), judge=None, **kw):
+    """Correct: the course's judge through the module (`utils.judge.get_judge()`), not the notebook's global name."""
+    import utils.judge
+
+    judge = judge if judge is not None else utils.judge.get_judge()
+    return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, judge=judge, **kw)
+
+
 def experiment_score_many(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients=(-3, -1, 0, 1, 3, 5),
                           judge=None, coherence_template=None, max_new_tokens=64, positions="response"):
     """Correct: every prompt filled by hand and scored in one score_many call; coefficients stored as floats."""
@@ -1371,7 +1380,8 @@ CORRECT_ALTERNATIVES = {
                                 NoShapeCheck, NoPositionCheck],  # the last two: no input checks, full maths credit
     "test_activation_steerer_input_checks": [ClosureSteerer, Steerer, ChecksInEnter],
     "test_generate_with_steerer": [gws_chunked, gws_formatted_strings],
-    "test_run_steering_experiment": [_experiment_variant(None), _experiment_variant("by_question"), experiment_score_many],
+    "test_run_steering_experiment": [_experiment_variant(None), _experiment_variant("by_question"), experiment_score_many,
+                                     experiment_module_get_judge],
     "test_compute_trait_projections": [proj_per_chat_hooks, proj_hidden_states_numpy, proj_left_padded, proj_right_padded,
                                        proj_no_checks],  # the last: no input checks, full maths credit
     "test_compute_trait_projections_input_checks": [proj_per_chat_hooks],
