@@ -158,7 +158,7 @@ def _record_forwards(model, run_forwards, layer: int, steerer=None, name: str = 
     forwards: list[dict] = []
     current: dict = {}
 
-    def pre_hook(module, args, out):  # prepended: runs before the student's hook
+    def pre_hook(module, args, out):  # prepended after the student's hook: runs before it
         current["pre_ref"] = out if isinstance(out, torch.Tensor) else out[0]
         current["pre_copy"] = _copy_hidden(out)
         current["pre_type"] = type(out)
@@ -178,9 +178,10 @@ def _record_forwards(model, run_forwards, layer: int, steerer=None, name: str = 
 
     handles = []
     try:
-        handles.append(blocks[layer].register_forward_hook(pre_hook, prepend=True))
         ctx = steerer if steerer is not None else contextlib.nullcontext()
         with ctx:
+            # prepended once the steerer is open: runs before its hook, even one registered with prepend=True
+            handles.append(blocks[layer].register_forward_hook(pre_hook, prepend=True))
             handles += [blocks[i].register_forward_hook(post_hook(i)) for i in range(len(blocks))]
             try:
                 with torch.no_grad():
@@ -192,9 +193,9 @@ def _record_forwards(model, run_forwards, layer: int, steerer=None, name: str = 
                      f"{_output_hint(current)} Block outputs are a plain tensor in transformers >= 5: `output[0]` on it"
                      " takes batch row 0; use hidden_of(output) and with_hidden(output, new_hidden).")
             finally:
-                for h in handles[1:]:
+                for h in handles:
                     h.remove()
-                del handles[1:]
+                handles.clear()
     finally:
         for h in handles:
             h.remove()

@@ -176,6 +176,14 @@ class NeverRemoves(Ref):
         return False
 
 
+class PrependedHook(Ref):
+    """Correct: the hook registered with prepend=True (it runs before hooks registered earlier on the block)."""
+
+    def __enter__(self):
+        self._handle = get_blocks(self.model)[self.layer].register_forward_hook(self._hook, prepend=True)
+        return self
+
+
 class ClearsBlockHooks(Ref):
     """Removes its hook by clearing every forward hook of the block (other code's hooks too)."""
 
@@ -1376,7 +1384,7 @@ CATALOGUE = {
 
 # test name -> implementations written another way (or correct maths without input checks): each must pass
 CORRECT_ALTERNATIVES = {
-    "test_activation_steerer": [ClosureSteerer, Float32MathSteerer, Steerer, ChecksInEnter,
+    "test_activation_steerer": [ClosureSteerer, Float32MathSteerer, Steerer, ChecksInEnter, PrependedHook,
                                 NoShapeCheck, NoPositionCheck],  # the last two: no input checks, full maths credit
     "test_activation_steerer_input_checks": [ClosureSteerer, Steerer, ChecksInEnter],
     "test_generate_with_steerer": [gws_chunked, gws_formatted_strings],
