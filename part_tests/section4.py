@@ -639,9 +639,41 @@ def _diagnose_answers(got, want, candidates, name: str, what: str) -> None:
     fail(f"{name}: {what}; answer {first} is {got[first]!r}, expected {want[first]!r}")
 
 
+def _check_gws_no_system_role(generate_with_steerer, name: str) -> None:
+    """tiny-gemma2, whose chat template has no system role, with a system prompt: the answers must be the course's
+    (build_messages, then utils.generation.generate, whose format_prompt merges the system prompt)."""
+    model, tokenizer = tiny("tiny-gemma2")
+    remove_leftover_hooks(model)
+    layer = _layer_for(model)
+    vector = _vector(_d_model(model), 2, 8.0)
+    questions = QUESTIONS[:2]
+    where = "tiny-gemma2, whose chat template has no system role"
+    advice = ("build each chat with build_messages(system_prompt, question) and pass the message lists to"
+              " utils.generation.generate, whose format_prompt merges the system prompt into the first user message;"
+              " do not apply the chat template by hand")
+    try:
+        try:
+            got = call(generate_with_steerer, model, tokenizer, questions, vector, 4.0, layer, system_prompt=PIRATE,
+                       max_new_tokens=4, name=name)
+        except (AssertionError, NotImplementedYet):
+            raise
+        except Exception as err:
+            fail(f"{name} raised {type(err).__name__} ({err}) with a system prompt on {where}: {advice}")
+        got = _texts(got, len(questions), name)
+        no_hooks_left(model, name)
+        want = _course_generate_with_steerer(model, tokenizer, questions, vector, 4.0, layer, system_prompt=PIRATE,
+                                             max_new_tokens=4)
+        if not _same_texts(got, want):
+            fail(f"{name}: with system_prompt={PIRATE!r} on {where} the answers differ from the course's steered greedy"
+                 f" generation (got {got!r}, expected {want!r}): {advice}")
+    finally:
+        remove_leftover_hooks(model)
+
+
 def test_generate_with_steerer(generate_with_steerer, model=None, tokenizer=None) -> None:
     """Greedy, batched, steered answers must equal the course's Steerer + generate, for the
-    defaults and for every argument changed; hooks are removed even when the model raises."""
+    defaults, for every argument changed and with a system prompt on a template without a system
+    role (tiny-gemma2); hooks are removed even when the model raises."""
     from utils.generation import generate
     from utils.steering import Steerer
 
@@ -715,6 +747,10 @@ def test_generate_with_steerer(generate_with_steerer, model=None, tokenizer=None
                      " the prompts to utils.generation.generate with batch_size")
             fail(f"{name}(batch_size=2) ran {prefills['n']} batch(es) for {len(MORE_QUESTIONS)} questions, expected"
                  f" {batches}: batch_size is ignored (pass it to utils.generation.generate)")
+
+        # -- a template without a system role (tiny-gemma2): the course's formatting merges the system prompt --
+        if not own:
+            _check_gws_no_system_role(generate_with_steerer, name)
 
         # -- the model raises half way: the exception propagates and no hook is left ----------
         try:

@@ -509,6 +509,15 @@ def gws_raw_questions(model, tokenizer, questions, vector, coeff, layer, **kw):
     return _gws(model, tokenizer, questions, vector, coeff, layer, raw=True, **kw)
 
 
+def gws_hand_template(model, tokenizer, questions, vector, coeff, layer, positions="response", system_prompt=None,
+                      max_new_tokens=64, batch_size=32):
+    """Applies the chat template by hand: a template with no system role (Gemma 2) raises on the system message."""
+    prompts = [tokenizer.apply_chat_template(build_messages(system_prompt, q), tokenize=False, add_generation_prompt=True)
+               for q in questions]
+    with ActivationSteerer(model, vector, coeff, layer, positions):
+        return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+
+
 def gws_one_at_a_time(model, tokenizer, questions, vector, coeff, layer, **kw):
     return _gws(model, tokenizer, questions, vector, coeff, layer, one_at_a_time=True, **kw)
 
@@ -1271,6 +1280,7 @@ CATALOGUE = {
         (gws_max_new_tokens_ignored, "max_new_tokens is ignored"),
         (gws_batch_size_ignored, "batch_size is ignored"),
         (gws_raw_questions, "without the chat template"),
+        (gws_hand_template, "no system role"),
         (gws_one_at_a_time, "batches"),
         (gws_sampled, "greedy"),
         (gws_hook_left, "hook"),
