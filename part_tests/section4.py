@@ -491,11 +491,47 @@ def _check_steerer_half(ActivationSteerer, layer: int) -> None:
         remove_leftover_hooks(model)
 
 
+def _check_steerer_nesting(ActivationSteerer, model, layer: int) -> None:
+    """Two steerers nested on the same block: leaving the inner one leaves the outer one steering."""
+    from utils.hooks import get_blocks, hidden_of
+
+    ids = _tiny_ids(model, (2, 5), 11)
+    d = _d_model(model)
+    v_outer, v_inner = _vector(d, 5, 3.0), _vector(d, 6, 3.0)
+
+    def block_output():
+        seen = []
+        recorder = get_blocks(model)[layer].register_forward_hook(lambda m, a, out: seen.append(hidden_of(out).detach().clone()))
+        try:
+            with torch.no_grad():
+                model(input_ids=ids)
+        finally:
+            recorder.remove()
+        return seen[0].float().cpu()
+
+    base = block_output()
+    outer = call(ActivationSteerer, model, v_outer, coeff=1.0, layer=layer, positions="all", name="ActivationSteerer")
+    inner = call(ActivationSteerer, model, v_inner, coeff=1.0, layer=layer, positions="all", name="ActivationSteerer")
+    with outer:
+        with inner:
+            pass
+        steered = block_output()  # the recorder is registered after the outer steerer's hook: it sees its change
+    no_hooks_left(model, "ActivationSteerer (after two nested `with` blocks)")
+    delta = steered - base
+    if not close(delta, v_outer.float().cpu().expand_as(delta), rtol=0, atol=1e-4):
+        what = ("the outer steerer's hook was removed too" if close(delta, torch.zeros_like(delta), rtol=0, atol=1e-4)
+                else f"block {layer}'s output did not change by the outer steerer's coeff * vector")
+        fail(f"ActivationSteerer: with two steerers nested (`with a:` then `with b:` inside it), after the inner block"
+             f" ended {what}: each steerer must remove only its own hook -- keep the handle on self, not in a class"
+             " attribute that every steerer shares")
+
+
 def test_activation_steerer(ActivationSteerer, model=None, tokenizer=None) -> None:
     """The steerer's behaviour (its input checks are test_activation_steerer_input_checks): nothing
     registered before `with`; the three position modes on the tiny Qwen2 model (prefill, decoding,
     a second prompt); tuple block outputs on a toy model; in-place edits; a bfloat16 model; hooks
-    removed when the block raises."""
+    removed when the block raises, and only the steerer's own (other hooks and an outer steerer
+    survive)."""
     require_implemented(ActivationSteerer, "ActivationSteerer")
     own = model is not None
     model, tokenizer = model_or_tiny(model, tokenizer)
@@ -506,6 +542,7 @@ def test_activation_steerer(ActivationSteerer, model=None, tokenizer=None) -> No
             _check_steerer_modes(ActivationSteerer, model, layer)
             _check_steerer_tuple(ActivationSteerer)
             _check_steerer_half(ActivationSteerer, TINY_LAYER)
+            _check_steerer_nesting(ActivationSteerer, model, layer)
         except NotImplementedError as err:
             raise _not_implemented("ActivationSteerer", err) from err
     passed("test_activation_steerer")

@@ -193,6 +193,22 @@ class ClearsBlockHooks(Ref):
         return False
 
 
+class SharedHandles(Ref):
+    """Keeps the hook handles in a class attribute: every steerer's __exit__ removes every steerer's hook."""
+
+    handles: list = []
+
+    def __enter__(self):
+        self.handles.append(get_blocks(self.model)[self.layer].register_forward_hook(self._hook))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        return False
+
+
 class RegistersInInit(Ref):
     """Registers the hook in __init__; __enter__ only returns self."""
 
@@ -1245,6 +1261,7 @@ CATALOGUE = {
         (SwallowsException, "swallowed"),
         (NeverRemoves, "left"),
         (ClearsBlockHooks, "did not register"),
+        (SharedHandles, "two steerers nested"),
         (RegistersInInit, "not in __init__"),
         (EnterReturnsNone, "__enter__ should return self"),
         (LayerPlusOne, "off by one"),
