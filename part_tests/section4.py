@@ -960,9 +960,21 @@ def test_run_steering_experiment(run_steering_experiment, model=None, tokenizer=
     vector = _vector(_d_model(model), 1, 8.0)
     coefficients = [-4, 0, 4]
 
+    paper = [-3, -1, 0, 1, 3, 5]
     default = inspect.signature(run_steering_experiment).parameters.get("coefficients")
-    check(default is not None and isinstance(default.default, (list, tuple)) and list(default.default) == [-3, -1, 0, 1, 3, 5],
-          f"{name}'s `coefficients` should default to [-3, -1, 0, 1, 3, 5]")
+    if default is not None and default.default is None:  # `coefficients=None`, filled in inside: check what it runs
+        judge0 = FakeJudge()
+        with _clean_afterwards(model, own):
+            with using(run_steering_experiment, generate_with_steerer=_RecordingSteeredGeneration(),
+                       get_judge=lambda *a, **k: judge0, ActivationSteerer=Steerer), _course_get_judge(lambda *a, **k: judge0):
+                records = call(run_steering_experiment, model, tokenizer, QUESTIONS[:1], vector, TRAIT_TEMPLATE, layer,
+                               max_new_tokens=2, name=name)
+        used = sorted({float(r["coeff"]) for r in records if isinstance(r, dict) and "coeff" in r}) if isinstance(records, list) else None
+        check(used == [float(c) for c in paper],
+              f"{name} with `coefficients` left out ran the coefficients {used}: it should default to {paper}")
+    else:
+        check(default is not None and isinstance(default.default, (list, tuple)) and list(default.default) == paper,
+              f"{name}'s `coefficients` should default to {paper}")
 
     # -- the defaults: get_judge(), the course's coherence prompt, positions='response' --------------
     judge = FakeJudge()

@@ -659,6 +659,20 @@ def experiment_offline_judge(model, tokenizer, questions, vector, eval_prompt_te
     return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, judge=judge or OfflineJudge(), **kw)
 
 
+def experiment_none_default(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients=None, **kw):
+    """Correct: `coefficients=None` (no tuple in the signature), the paper's sweep filled in inside."""
+    if coefficients is None:
+        coefficients = [-3, -1, 0, 1, 3, 5]
+    return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, **kw)
+
+
+def experiment_none_other_default(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients=None, **kw):
+    """`coefficients=None`, filled in with a sweep of its own instead of the paper's."""
+    if coefficients is None:
+        coefficients = [-3, 0, 3]
+    return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, **kw)
+
+
 def experiment_module_get_judge(model, tokenizer, questions, vector, eval_prompt_template, layer,
                                 coefficients=(-3, -1, 0, 1, 3, 5), judge=None, **kw):
     """Correct: the course's judge through the module (`utils.judge.get_judge()`), not the notebook's global name."""
@@ -1323,6 +1337,7 @@ CATALOGUE = {
         (_experiment_variant("key_only_when_scored"), "even when its score is None"),
         (_experiment_variant("judge_args_swapped"), "question as the answer"),
         (experiment_other_default, "default to [-3, -1, 0, 1, 3, 5]"),
+        (experiment_none_other_default, "default to [-3, -1, 0, 1, 3, 5]"),
         (experiment_offline_judge, "get_judge()"),
     ]),
     "test_compute_trait_projections": ("compute_trait_projections", [
@@ -1416,7 +1431,7 @@ CORRECT_ALTERNATIVES = {
     "test_activation_steerer_input_checks": [ClosureSteerer, Steerer, ChecksInEnter],
     "test_generate_with_steerer": [gws_chunked, gws_formatted_strings],
     "test_run_steering_experiment": [_experiment_variant(None), _experiment_variant("by_question"), experiment_score_many,
-                                     experiment_module_get_judge],
+                                     experiment_module_get_judge, experiment_none_default],
     "test_compute_trait_projections": [proj_per_chat_hooks, proj_hidden_states_numpy, proj_left_padded, proj_right_padded,
                                        proj_no_checks],  # the last: no input checks, full maths credit
     "test_compute_trait_projections_input_checks": [proj_per_chat_hooks],
