@@ -1506,8 +1506,8 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
     """The step functions are replaced by recording fakes (and a fake judge is passed in): a full
     run, a rerun (nothing repeated), reruns with changed inputs (the steps that depend on them run
     again), other thresholds and n_questions, a run killed by a judge failure half way then resumed
-    (no finished generation or judge call repeated), and judge errors (retried) beside refusals
-    (finished)."""
+    (no finished generation or judge call repeated), and judge errors (retried, for contrastive and
+    for steered answers) beside refusals (finished)."""
     from utils.hooks import get_blocks
     from utils.judge import JudgeScore
 
@@ -1529,7 +1529,7 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
             return call(run_trait_pipeline, model, tokenizer, PIPE_TRAIT, trait_data, at_layer, name=name, **args)
 
     with tempfile.TemporaryDirectory() as cache_a, tempfile.TemporaryDirectory() as cache_b, \
-            tempfile.TemporaryDirectory() as cache_c:
+            tempfile.TemporaryDirectory() as cache_c, tempfile.TemporaryDirectory() as cache_d:
         # -- a full run ---------------------------------------------------------------------
         fakes, judge = _PipeFakes(model, tokenizer), _pipe_judge()
         result = run(fakes, judge, cache_a)
@@ -1755,6 +1755,21 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
                      " (is_final), cache it; only errors are retried (cache_if=is_final)")
             fail(f"after a run in which 2 judge calls failed and 2 were refusals, the rerun made {judge11.calls} judge"
                  " calls; expected 2 (the failed ones): cache_if=is_final")
+
+        # -- the same for the judge calls on the steered answers ------------------------------
+        fakes12 = _PipeFakes(model, tokenizer)
+        judge12 = FakeJudge(trait_fn=flaky({f"steered +1 {PIPE_EVAL[0].split()[0]}": error}, 0), coherence_fn=flaky({}, 1))
+        judge12.label = judge.label
+        run(fakes12, judge12, cache_d, n_questions=1, coefficients=[1])
+        fakes13, judge13 = _PipeFakes(model, tokenizer), _pipe_judge()
+        run(fakes13, judge13, cache_d, n_questions=1, coefficients=[1])
+        if judge13.calls != 1:
+            if judge13.calls == 0:
+                fail("a judge call on a steered answer that failed (value None, reason 'error: ...') was cached, so a rerun"
+                     " never retries it: judge the steered answers with cache_if=is_final too (one scoring function for"
+                     " both judge steps)")
+            fail(f"after a run in which 1 judge call on a steered answer failed, the rerun made {judge13.calls} judge calls;"
+                 " expected 1 (the failed one): cache only final results (cache_if=is_final)")
     passed("test_run_trait_pipeline")
 
 

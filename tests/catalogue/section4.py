@@ -1028,6 +1028,8 @@ def _pipeline(model, tokenizer, trait_name, trait_data, layer, coefficients=(-3,
             results = [one(item) for item in items]
         elif mistake == "judge_whole_step":
             results = runner.json(step, {"items": items, **judge_shared}, lambda: [one(item) for item in items])
+        elif mistake == "steer_judge_caches_errors" and step == "steer_judge":  # cache_if forgotten on the second call
+            results = runner.map_each(step, items, one, shared=judge_shared)
         else:
             results = runner.map_each(step, items, one, shared=judge_shared, cache_if=cache_if)
         return [{**r, "trait_score": results[2 * i]["value"], "coherence_score": results[2 * i + 1]["value"]}
@@ -1401,6 +1403,7 @@ CATALOGUE = {
         (_pipeline_variant("batch_size_ignored"), "batch_size is ignored"),
         (_pipeline_variant("generate_one_runner_batch"), "pass batch_size to runner.map"),
         (_pipeline_variant("caches_errors"), "never retries"),
+        (_pipeline_variant("steer_judge_caches_errors"), "on a steered answer"),
         (_pipeline_variant("cache_if_value_only"), "refusal"),
         (_pipeline_variant("steers_without_coefficients"), "nothing to steer"),
         (_pipeline_variant("stats_empty"), "return dict(runner.stats)"),
