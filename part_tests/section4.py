@@ -1620,6 +1620,12 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
         run(fakes3, judge3, cache_a, trait_data=changed)
         check(judge3.calls > 0, "changing the trait's eval_prompt did not re-run the judge: the judge steps' keys must include"
                                 " the eval prompt (stale results)")
+        steer_advice = (" the steered answers' judge step needs the same key inputs as the first judge step (the judge, the eval"
+                        " prompt and the coherence prompt): one scoring function for both")
+        check(len(judge3.prompts["trait"]) == n_records + n_steered,
+              f"changing the trait's eval_prompt re-ran {len(judge3.prompts['trait'])} trait judge calls, expected"
+              f" {n_records + n_steered} ({n_records} contrastive + {n_steered} steered answers): the steered answers' scores"
+              " came from the cache (stale results);" + steer_advice)
         from utils import data as course_data
 
         fakes3b, judge3b = _PipeFakes(model, tokenizer), _pipe_judge()
@@ -1627,6 +1633,10 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
             run(fakes3b, judge3b, cache_a)
         check(judge3b.calls > 0, "changing the coherence prompt (data.load_coherence_prompt()) did not re-run the judge: the"
                                  " judge steps' keys must include the coherence prompt (stale results)")
+        check(len(judge3b.prompts["coherence"]) == n_records + n_steered,
+              f"changing the coherence prompt re-ran {len(judge3b.prompts['coherence'])} coherence judge calls, expected"
+              f" {n_records + n_steered} ({n_records} contrastive + {n_steered} steered answers): the steered answers' scores"
+              " came from the cache (stale results);" + steer_advice)
         fakes4, judge4 = _PipeFakes(model, tokenizer), _pipe_judge()
         run(fakes4, judge4, cache_a, at_layer=layer - 1)
         check(fakes4.steered_items == n_steered,
@@ -1669,6 +1679,9 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
                                                 _expected_pipeline_vectors(model, tokenizer, other_pairs)),
               "with other effective pairs the vectors were not extracted again: the extract step's key must be made of"
               " the effective pairs (their prompts and responses) -- stale vectors")
+        check(judge6.calls == n_judge,
+              f"with another judge {n_judge - judge6.calls} of {n_judge} judge calls came from the cache (stale scores): the"
+              " keys of both judge steps (contrastive and steered answers) must include the judge (judge_identity)")
         check(fakes6.steered_items == n_steered,
               "with another vector (other effective pairs) at the same layer the steered answers came from the cache:"
               " the steer step's key must include the vector itself (tensor_digest(vector)), not only the layer")

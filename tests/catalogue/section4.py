@@ -1030,6 +1030,8 @@ def _pipeline(model, tokenizer, trait_name, trait_data, layer, coefficients=(-3,
             results = runner.json(step, {"items": items, **judge_shared}, lambda: [one(item) for item in items])
         elif mistake == "steer_judge_caches_errors" and step == "steer_judge":  # cache_if forgotten on the second call
             results = runner.map_each(step, items, one, shared=judge_shared)
+        elif mistake == "steer_judge_key_judge_only" and step == "steer_judge":  # a second call keyed by the judge only
+            results = runner.map_each(step, items, one, shared={"judge": judge_identity(judge)}, cache_if=is_final)
         else:
             results = runner.map_each(step, items, one, shared=judge_shared, cache_if=cache_if)
         return [{**r, "trait_score": results[2 * i]["value"], "coherence_score": results[2 * i + 1]["value"]}
@@ -1404,6 +1406,7 @@ CATALOGUE = {
         (_pipeline_variant("generate_one_runner_batch"), "pass batch_size to runner.map"),
         (_pipeline_variant("caches_errors"), "never retries"),
         (_pipeline_variant("steer_judge_caches_errors"), "on a steered answer"),
+        (_pipeline_variant("steer_judge_key_judge_only"), "steered answers' scores came from the cache"),
         (_pipeline_variant("cache_if_value_only"), "refusal"),
         (_pipeline_variant("steers_without_coefficients"), "nothing to steer"),
         (_pipeline_variant("stats_empty"), "return dict(runner.stats)"),
