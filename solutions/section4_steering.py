@@ -228,7 +228,8 @@ tests.test_activation_steerer_input_checks(ActivationSteerer)
 # **What the test checks.** The test runs a prompt through the tiny Qwen2 model, records block
 # outputs with a second hook, and compares them with an unsteered run: the difference at block
 # `layer` must be exactly `coeff * vector` at the positions of your mode and zero elsewhere, block
-# `layer - 1` must be untouched, and the model must have no hooks left afterwards.
+# `layer - 1` must be untouched, and the model must have no hooks of yours left afterwards (while
+# a hook someone else put on the block, or an outer steerer's, is still there).
 #
 # ### The course's steerer
 #
