@@ -266,6 +266,25 @@ def _tiny_ids(model, shape, seed: int) -> torch.Tensor:
     return torch.randint(3, vocab, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs")
+
+
+@contextmanager
+def _restore_hooks(model):
+    """Put back the hooks the model's modules had on entry that are gone on exit (a steerer that clears a block's hook
+    dicts would also remove transformers' output-capturing hooks from the shared tiny model, breaking later tests)."""
+    saved = [(m, name, dict(getattr(m, name))) for m in model.modules() for name in _HOOK_DICTS if getattr(m, name, None)]
+    try:
+        yield
+    finally:
+        for m, name, hooks in saved:
+            current = getattr(m, name)
+            for key, hook in hooks.items():
+                if key not in current:
+                    current[key] = hook
+
+
 def _check_steerer_lifecycle(ActivationSteerer, model, layer: int) -> None:
     """Constructing registers nothing; leaving the `with` block removes the steerer's hook and no
     other; `with ... as s` gives the steerer; an exception inside the block propagates and leaves no
@@ -294,19 +313,21 @@ def _check_steerer_lifecycle(ActivationSteerer, model, layer: int) -> None:
 
     # another hook on the same block (a recording hook, an outer steerer) must survive the `with` block
     seen: list = []
-    theirs = get_blocks(model)[layer].register_forward_hook(lambda m, a, out: seen.append(1))
-    try:
-        with call(ActivationSteerer, model, _vector(_d_model(model), 2, 3.0), coeff=1.0, layer=layer, positions="all",
-                  name="ActivationSteerer"):
-            pass
-        with torch.no_grad():
-            model(input_ids=ids)
-        check(bool(seen),
-              f"ActivationSteerer.__exit__ removed a hook it did not register (another hook on block {layer} was gone"
-              " after the `with` block): remove only your own hook, with the handle register_forward_hook returned"
-              " (handle.remove()), never with block._forward_hooks.clear()")
-    finally:
-        theirs.remove()
+    block = get_blocks(model)[layer]
+    with _restore_hooks(model):  # hooks that were there (transformers' own) are put back if the steerer removed them
+        theirs = block.register_forward_hook(lambda m, a, out: seen.append(1))
+        try:
+            with call(ActivationSteerer, model, _vector(_d_model(model), 2, 3.0), coeff=1.0, layer=layer, positions="all",
+                      name="ActivationSteerer"):
+                pass
+            with torch.no_grad():
+                model(input_ids=ids)
+        finally:
+            theirs.remove()
+    check(bool(seen),
+          f"ActivationSteerer.__exit__ removed a hook it did not register (another hook on block {layer} was gone"
+          " after the `with` block): remove only your own hook, with the handle register_forward_hook returned"
+          " (handle.remove()), never with block._forward_hooks.clear()")
 
     class _Boom(Exception):
         pass
