@@ -158,7 +158,7 @@ def _record_forwards(model, run_forwards, layer: int, steerer=None, name: str = 
     forwards: list[dict] = []
     current: dict = {}
 
-    def pre_hook(module, args, out):  # prepended: runs before the student's hook
+    def pre_hook(module, args, out):  # prepended after the student's hook: runs before it
         current["pre_ref"] = out if isinstance(out, torch.Tensor) else out[0]
         current["pre_copy"] = _copy_hidden(out)
         current["pre_type"] = type(out)
@@ -178,9 +178,10 @@ def _record_forwards(model, run_forwards, layer: int, steerer=None, name: str = 
 
     handles = []
     try:
-        handles.append(blocks[layer].register_forward_hook(pre_hook, prepend=True))
         ctx = steerer if steerer is not None else contextlib.nullcontext()
         with ctx:
+            # prepended once the steerer is open: runs before its hook, even one registered with prepend=True
+            handles.append(blocks[layer].register_forward_hook(pre_hook, prepend=True))
             handles += [blocks[i].register_forward_hook(post_hook(i)) for i in range(len(blocks))]
             try:
                 with torch.no_grad():
@@ -192,9 +193,9 @@ def _record_forwards(model, run_forwards, layer: int, steerer=None, name: str = 
                      f"{_output_hint(current)} Block outputs are a plain tensor in transformers >= 5: `output[0]` on it"
                      " takes batch row 0; use hidden_of(output) and with_hidden(output, new_hidden).")
             finally:
-                for h in handles[1:]:
+                for h in handles:
                     h.remove()
-                del handles[1:]
+                handles.clear()
     finally:
         for h in handles:
             h.remove()
@@ -265,9 +266,29 @@ def _tiny_ids(model, shape, seed: int) -> torch.Tensor:
     return torch.randint(3, vocab, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs")
+
+
+@contextmanager
+def _restore_hooks(model):
+    """Put back the hooks the model's modules had on entry that are gone on exit (a steerer that clears a block's hook
+    dicts would also remove transformers' output-capturing hooks from the shared tiny model, breaking later tests)."""
+    saved = [(m, name, dict(getattr(m, name))) for m in model.modules() for name in _HOOK_DICTS if getattr(m, name, None)]
+    try:
+        yield
+    finally:
+        for m, name, hooks in saved:
+            current = getattr(m, name)
+            for key, hook in hooks.items():
+                if key not in current:
+                    current[key] = hook
+
+
 def _check_steerer_lifecycle(ActivationSteerer, model, layer: int) -> None:
-    """Constructing registers nothing; `with ... as s` gives the steerer; an exception inside the
-    block propagates and leaves no hook behind."""
+    """Constructing registers nothing; leaving the `with` block removes the steerer's hook and no
+    other; `with ... as s` gives the steerer; an exception inside the block propagates and leaves no
+    hook behind."""
     from utils.hooks import count_hooks, get_blocks
 
     ids = _tiny_ids(model, (2, 5), 11)
@@ -289,6 +310,24 @@ def _check_steerer_lifecycle(ActivationSteerer, model, layer: int) -> None:
         what = f"registered {registered} hook(s)" if registered > 0 else f"changed block {moved[0]}'s output"
         fail(f"ActivationSteerer {what} as soon as it was constructed, before the `with` block: register the hook in"
              " __enter__, not in __init__ (a steerer that is built but not entered must leave the model alone)")
+
+    # another hook on the same block (a recording hook, an outer steerer) must survive the `with` block
+    seen: list = []
+    block = get_blocks(model)[layer]
+    with _restore_hooks(model):  # hooks that were there (transformers' own) are put back if the steerer removed them
+        theirs = block.register_forward_hook(lambda m, a, out: seen.append(1))
+        try:
+            with call(ActivationSteerer, model, _vector(_d_model(model), 2, 3.0), coeff=1.0, layer=layer, positions="all",
+                      name="ActivationSteerer"):
+                pass
+            with torch.no_grad():
+                model(input_ids=ids)
+        finally:
+            theirs.remove()
+    check(bool(seen),
+          f"ActivationSteerer.__exit__ removed a hook it did not register (another hook on block {layer} was gone"
+          " after the `with` block): remove only your own hook, with the handle register_forward_hook returned"
+          " (handle.remove()), never with block._forward_hooks.clear()")
 
     class _Boom(Exception):
         pass
@@ -473,11 +512,47 @@ def _check_steerer_half(ActivationSteerer, layer: int) -> None:
         remove_leftover_hooks(model)
 
 
+def _check_steerer_nesting(ActivationSteerer, model, layer: int) -> None:
+    """Two steerers nested on the same block: leaving the inner one leaves the outer one steering."""
+    from utils.hooks import get_blocks, hidden_of
+
+    ids = _tiny_ids(model, (2, 5), 11)
+    d = _d_model(model)
+    v_outer, v_inner = _vector(d, 5, 3.0), _vector(d, 6, 3.0)
+
+    def block_output():
+        seen = []
+        recorder = get_blocks(model)[layer].register_forward_hook(lambda m, a, out: seen.append(hidden_of(out).detach().clone()))
+        try:
+            with torch.no_grad():
+                model(input_ids=ids)
+        finally:
+            recorder.remove()
+        return seen[0].float().cpu()
+
+    base = block_output()
+    outer = call(ActivationSteerer, model, v_outer, coeff=1.0, layer=layer, positions="all", name="ActivationSteerer")
+    inner = call(ActivationSteerer, model, v_inner, coeff=1.0, layer=layer, positions="all", name="ActivationSteerer")
+    with outer:
+        with inner:
+            pass
+        steered = block_output()  # the recorder is registered after the outer steerer's hook: it sees its change
+    no_hooks_left(model, "ActivationSteerer (after two nested `with` blocks)")
+    delta = steered - base
+    if not close(delta, v_outer.float().cpu().expand_as(delta), rtol=0, atol=1e-4):
+        what = ("the outer steerer's hook was removed too" if close(delta, torch.zeros_like(delta), rtol=0, atol=1e-4)
+                else f"block {layer}'s output did not change by the outer steerer's coeff * vector")
+        fail(f"ActivationSteerer: with two steerers nested (`with a:` then `with b:` inside it), after the inner block"
+             f" ended {what}: each steerer must remove only its own hook -- keep the handle on self, not in a class"
+             " attribute that every steerer shares")
+
+
 def test_activation_steerer(ActivationSteerer, model=None, tokenizer=None) -> None:
     """The steerer's behaviour (its input checks are test_activation_steerer_input_checks): nothing
     registered before `with`; the three position modes on the tiny Qwen2 model (prefill, decoding,
     a second prompt); tuple block outputs on a toy model; in-place edits; a bfloat16 model; hooks
-    removed when the block raises."""
+    removed when the block raises, and only the steerer's own (other hooks and an outer steerer
+    survive)."""
     require_implemented(ActivationSteerer, "ActivationSteerer")
     own = model is not None
     model, tokenizer = model_or_tiny(model, tokenizer)
@@ -488,6 +563,7 @@ def test_activation_steerer(ActivationSteerer, model=None, tokenizer=None) -> No
             _check_steerer_modes(ActivationSteerer, model, layer)
             _check_steerer_tuple(ActivationSteerer)
             _check_steerer_half(ActivationSteerer, TINY_LAYER)
+            _check_steerer_nesting(ActivationSteerer, model, layer)
         except NotImplementedError as err:
             raise _not_implemented("ActivationSteerer", err) from err
     passed("test_activation_steerer")
@@ -621,9 +697,41 @@ def _diagnose_answers(got, want, candidates, name: str, what: str) -> None:
     fail(f"{name}: {what}; answer {first} is {got[first]!r}, expected {want[first]!r}")
 
 
+def _check_gws_no_system_role(generate_with_steerer, name: str) -> None:
+    """tiny-gemma2, whose chat template has no system role, with a system prompt: the answers must be the course's
+    (build_messages, then utils.generation.generate, whose format_prompt merges the system prompt)."""
+    model, tokenizer = tiny("tiny-gemma2")
+    remove_leftover_hooks(model)
+    layer = _layer_for(model)
+    vector = _vector(_d_model(model), 2, 8.0)
+    questions = QUESTIONS[:2]
+    where = "tiny-gemma2, whose chat template has no system role"
+    advice = ("build each chat with build_messages(system_prompt, question) and pass the message lists to"
+              " utils.generation.generate, whose format_prompt merges the system prompt into the first user message;"
+              " do not apply the chat template by hand")
+    try:
+        try:
+            got = call(generate_with_steerer, model, tokenizer, questions, vector, 4.0, layer, system_prompt=PIRATE,
+                       max_new_tokens=4, name=name)
+        except (AssertionError, NotImplementedYet):
+            raise
+        except Exception as err:
+            fail(f"{name} raised {type(err).__name__} ({err}) with a system prompt on {where}: {advice}")
+        got = _texts(got, len(questions), name)
+        no_hooks_left(model, name)
+        want = _course_generate_with_steerer(model, tokenizer, questions, vector, 4.0, layer, system_prompt=PIRATE,
+                                             max_new_tokens=4)
+        if not _same_texts(got, want):
+            fail(f"{name}: with system_prompt={PIRATE!r} on {where} the answers differ from the course's steered greedy"
+                 f" generation (got {got!r}, expected {want!r}): {advice}")
+    finally:
+        remove_leftover_hooks(model)
+
+
 def test_generate_with_steerer(generate_with_steerer, model=None, tokenizer=None) -> None:
     """Greedy, batched, steered answers must equal the course's Steerer + generate, for the
-    defaults and for every argument changed; hooks are removed even when the model raises."""
+    defaults, for every argument changed and with a system prompt on a template without a system
+    role (tiny-gemma2); hooks are removed even when the model raises."""
     from utils.generation import generate
     from utils.steering import Steerer
 
@@ -697,6 +805,10 @@ def test_generate_with_steerer(generate_with_steerer, model=None, tokenizer=None
                      " the prompts to utils.generation.generate with batch_size")
             fail(f"{name}(batch_size=2) ran {prefills['n']} batch(es) for {len(MORE_QUESTIONS)} questions, expected"
                  f" {batches}: batch_size is ignored (pass it to utils.generation.generate)")
+
+        # -- a template without a system role (tiny-gemma2): the course's formatting merges the system prompt --
+        if not own:
+            _check_gws_no_system_role(generate_with_steerer, name)
 
         # -- the model raises half way: the exception propagates and no hook is left ----------
         try:
@@ -784,6 +896,18 @@ class _RecordingSteeredGeneration:
         return _course_generate_with_steerer(*bound.args, **bound.kwargs)
 
 
+@contextmanager
+def _course_get_judge(fake):
+    """utils.judge.get_judge replaced too, for code that calls it through the module (`utils.judge.get_judge()`, or
+    `from utils.judge import get_judge` inside the function) rather than the notebook's global name."""
+    from unittest import mock
+
+    import utils.judge
+
+    with mock.patch.object(utils.judge, "get_judge", fake):
+        yield
+
+
 def _check_scores(records, judge: FakeJudge, name: str) -> None:
     for r in records:
         for key in ("trait_score", "coherence_score"):
@@ -857,16 +981,28 @@ def test_run_steering_experiment(run_steering_experiment, model=None, tokenizer=
     vector = _vector(_d_model(model), 1, 8.0)
     coefficients = [-4, 0, 4]
 
+    paper = [-3, -1, 0, 1, 3, 5]
     default = inspect.signature(run_steering_experiment).parameters.get("coefficients")
-    check(default is not None and isinstance(default.default, (list, tuple)) and list(default.default) == [-3, -1, 0, 1, 3, 5],
-          f"{name}'s `coefficients` should default to [-3, -1, 0, 1, 3, 5]")
+    if default is not None and default.default is None:  # `coefficients=None`, filled in inside: check what it runs
+        judge0 = FakeJudge()
+        with _clean_afterwards(model, own):
+            with using(run_steering_experiment, generate_with_steerer=_RecordingSteeredGeneration(),
+                       get_judge=lambda *a, **k: judge0, ActivationSteerer=Steerer), _course_get_judge(lambda *a, **k: judge0):
+                records = call(run_steering_experiment, model, tokenizer, QUESTIONS[:1], vector, TRAIT_TEMPLATE, layer,
+                               max_new_tokens=2, name=name)
+        used = sorted({float(r["coeff"]) for r in records if isinstance(r, dict) and "coeff" in r}) if isinstance(records, list) else None
+        check(used == [float(c) for c in paper],
+              f"{name} with `coefficients` left out ran the coefficients {used}: it should default to {paper}")
+    else:
+        check(default is not None and isinstance(default.default, (list, tuple)) and list(default.default) == paper,
+              f"{name}'s `coefficients` should default to {paper}")
 
     # -- the defaults: get_judge(), the course's coherence prompt, positions='response' --------------
     judge = FakeJudge()
     steered = _RecordingSteeredGeneration()
     with _clean_afterwards(model, own):
         with using(run_steering_experiment, generate_with_steerer=steered, get_judge=lambda *a, **k: judge,
-                   ActivationSteerer=Steerer):
+                   ActivationSteerer=Steerer), _course_get_judge(lambda *a, **k: judge):
             with _count_prefills(model) as prefills:
                 records = call(run_steering_experiment, model, tokenizer, QUESTIONS, vector, TRAIT_TEMPLATE, layer,
                                coefficients=coefficients, max_new_tokens=6, name=name)
@@ -899,7 +1035,7 @@ def test_run_steering_experiment(run_steering_experiment, model=None, tokenizer=
     steered = _RecordingSteeredGeneration()
     with _clean_afterwards(model, own):
         with using(run_steering_experiment, generate_with_steerer=steered, get_judge=lambda *a, **k: unwanted,
-                   ActivationSteerer=Steerer):
+                   ActivationSteerer=Steerer), _course_get_judge(lambda *a, **k: unwanted):
             records = call(run_steering_experiment, model, tokenizer, questions, vector, TRAIT_TEMPLATE, other_layer,
                            coefficients=coeffs, judge=passed_judge, coherence_template=COHERENCE_TEMPLATE, max_new_tokens=4,
                            positions="all", name=name)
@@ -1032,6 +1168,20 @@ class _Projector:
             means.append(self.hidden(list(enc["input_ids"]))[layer][s0:s1].mean(0))
         return self.project(means)
 
+    def hidden_states_values(self, layer: int) -> list[float] | None:
+        """HF's hidden_states[layer + 1] over the response span: at the last block that entry is the
+        final norm's output, not the block's."""
+        means = []
+        try:
+            for chat in self.chats:
+                with torch.no_grad():
+                    device = self.model.get_input_embeddings().weight.device
+                    hs = self.model(input_ids=torch.tensor([chat.input_ids], device=device), output_hidden_states=True).hidden_states
+                means.append(hs[layer + 1][0].float().cpu()[slice(*chat.token_span)].mean(0))
+        except Exception:
+            return None
+        return self.project(means)
+
     def batched_values(self, layer: int, mask: bool, shift: bool) -> list[float]:
         """All examples in one left-padded batch: without the attention mask, or with spans not shifted."""
         from utils.hooks import get_blocks, hidden_of
@@ -1092,6 +1242,12 @@ class _Projector:
         if layer + 1 < n_blocks:
             candidates.append((lambda: self.values(layer + 1), f"off by one layer: used block {layer + 1}'s output; use"
                                                                f" block {layer}'s output"))
+        if layer == n_blocks - 1:
+            candidates.append((lambda: self.hidden_states_values(layer),
+                               f"at the last block (layer={layer}) it read HF's hidden_states[{layer + 1}] = hidden_states[-1],"
+                               " which is the model's final norm applied to the block's output: take block L's output"
+                               " with a forward hook on get_blocks(model)[L] (or response_mean_activations), not from"
+                               " hidden_states"))
         candidates += [(lambda r=rule: self.values(layer, rule=r), why.format(tail=self.tail()))
                        for rule, why in self.SPAN_MISTAKES.items()]
         candidates += [
@@ -1142,9 +1298,10 @@ def _call_on_template(fn, name: str, where: str, *args):
 
 def test_compute_trait_projections(compute_trait_projections, model=None, tokenizer=None) -> None:
     """Projections a·v/‖v‖ of the mean response activation at block `layer`, checked against a
-    forward pass with a hook and the exact response span from the chat template: at two layers,
-    on templates with a BOS and a one-token end of turn (Llama 3 style), with a thinking block
-    (Qwen 3 style) and without a system role (Gemma 2). Input checks: the next test."""
+    forward pass with a hook and the exact response span from the chat template: at two layers and
+    at the last block (where HF's hidden_states[-1] is the final norm's output, not the block's), on
+    templates with a BOS and a one-token end of turn (Llama 3 style), with a thinking block (Qwen 3
+    style) and without a system role (Gemma 2). Input checks: the next test."""
     require_implemented(compute_trait_projections, "compute_trait_projections")
     name = "compute_trait_projections"
     own = model is not None
@@ -1169,6 +1326,16 @@ def test_compute_trait_projections(compute_trait_projections, model=None, tokeni
                  " notebook's LAYER?)")
         proj.diagnose(got, other, name, f" (layer={other})")
 
+    # the last block: HF's hidden_states[-1] is the final norm's output there, not block L's output
+    from utils.hooks import get_blocks
+
+    last = len(get_blocks(model)) - 1
+    if last not in (layer, other):
+        got = _projection_list(call(compute_trait_projections, model, tokenizer, PROJ_SYSTEMS, PROJ_QUESTIONS, PROJ_RESPONSES,
+                                    vector, last, name=name), n, name)
+        if not _same_values(got, proj.values(last)):
+            proj.diagnose(got, last, name, f" (layer={last}, the last block)")
+
     if not own:  # other chat templates, on the same tiny weights (or Gemma 2's)
         cases = [("llama3", "a Llama-3-style template (a BOS token, a one-token end of turn)", tiny_variant("llama3")),
                  ("qwen3", "a Qwen-3-style template (an empty thinking block before the final answer)", tiny_variant("qwen3")),
@@ -1190,7 +1357,8 @@ def test_compute_trait_projections(compute_trait_projections, model=None, tokeni
 
 
 def test_compute_trait_projections_input_checks(compute_trait_projections, model=None, tokenizer=None) -> None:
-    """Lists of different lengths and a vector that is not [d_model] are rejected with ValueError."""
+    """Lists of different lengths and a vector that is not [d_model], is zero or holds NaN or inf are rejected with
+    ValueError."""
     require_implemented(compute_trait_projections, "compute_trait_projections")
     model, tokenizer = model_or_tiny(model, tokenizer)
     layer, d = _layer_for(model), _d_model(model)
@@ -1201,7 +1369,8 @@ def test_compute_trait_projections_input_checks(compute_trait_projections, model
                        ((s, q, r, torch.ones(d + 1)), f"a vector of shape [{d + 1}] (d_model is {d})"),
                        ((s, q, r, torch.ones(1, d)), f"a vector of shape [1, {d}] (it must be [d_model])"),
                        ((s, q, r, torch.zeros(d)), "a zero vector (there is no direction to project onto)"),
-                       ((s, q, r, torch.full((d,), float("nan"))), "a vector holding NaN")]:
+                       ((s, q, r, torch.full((d,), float("nan"))), "a vector holding NaN"),
+                       ((s, q, r, torch.ones(d).index_fill(0, torch.tensor([0]), float("inf"))), "a vector holding inf")]:
         expect_value_error(compute_trait_projections, model, tokenizer, *args, layer, name="compute_trait_projections", what=what)
         no_hooks_left(model, "compute_trait_projections")
     passed("test_compute_trait_projections_input_checks")
@@ -1358,8 +1527,8 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
     """The step functions are replaced by recording fakes (and a fake judge is passed in): a full
     run, a rerun (nothing repeated), reruns with changed inputs (the steps that depend on them run
     again), other thresholds and n_questions, a run killed by a judge failure half way then resumed
-    (no finished generation or judge call repeated), and judge errors (retried) beside refusals
-    (finished)."""
+    (no finished generation or judge call repeated), and judge errors (retried, for contrastive and
+    for steered answers) beside refusals (finished)."""
     from utils.hooks import get_blocks
     from utils.judge import JudgeScore
 
@@ -1381,7 +1550,7 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
             return call(run_trait_pipeline, model, tokenizer, PIPE_TRAIT, trait_data, at_layer, name=name, **args)
 
     with tempfile.TemporaryDirectory() as cache_a, tempfile.TemporaryDirectory() as cache_b, \
-            tempfile.TemporaryDirectory() as cache_c:
+            tempfile.TemporaryDirectory() as cache_c, tempfile.TemporaryDirectory() as cache_d:
         # -- a full run ---------------------------------------------------------------------
         fakes, judge = _PipeFakes(model, tokenizer), _pipe_judge()
         result = run(fakes, judge, cache_a)
@@ -1472,6 +1641,12 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
         run(fakes3, judge3, cache_a, trait_data=changed)
         check(judge3.calls > 0, "changing the trait's eval_prompt did not re-run the judge: the judge steps' keys must include"
                                 " the eval prompt (stale results)")
+        steer_advice = (" the steered answers' judge step needs the same key inputs as the first judge step (the judge, the eval"
+                        " prompt and the coherence prompt): one scoring function for both")
+        check(len(judge3.prompts["trait"]) == n_records + n_steered,
+              f"changing the trait's eval_prompt re-ran {len(judge3.prompts['trait'])} trait judge calls, expected"
+              f" {n_records + n_steered} ({n_records} contrastive + {n_steered} steered answers): the steered answers' scores"
+              " came from the cache (stale results);" + steer_advice)
         from utils import data as course_data
 
         fakes3b, judge3b = _PipeFakes(model, tokenizer), _pipe_judge()
@@ -1479,6 +1654,10 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
             run(fakes3b, judge3b, cache_a)
         check(judge3b.calls > 0, "changing the coherence prompt (data.load_coherence_prompt()) did not re-run the judge: the"
                                  " judge steps' keys must include the coherence prompt (stale results)")
+        check(len(judge3b.prompts["coherence"]) == n_records + n_steered,
+              f"changing the coherence prompt re-ran {len(judge3b.prompts['coherence'])} coherence judge calls, expected"
+              f" {n_records + n_steered} ({n_records} contrastive + {n_steered} steered answers): the steered answers' scores"
+              " came from the cache (stale results);" + steer_advice)
         fakes4, judge4 = _PipeFakes(model, tokenizer), _pipe_judge()
         run(fakes4, judge4, cache_a, at_layer=layer - 1)
         check(fakes4.steered_items == n_steered,
@@ -1521,6 +1700,9 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
                                                 _expected_pipeline_vectors(model, tokenizer, other_pairs)),
               "with other effective pairs the vectors were not extracted again: the extract step's key must be made of"
               " the effective pairs (their prompts and responses) -- stale vectors")
+        check(judge6.calls == n_judge,
+              f"with another judge {n_judge - judge6.calls} of {n_judge} judge calls came from the cache (stale scores): the"
+              " keys of both judge steps (contrastive and steered answers) must include the judge (judge_identity)")
         check(fakes6.steered_items == n_steered,
               "with another vector (other effective pairs) at the same layer the steered answers came from the cache:"
               " the steer step's key must include the vector itself (tensor_digest(vector)), not only the layer")
@@ -1607,6 +1789,21 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
                      " (is_final), cache it; only errors are retried (cache_if=is_final)")
             fail(f"after a run in which 2 judge calls failed and 2 were refusals, the rerun made {judge11.calls} judge"
                  " calls; expected 2 (the failed ones): cache_if=is_final")
+
+        # -- the same for the judge calls on the steered answers ------------------------------
+        fakes12 = _PipeFakes(model, tokenizer)
+        judge12 = FakeJudge(trait_fn=flaky({f"steered +1 {PIPE_EVAL[0].split()[0]}": error}, 0), coherence_fn=flaky({}, 1))
+        judge12.label = judge.label
+        run(fakes12, judge12, cache_d, n_questions=1, coefficients=[1])
+        fakes13, judge13 = _PipeFakes(model, tokenizer), _pipe_judge()
+        run(fakes13, judge13, cache_d, n_questions=1, coefficients=[1])
+        if judge13.calls != 1:
+            if judge13.calls == 0:
+                fail("a judge call on a steered answer that failed (value None, reason 'error: ...') was cached, so a rerun"
+                     " never retries it: judge the steered answers with cache_if=is_final too (one scoring function for"
+                     " both judge steps)")
+            fail(f"after a run in which 1 judge call on a steered answer failed, the rerun made {judge13.calls} judge calls;"
+                 " expected 1 (the failed one): cache only final results (cache_if=is_final)")
     passed("test_run_trait_pipeline")
 
 
@@ -1672,12 +1869,14 @@ def test_trait_cosine_matrix(trait_cosine_matrix) -> None:
 
 
 def test_trait_cosine_matrix_input_checks(trait_cosine_matrix) -> None:
-    """2-D vectors (all layers: pick one first) and vectors of different sizes are rejected with ValueError."""
+    """2-D vectors (all layers: pick one first), vectors of different sizes and vectors with no direction (zero, NaN,
+    inf) are rejected with ValueError."""
     require_implemented(trait_cosine_matrix, "trait_cosine_matrix")
     for bad, what in [({"a": torch.ones(3, 4), "b": torch.ones(3, 4)}, "2-D vectors ([n_layers, d_model]): pick one layer first"),
                       ({"a": torch.ones(4), "b": torch.ones(5)}, "vectors of different sizes ([4] and [5])"),
                       ({"a": torch.zeros(4), "b": torch.ones(4)}, "a zero vector (it has no direction, hence no cosine)"),
-                      ({"a": torch.tensor([1.0, float("nan"), 0.0, 2.0]), "b": torch.ones(4)}, "a vector holding NaN")]:
+                      ({"a": torch.tensor([1.0, float("nan"), 0.0, 2.0]), "b": torch.ones(4)}, "a vector holding NaN"),
+                      ({"a": torch.tensor([1.0, float("inf"), 0.0, 2.0]), "b": torch.ones(4)}, "a vector holding inf")]:
         expect_value_error(trait_cosine_matrix, bad, name="trait_cosine_matrix", what=what)
     passed("test_trait_cosine_matrix_input_checks")
 

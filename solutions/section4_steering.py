@@ -126,8 +126,9 @@ print(f"judge: {JUDGE.label}")
 #   hold finite numbers, and `coeff` must be finite; raise `ValueError` otherwise. It registers
 #   nothing yet.
 # - `__enter__` registers a forward hook on block `layer` (`get_blocks(model)[layer]`) and returns
-#   `self`; `__exit__` removes it, whether the block ended normally or with an exception, and
-#   does not swallow the exception.
+#   `self`; `__exit__` removes it (and only it: other hooks on the block, an outer steerer's
+#   included, stay), whether the block ended normally or with an exception, and does not swallow
+#   the exception.
 # - The hook adds `coeff * vector` to the hidden state at these positions:
 #
 # | mode | prefill (the whole prompt, seq_len T) | each decoding step (seq_len 1) |
@@ -227,7 +228,8 @@ tests.test_activation_steerer_input_checks(ActivationSteerer)
 # **What the test checks.** The test runs a prompt through the tiny Qwen2 model, records block
 # outputs with a second hook, and compares them with an unsteered run: the difference at block
 # `layer` must be exactly `coeff * vector` at the positions of your mode and zero elsewhere, block
-# `layer - 1` must be untouched, and the model must have no hooks left afterwards.
+# `layer - 1` must be untouched, and the model must have no hooks of yours left afterwards (while
+# a hook someone else put on the block, or an outer steerer's, is still there).
 #
 # ### The course's steerer
 #
@@ -621,7 +623,8 @@ glue("s4_top_coherence", coherence_by_coeff[max(coeffs)])
 # :::{dropdown} Hint
 # `utils.activations.conversations_from` builds the chats and `response_mean_activations(model,
 # tokenizer, conversations, layers=[layer])` returns `[n, 1, d_model]` means over the exact
-# response spans.
+# response spans. If you read HF's `hidden_states` instead, block L's output is
+# `hidden_states[L + 1]` except at the last block: `hidden_states[-1]` has the final norm applied.
 # :::
 
 # %% tags=["exercise"]

@@ -176,6 +176,39 @@ class NeverRemoves(Ref):
         return False
 
 
+class PrependedHook(Ref):
+    """Correct: the hook registered with prepend=True (it runs before hooks registered earlier on the block)."""
+
+    def __enter__(self):
+        self._handle = get_blocks(self.model)[self.layer].register_forward_hook(self._hook, prepend=True)
+        return self
+
+
+class ClearsBlockHooks(Ref):
+    """Removes its hook by clearing every forward hook of the block (other code's hooks too)."""
+
+    def __exit__(self, exc_type, exc, tb):
+        get_blocks(self.model)[self.layer]._forward_hooks.clear()
+        self._handle = None
+        return False
+
+
+class SharedHandles(Ref):
+    """Keeps the hook handles in a class attribute: every steerer's __exit__ removes every steerer's hook."""
+
+    handles: list = []
+
+    def __enter__(self):
+        self.handles.append(get_blocks(self.model)[self.layer].register_forward_hook(self._hook))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        return False
+
+
 class RegistersInInit(Ref):
     """Registers the hook in __init__; __enter__ only returns self."""
 
@@ -492,6 +525,15 @@ def gws_raw_questions(model, tokenizer, questions, vector, coeff, layer, **kw):
     return _gws(model, tokenizer, questions, vector, coeff, layer, raw=True, **kw)
 
 
+def gws_hand_template(model, tokenizer, questions, vector, coeff, layer, positions="response", system_prompt=None,
+                      max_new_tokens=64, batch_size=32):
+    """Applies the chat template by hand: a template with no system role (Gemma 2) raises on the system message."""
+    prompts = [tokenizer.apply_chat_template(build_messages(system_prompt, q), tokenize=False, add_generation_prompt=True)
+               for q in questions]
+    with ActivationSteerer(model, vector, coeff, layer, positions):
+        return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+
+
 def gws_one_at_a_time(model, tokenizer, questions, vector, coeff, layer, **kw):
     return _gws(model, tokenizer, questions, vector, coeff, layer, one_at_a_time=True, **kw)
 
@@ -617,6 +659,29 @@ def experiment_offline_judge(model, tokenizer, questions, vector, eval_prompt_te
     return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, judge=judge or OfflineJudge(), **kw)
 
 
+def experiment_none_default(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients=None, **kw):
+    """Correct: `coefficients=None` (no tuple in the signature), the paper's sweep filled in inside."""
+    if coefficients is None:
+        coefficients = [-3, -1, 0, 1, 3, 5]
+    return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, **kw)
+
+
+def experiment_none_other_default(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients=None, **kw):
+    """`coefficients=None`, filled in with a sweep of its own instead of the paper's."""
+    if coefficients is None:
+        coefficients = [-3, 0, 3]
+    return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, **kw)
+
+
+def experiment_module_get_judge(model, tokenizer, questions, vector, eval_prompt_template, layer,
+                                coefficients=(-3, -1, 0, 1, 3, 5), judge=None, **kw):
+    """Correct: the course's judge through the module (`utils.judge.get_judge()`), not the notebook's global name."""
+    import utils.judge
+
+    judge = judge if judge is not None else utils.judge.get_judge()
+    return _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients, judge=judge, **kw)
+
+
 def experiment_score_many(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients=(-3, -1, 0, 1, 3, 5),
                           judge=None, coherence_template=None, max_new_tokens=64, positions="response"):
     """Correct: every prompt filled by hand and scored in one score_many call; coefficients stored as floats."""
@@ -677,7 +742,9 @@ def _block_output(model, ids, layer, attention_mask=None, hidden_states=False):
     device = model.get_input_embeddings().weight.device
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
     with torch.no_grad():
-        if hidden_states:
+        # hidden_states[layer + 1] is block `layer`'s output except at the last block, where it is the final norm's
+        # output: hidden_states=True reads it from hidden_states below the last block only, "always" everywhere
+        if hidden_states == "always" or (hidden_states and layer + 1 < len(get_blocks(model))):
             return model(input_ids=ids.to(device), output_hidden_states=True, **kwargs).hidden_states[layer + 1].float().cpu()
         seen = {}
         handle = get_blocks(model)[layer].register_forward_hook(lambda m, a, out: seen.update(h=hidden_of(out)))
@@ -870,10 +937,25 @@ def proj_per_chat_hooks(model, tokenizer, system_prompts, questions, responses, 
 
 
 def proj_hidden_states_numpy(model, tokenizer, system_prompts, questions, responses, vector, layer):
-    """Correct: hidden_states[layer + 1], the template applied by hand, numpy maths, Python floats."""
+    """Correct: hidden_states[layer + 1] (a hook at the last block, whose hidden_states entry is normed), the
+    template applied by hand, numpy maths, Python floats."""
     return [float(x) for x in _hand_rolled(model, tokenizer, system_prompts, questions, responses, vector, layer,
                                            span_of=_span_after_prompt, as_numpy=True, hidden_states=True,
                                            merge=None if _system_role(tokenizer) else "\n\n")]
+
+
+def proj_hidden_states_everywhere(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """hidden_states[layer + 1] at every layer: at the last block that is hidden_states[-1], the final norm's output."""
+    return _hand_rolled(model, tokenizer, system_prompts, questions, responses, vector, layer, span_of=_span_after_prompt,
+                        hidden_states="always", merge=None if _system_role(tokenizer) else "\n\n")
+
+
+def proj_no_inf_check(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Refuses a zero or NaN vector, but not one holding inf (every projection is then inf or NaN)."""
+    vector = _check_inputs(model, system_prompts, questions, responses, vector, directions=False)
+    if torch.isnan(vector).any() or not vector.any():
+        raise ValueError("vector has no direction")
+    return _projections(model, tokenizer, system_prompts, questions, responses, vector.nan_to_num(posinf=1.0), layer)
 
 
 def _system_role(tokenizer):
@@ -946,6 +1028,10 @@ def _pipeline(model, tokenizer, trait_name, trait_data, layer, coefficients=(-3,
             results = [one(item) for item in items]
         elif mistake == "judge_whole_step":
             results = runner.json(step, {"items": items, **judge_shared}, lambda: [one(item) for item in items])
+        elif mistake == "steer_judge_caches_errors" and step == "steer_judge":  # cache_if forgotten on the second call
+            results = runner.map_each(step, items, one, shared=judge_shared)
+        elif mistake == "steer_judge_key_judge_only" and step == "steer_judge":  # a second call keyed by the judge only
+            results = runner.map_each(step, items, one, shared={"judge": judge_identity(judge)}, cache_if=is_final)
         else:
             results = runner.map_each(step, items, one, shared=judge_shared, cache_if=cache_if)
         return [{**r, "trait_score": results[2 * i]["value"], "coherence_score": results[2 * i + 1]["value"]}
@@ -1146,6 +1232,17 @@ def cos_loops(vectors):
     return sim, names
 
 
+def cos_no_inf_check(vectors):
+    """Refuses zero and NaN vectors, but not one holding inf (its row of cosines is NaN)."""
+    _check_vectors(vectors, directions=False)
+    if any(torch.isnan(torch.as_tensor(v)).any() or not torch.as_tensor(v).any() for v in vectors.values()):
+        raise ValueError("a vector has no direction")
+    names = list(vectors)
+    X = torch.stack([torch.as_tensor(vectors[n]).float() for n in names])
+    X = X / X.norm(dim=1, keepdim=True)
+    return X @ X.T, names
+
+
 def cos_flattens_layers(vectors):
     flat = {k: torch.as_tensor(v).reshape(-1) for k, v in vectors.items()}
     size = min(v.shape[0] for v in flat.values())
@@ -1181,6 +1278,8 @@ CATALOGUE = {
         (HookLeftOnException, "after an exception"),
         (SwallowsException, "swallowed"),
         (NeverRemoves, "left"),
+        (ClearsBlockHooks, "did not register"),
+        (SharedHandles, "two steerers nested"),
         (RegistersInInit, "not in __init__"),
         (EnterReturnsNone, "__enter__ should return self"),
         (LayerPlusOne, "off by one"),
@@ -1216,6 +1315,7 @@ CATALOGUE = {
         (gws_max_new_tokens_ignored, "max_new_tokens is ignored"),
         (gws_batch_size_ignored, "batch_size is ignored"),
         (gws_raw_questions, "without the chat template"),
+        (gws_hand_template, "no system role"),
         (gws_one_at_a_time, "batches"),
         (gws_sampled, "greedy"),
         (gws_hook_left, "hook"),
@@ -1241,6 +1341,7 @@ CATALOGUE = {
         (_experiment_variant("key_only_when_scored"), "even when its score is None"),
         (_experiment_variant("judge_args_swapped"), "question as the answer"),
         (experiment_other_default, "default to [-3, -1, 0, 1, 3, 5]"),
+        (experiment_none_other_default, "default to [-3, -1, 0, 1, 3, 5]"),
         (experiment_offline_judge, "get_judge()"),
     ]),
     "test_compute_trait_projections": ("compute_trait_projections", [
@@ -1262,11 +1363,13 @@ CATALOGUE = {
         (proj_left_pad_no_mask, "without the attention mask"),
         (proj_left_pad_unshifted, "not shifted"),
         (proj_merge_newline, "merged into the question with '\\n'"),
+        (proj_hidden_states_everywhere, "final norm"),
     ]),
     "test_compute_trait_projections_input_checks": ("compute_trait_projections", [
         (proj_no_checks, "ValueError"),
         (proj_no_length_check, "lists of different lengths"),
         (proj_accepts_row_vector, "shape [1, 64]"),
+        (proj_no_inf_check, "a vector holding inf"),
     ]),
     "test_run_trait_pipeline": ("run_trait_pipeline", [
         (_pipeline_variant("judge_uncached"), "repeated"),
@@ -1302,6 +1405,8 @@ CATALOGUE = {
         (_pipeline_variant("batch_size_ignored"), "batch_size is ignored"),
         (_pipeline_variant("generate_one_runner_batch"), "pass batch_size to runner.map"),
         (_pipeline_variant("caches_errors"), "never retries"),
+        (_pipeline_variant("steer_judge_caches_errors"), "on a steered answer"),
+        (_pipeline_variant("steer_judge_key_judge_only"), "steered answers' scores came from the cache"),
         (_pipeline_variant("cache_if_value_only"), "refusal"),
         (_pipeline_variant("steers_without_coefficients"), "nothing to steer"),
         (_pipeline_variant("stats_empty"), "return dict(runner.stats)"),
@@ -1321,16 +1426,18 @@ CATALOGUE = {
         (cos_flattens_layers, "pick one layer"),
         (cos_no_size_check, "different sizes"),
         (cos_numpy_no_checks, "ValueError"),
+        (cos_no_inf_check, "a vector holding inf"),
     ]),
 }
 
 # test name -> implementations written another way (or correct maths without input checks): each must pass
 CORRECT_ALTERNATIVES = {
-    "test_activation_steerer": [ClosureSteerer, Float32MathSteerer, Steerer, ChecksInEnter,
+    "test_activation_steerer": [ClosureSteerer, Float32MathSteerer, Steerer, ChecksInEnter, PrependedHook,
                                 NoShapeCheck, NoPositionCheck],  # the last two: no input checks, full maths credit
     "test_activation_steerer_input_checks": [ClosureSteerer, Steerer, ChecksInEnter],
     "test_generate_with_steerer": [gws_chunked, gws_formatted_strings],
-    "test_run_steering_experiment": [_experiment_variant(None), _experiment_variant("by_question"), experiment_score_many],
+    "test_run_steering_experiment": [_experiment_variant(None), _experiment_variant("by_question"), experiment_score_many,
+                                     experiment_module_get_judge, experiment_none_default],
     "test_compute_trait_projections": [proj_per_chat_hooks, proj_hidden_states_numpy, proj_left_padded, proj_right_padded,
                                        proj_no_checks],  # the last: no input checks, full maths credit
     "test_compute_trait_projections_input_checks": [proj_per_chat_hooks],
