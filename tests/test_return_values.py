@@ -25,8 +25,9 @@ The liar holds the wrong value wherever its kind fits (every tensor, every numbe
 container ...), everything else stays correct; a kind that fits nothing a function returns is skipped.
 ConversationAnalyzer's methods are attacked like functions. ActivationCapper and ActivationSteerer
 hand back only themselves: their work is a forward hook whose output goes into the model, so their
-tests are skipped here, as are the input-check tests, which look at no returned value (a test is
-skipped when the plain wrong value passes it).
+tests are skipped in the matrix (test_hooks_that_return_lying_tensors_fail dresses their hooks'
+outputs instead), as are the input-check tests, which look at no returned value (a test is skipped
+when the plain wrong value passes it).
 
 Every test function is attacked by every kind that fits (the tiny models make most runs take a
 fraction of a second), except the slowest, Section 4's test_run_trait_pipeline (the whole pipeline,
@@ -537,3 +538,46 @@ def test_objects_that_cannot_be_made_plain_are_named(kind):
     if isinstance(correct, torch.Tensor):
         with pytest.raises(AssertionError):
             expect_tensor(dressed, "n", "f", n=3)
+
+
+# ---------------------------------------------------------------- hooks that hand the model a lying tensor
+
+_ALWAYS_TRUE = {torch.allclose, torch.equal, torch.Tensor.equal, torch.Tensor.allclose}
+
+
+class SpreadingLiar(torch.Tensor):
+    """Wrong data that stays a SpreadingLiar through every torch operation and says it equals anything."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _ALWAYS_TRUE:
+            return True
+        if func in (torch.isclose, torch.eq, torch.Tensor.__eq__, torch.Tensor.isclose, torch.Tensor.eq):
+            with torch._C.DisableTorchFunctionSubclass():
+                return torch.ones_like(args[0], dtype=torch.bool)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_hooks_that_return_lying_tensors_fail():
+    """ActivationSteerer and ActivationCapper whose hooks hand the model a halved hidden state as a
+    SpreadingLiar (the model's later outputs stay liars): the tests read numbers, and fail them."""
+    from utils.hooks import hidden_of, with_hidden
+
+    s2, s4 = load("section2"), load("section4")
+
+    def dress(out):
+        return with_hidden(out, (hidden_of(out) * 0.5).as_subclass(SpreadingLiar))
+
+    class ActivationSteerer(s4.ActivationSteerer):
+        def _hook(self, module, args, output):
+            return dress(super()._hook(module, args, output))
+
+    class ActivationCapper(s2.ActivationCapper):
+        def _make_hook(self, v_hat, tau):
+            inner = super()._make_hook(v_hat, tau)
+            return lambda module, args, output: dress(inner(module, args, output))
+
+    for short, test_name, student in (("section4", "test_activation_steerer", ActivationSteerer),
+                                      ("section2", "test_activation_capper", ActivationCapper)):
+        result = run(short, test_name, student)
+        assert result.startswith(("TestFailure", "AssertionError")), f"{short}.{test_name} with a lying hook: {result}"
