@@ -581,3 +581,23 @@ def test_hooks_that_return_lying_tensors_fail():
                                       ("section2", "test_activation_capper", ActivationCapper)):
         result = run(short, test_name, student)
         assert result.startswith(("TestFailure", "AssertionError")), f"{short}.{test_name} with a lying hook: {result}"
+
+
+# ---------------------------------------------------------------- what the student's code hands the tests' stand-ins
+
+def test_stand_ins_see_plain_arguments():
+    """score_trait_response handing the fake judge a wrong prompt as a str subclass that says it
+    equals the right one: the stand-ins put in by `using` get plain arguments, so the test sees it."""
+    g = load("section3").score_trait_response.__globals__
+
+    def dressed(correct):
+        obj = delegating(str)("a wrong prompt")
+        obj._lie_correct = correct
+        return obj
+
+    namespace = dict(g, _dressed=dressed)
+    exec("def score_trait_response(question, answer, eval_prompt_template):\n"
+         "    prompt = eval_prompt_template.format(question=question, answer=answer)\n"
+         "    return parse_judge_reply(ask_judge(_dressed(prompt)))\n", namespace)
+    result = run("section3", "test_score_trait_response", namespace["score_trait_response"])
+    assert result.startswith("TestFailure") and "a wrong prompt" in result, result
