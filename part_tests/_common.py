@@ -1,7 +1,8 @@
 """Shared machinery of the per-exercise tests: friendly failures, tiny fixtures, dependency isolation.
 
 Every test function takes the student's object first and raises AssertionError with a message
-that says what is wrong; on success it prints one line.
+that says what is wrong; on success it prints one line. Student functions are called through
+`call`, which hands the tests plain values (`plain`): no check runs code of a subclass the student wrote.
 """
 
 from __future__ import annotations
@@ -68,15 +69,176 @@ def require_implemented(obj: Any, name: str) -> None:
 
 
 def call(fn: Callable, *args, name: str | None = None, **kwargs):
-    """Call the student's function; a NotImplementedError becomes a friendly 'not implemented yet'."""
+    """Call the student's function; a NotImplementedError becomes a friendly 'not implemented yet'.
+
+    What the function returned goes through `plain` first, so every check after it compares plain
+    values (a tensor, a float, a list ...) and never runs methods of a subclass the student wrote.
+    """
     label = name or getattr(fn, "__name__", "your function")
     require_implemented(fn, label)
     try:
-        return fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
     except NotImplementedError as err:
         raise NotImplementedYet(
             f"{label}: not implemented yet -- replace the `raise NotImplementedError` in the cell above with your code."
         ) from err
+    if isinstance(fn, type) and type(out) is fn:  # an instance of the student's own class: the test drives it
+        return out
+    return plain(out, label)
+
+
+# Types whose instances are kept as they are (exact type only: a subclass is converted or refused).
+_KEEP = (type(None), type(Ellipsis), bool, bytes, complex, range, slice, torch.Size, torch.dtype, torch.device)
+# A plain subclass of one of these becomes the base type, its value read through the base type's methods.
+_SCALARS = ((int, int.__int__), (float, float.__float__), (str, str.__str__),
+            (complex, lambda x: complex(complex.real.__get__(x), complex.imag.__get__(x))),
+            (bytes, lambda x: bytes.__getitem__(x, slice(None))))
+# Attributes that make an object look like a number, an array, a tensor or a container (and answer
+# comparisons): an object of another type that has one is refused.
+_NUMERIC_HOOKS = ("__float__", "__int__", "__index__", "__complex__", "__array__", "__array_interface__",
+                  "__array_struct__", "__array_ufunc__", "__array_function__", "__torch_function__",
+                  "__torch_dispatch__", "__dlpack__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
+                  "__bool__", "__len__", "__iter__", "__getitem__", "__contains__", "keys", "items", "values")
+
+
+_ARGUMENT = "\0argument of "  # a label that starts so names what the student's code passed to a stand-in
+
+
+def _said(label: str) -> str:
+    return f"your code passed {label[len(_ARGUMENT):]}" if label.startswith(_ARGUMENT) else f"{label} returned"
+
+
+def _verb(label: str) -> str:
+    return "pass" if label.startswith(_ARGUMENT) else "return"
+
+
+def _refuse(x: Any, label: str, what: str) -> None:
+    t = type(x)
+    bases = ", ".join(f"{b.__module__}.{b.__qualname__}" if b.__module__ != "builtins" else b.__qualname__
+                      for b in t.__mro__[1:-1]) or "object"
+    raise AssertionError(f"{_said(label)} a {t.__module__}.{t.__qualname__} (a subclass of {bases}); {_verb(label)} a plain {what}")
+
+
+def _plain_tensor(x: torch.Tensor, label: str) -> torch.Tensor:
+    if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
+        # as_subclass, called on the base class with torch-function handling switched off, aliases
+        # the same data as a plain Tensor without running any override of the subclass.
+        with torch._C.DisableTorchFunction():
+            x = torch.Tensor.as_subclass(x, torch.Tensor)
+    keys = str(torch._C._dispatch_keys(x))
+    if "Python" in keys or "Functionalize" in keys:
+        _refuse(x, label, "torch.Tensor (a tensor whose operations run Python code cannot be checked)")
+    with torch._C.DisableTorchFunction():
+        device, layout = torch.Tensor.device.__get__(x), torch.Tensor.layout.__get__(x)
+    if device.type == "meta":
+        raise AssertionError(f"{_said(label)} a tensor on the meta device, which holds no values; {_verb(label)} a tensor "
+                             "with its values (on the CPU or the model's device)")
+    if layout != torch.strided:
+        raise AssertionError(f"{_said(label)} a {layout} tensor; {_verb(label)} a plain dense torch.Tensor (x.to_dense())")
+    return x
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_scalar_types() -> frozenset:
+    import numpy as np
+
+    return frozenset(t for t in np.sctypeDict.values() if isinstance(t, type))
+
+
+def plain(x: Any, label: str = "your function", strict: bool = True) -> Any:
+    """`x` with every subclass of a tensor, number, string or container replaced by its plain base type.
+
+    A torch.Tensor subclass becomes a torch.Tensor sharing its data, a float subclass a float, a
+    list/tuple/dict subclass a list/tuple/dict of plain values (recursively); values are read through
+    the base type's own methods, never through the subclass's overrides, so an object cannot answer
+    the checks differently from the value it holds. A plain container whose items are all plain is
+    returned itself (`is` still tells whether a function handed back, or shared, a list), and one
+    object met twice becomes one object. An exact numpy array or scalar is kept; an object that
+    pretends to be a number, an array, a tensor or a container fails with an AssertionError that
+    names it. Any other object (an instance of a class the exercise asks for) is returned as it is.
+
+    With `strict=False` (the arguments a student's code hands to the tests' stand-ins, which include
+    models and tokenizers) an object of another type is passed on as it is unless it fakes its class,
+    and the library's own containers (a transformers ModelOutput, torch's named tuples) are kept.
+    """
+    return _plain(x, label, 0, {}, strict)
+
+
+def _plain(x: Any, label: str, depth: int, memo: dict, strict: bool = True) -> Any:
+    if depth > 50:
+        raise AssertionError(f"{_said(label)} a structure nested more than 50 levels deep")
+    t = type(x)
+    if t in _KEEP or t is int or t is float or t is str:
+        return x
+    if id(x) in memo:
+        return memo[id(x)][1]
+    out = _plain_new(x, t, label, depth, memo, strict)
+    memo[id(x)] = (x, out)  # keeps x alive, so that its id is not reused while converting
+    return out
+
+
+def _plain_new(x: Any, t: type, label: str, depth: int, memo: dict, strict: bool) -> Any:
+    sub = lambda v: _plain(v, label, depth + 1, memo, strict)  # noqa: E731
+    if issubclass(t, torch.Tensor):
+        return _plain_tensor(x, label)
+    import numpy as np
+
+    if t is np.ndarray and np.ndarray.dtype.__get__(x).kind == "O":
+        raise AssertionError(f"{_said(label)} a numpy array of Python objects; {_verb(label)} a torch.Tensor, or numbers")
+    if t in _numpy_scalar_types() or t is np.ndarray:  # numpy's own scalars (numpy.float64 ...) and arrays
+        return x
+    for base, read in _SCALARS:
+        if issubclass(t, base):
+            return read(x)
+    if not strict and t.__module__.split(".")[0] in ("torch", "transformers"):
+        return x
+    if issubclass(t, dict):
+        items = [(k, v, sub(k), sub(v)) for k, v in dict.items(x)]
+        if t is dict and all(k is pk and v is pv for k, v, pk, pv in items):
+            return x
+        return {pk: pv for _, _, pk, pv in items}
+    if issubclass(t, (list, tuple)):
+        base = list if issubclass(t, list) else tuple
+        items = [base.__getitem__(x, i) for i in range(base.__len__(x))]
+        new = [sub(v) for v in items]
+        if t is base and all(a is b for a, b in zip(items, new)):
+            return x
+        return base(new)
+    if issubclass(t, (set, frozenset)):
+        base = frozenset if issubclass(t, frozenset) else set
+        items = list(base.__iter__(x))
+        new = [sub(v) for v in items]
+        if t is base and all(a is b for a, b in zip(items, new)):
+            return x
+        return base(new)
+    if issubclass(t, np.ndarray):
+        _refuse(x, label, "value (a torch.Tensor, a float, a list ...; np.asarray(x) for a numpy array)")
+    if issubclass(t, np.generic):
+        _refuse(x, label, "number")
+    try:
+        cls = object.__getattribute__(x, "__class__")
+    except Exception:
+        cls = None
+    if cls is not t:
+        raise AssertionError(f"{_said(label)} a {t.__qualname__} that claims to be {getattr(cls, '__qualname__', cls)}; "
+                             f"{_verb(label)} a plain value (a torch.Tensor, a float, a list ...)")
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(t) and t.__module__.startswith("utils."):  # a course type: plain fields
+        fields = {f.name: object.__getattribute__(x, f.name) for f in dataclasses.fields(t) if f.init}
+        new = {k: sub(v) for k, v in fields.items()}
+        return x if all(new[k] is v for k, v in fields.items()) else dataclasses.replace(x, **new)
+    if not strict or inspect.isclass(x) or inspect.ismodule(x) or inspect.isfunction(x) or inspect.ismethod(x):
+        return x
+    fakes = [h for h in _NUMERIC_HOOKS if inspect.getattr_static(t, h, None) not in (None, getattr(object, h, None))]
+    if "shape" not in fakes and not isinstance(x, torch.nn.Module) and inspect.getattr_static(x, "shape", None) is not None:
+        fakes.append("shape")
+    if fakes:
+        raise AssertionError(f"{_said(label)} a {t.__module__}.{t.__qualname__}, which acts like a number, an array, a "
+                             f"tensor or a container ({', '.join(fakes)}) without being one; {_verb(label)} a plain torch.Tensor, "
+                             "float, int, str, list, tuple or dict")
+    return x
 
 
 def expect_value_error(fn: Callable, *args, name: str, what: str) -> None:
@@ -112,6 +274,9 @@ def using(fn: Any, **objects):
     if namespace is None:
         yield
         return
+    # A stand-in gets plain arguments: a str subclass the student's code passes to a fake judge
+    # cannot answer the test's == for the prompt it holds.
+    objects = {k: _plain_arguments(v, k) for k, v in objects.items()}
     missing = object()
     saved = {k: namespace.get(k, missing) for k in objects}
     try:
@@ -123,6 +288,21 @@ def using(fn: Any, **objects):
                 namespace.pop(k, None)
             else:
                 namespace[k] = v
+
+
+def _plain_arguments(obj: Any, name: str) -> Any:
+    """`obj` (a function or a callable stand-in) called with its arguments made plain; classes and modules as they are."""
+    import inspect
+
+    if not callable(obj) or inspect.isclass(obj) or inspect.ismodule(obj):
+        return obj
+
+    @functools.wraps(obj)
+    def stand_in(*args, **kwargs):
+        label = _ARGUMENT + name
+        return obj(*plain(args, label, strict=False), **plain(kwargs, label, strict=False))
+
+    return stand_in
 
 
 @functools.lru_cache(maxsize=None)

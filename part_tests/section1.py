@@ -38,6 +38,7 @@ PCA_COORDS = Float[Tensor, "n_personas 2"]
 
 def test_judge_prompt_template(template) -> None:
     require_implemented(template, "JUDGE_PROMPT_TEMPLATE")
+    template = call(lambda: template, name="JUDGE_PROMPT_TEMPLATE")  # a str subclass becomes a plain str
     check(isinstance(template, str), f"JUDGE_PROMPT_TEMPLATE should be a string, got {type(template).__name__}")
     for field in ("{role}", "{question}", "{answer}"):
         check(field in template, f"JUDGE_PROMPT_TEMPLATE needs the placeholder {field}")
