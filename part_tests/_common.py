@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import torch
 
+from part_tests.graded import changed_since, fingerprint
+
 
 class TestFailure(AssertionError):
     """A failed check. In Jupyter it shows as its message alone, not as a traceback through the test."""
@@ -68,20 +70,31 @@ def require_implemented(obj: Any, name: str) -> None:
         raise NotImplementedYet(f"{name}: not implemented yet -- fill in the cell above, run it, then run this test again.")
 
 
-def call(fn: Callable, *args, name: str | None = None, **kwargs):
+def call(fn: Callable, *args, name: str | None = None, _fingerprint=fingerprint, _changed_since=changed_since,
+         **kwargs):
     """Call the student's function; a NotImplementedError becomes a friendly 'not implemented yet'.
 
-    What the function returned goes through `plain` first, so every check after it compares plain
-    values (a tensor, a float, a list ...) and never runs methods of a subclass the student wrote.
+    The functions the tests check with (the course's test and utility modules, the libraries, the
+    interpreter's hooks) must be the same objects when the function returns: a function that switched
+    a check off, even one that would switch it back on later, fails here. What the function returned
+    goes through `plain` next, so every check after it compares plain values (a tensor, a float, a
+    list ...) and never runs methods of a subclass the student wrote.
     """
     label = name or getattr(fn, "__name__", "your function")
     require_implemented(fn, label)
+    before = _fingerprint()
     try:
         out = fn(*args, **kwargs)
     except NotImplementedError as err:
         raise NotImplementedYet(
             f"{label}: not implemented yet -- replace the `raise NotImplementedError` in the cell above with your code."
         ) from err
+    finally:
+        changed = _changed_since(before)
+        if changed:
+            raise AssertionError(
+                f"{label} replaced {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''} while it ran: a "
+                "function under test must compute its answer, not change the tests' or the libraries' functions")
     if isinstance(fn, type) and type(out) is fn:  # an instance of the student's own class: the test drives it
         return out
     return plain(out, label)

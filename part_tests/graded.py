@@ -175,50 +175,59 @@ def restore_pristine() -> list[str]:
     return restored
 
 
-def fingerprint() -> dict:
-    """What the tests compute and judge with, by identity: the functions, classes and submodules of the
-    course's part_tests and utils modules and of the guarded libraries, the methods of torch.Tensor
-    and nn.Module, and the interpreter's import, trace and output hooks."""
-    import builtins
-
-    found: dict = {}
-    for name, module in list(sys.modules.items()):
-        if module is None or not (name.split(".")[0] in ("part_tests", "utils") or name in _RESTORED):
-            continue
-        for attr, value in list(vars(module).items()):
-            if callable(value) or isinstance(value, types.ModuleType):
-                found[(name, attr)] = value
+def _watched_namespaces() -> list[tuple[str, dict]]:
+    """(name, namespace dict) of the course's part_tests and utils modules, the guarded libraries,
+    and the torch.Tensor and nn.Module classes."""
+    found = [(name, vars(module)) for name, module in list(sys.modules.items())
+             if module is not None and (name.startswith(("part_tests", "utils")) or name in _RESTORED)
+             and name.split(".")[0] in ("part_tests", "utils", *_RESTORED)]
     torch = sys.modules.get("torch")
     if torch is not None:
-        for cls in (torch.Tensor, torch.nn.Module):
-            for attr, value in list(vars(cls).items()):
-                found[(cls.__qualname__, attr)] = value
-    found[("sys", "meta_path")] = tuple(sys.meta_path)
-    found[("sys", "trace")] = sys.gettrace()
-    found[("sys", "profile")] = sys.getprofile()
-    found[("sys", "stdout")] = sys.stdout
-    found[("builtins", "__import__")] = builtins.__import__
+        found += [("torch.Tensor", vars(torch.Tensor)), ("torch.nn.Module", vars(torch.nn.Module))]
     return found
 
 
+def _hooks() -> dict:
+    import builtins
+
+    return {"sys.meta_path": tuple(sys.meta_path), "sys.trace": sys.gettrace(), "sys.profile": sys.getprofile(),
+            "sys.stdout": sys.stdout, "builtins.__import__": builtins.__import__}
+
+
+def fingerprint() -> dict:
+    """What the tests compute and judge with, to compare by identity: the namespaces of the course's
+    part_tests and utils modules, of the guarded libraries, of torch.Tensor and nn.Module (copies,
+    taken as they are now), and the interpreter's import, trace and output hooks."""
+    return {"namespaces": [(name, ns, dict(ns)) for name, ns in _watched_namespaces()], "hooks": _hooks()}
+
+
 def changed_since(before: dict) -> list[str]:
-    """'module.name' of what differs from `before` (a `fingerprint()`): replaced, removed, or added by
-    notebook code."""
-    after = fingerprint()
+    """'module.name' of the functions, classes and submodules that differ from `before` (a
+    `fingerprint()`): replaced, removed, or added by notebook code (or added to part_tests)."""
     changed = []
-    for key, value in before.items():
-        label = ".".join(key)
-        if label in _VOLATILE and not _from_notebook(after.get(key)):
-            continue
-        if key not in after:
-            if key[0] in sys.modules:  # a whole module leaving sys.modules is not a patch
-                changed.append(label)
-        elif after[key] is not value and not (isinstance(value, tuple) and after[key] == value):
+    for name, live, saved in before["namespaces"]:
+        for attr, value in saved.items():
+            now = live.get(attr, _MISSING)
+            if now is value or not (callable(value) or isinstance(value, types.ModuleType)):
+                continue
+            label = f"{name}.{attr}"
+            if label in _VOLATILE and not _from_notebook(now):
+                continue
             changed.append(label)
-    modules = {k[0] for k in before}
-    changed += [".".join(k) for k, v in after.items() if k not in before and k[0] in modules
-                and not isinstance(v, types.ModuleType) and (_from_notebook(v) or k[0].startswith("part_tests"))]
+        if len(live) != len(saved) or live.keys() != saved.keys():
+            changed += [f"{name}.{attr}" for attr, value in list(live.items()) if attr not in saved
+                        and not isinstance(value, types.ModuleType)
+                        and (_from_notebook(value) or name.startswith("part_tests"))]
+    hooks = _hooks()
+    for label, value in before["hooks"].items():
+        now = hooks[label]
+        if now is not value and not (isinstance(value, tuple) and len(now) == len(value)
+                                     and all(a is b for a, b in zip(now, value))):
+            changed.append(label)
     return sorted(changed)
+
+
+_MISSING = object()
 
 
 class _Graded:

@@ -150,10 +150,12 @@ def test_a_function_that_disarms_the_test_while_it_runs_fails():
         fresh()
         plain = importlib.import_module("part_tests.section1")
         disarming = _notebook_function(_DISARMING, "compute_cosine_similarity_matrix")
-        plain.test_compute_cosine_similarity_matrix(disarming)  # the bare test is fooled: that is the attack
+        # the test notices as soon as the function returns (part_tests._common.call), graded or not
+        with pytest.raises(AssertionError, match=r"compute_cosine_similarity_matrix replaced part_tests\._common\.check"):
+            plain.test_compute_cosine_similarity_matrix(disarming)
         fresh()
         tests = importlib.import_module("part_tests.graded").graded("section1", digest=g.course_digest(), nonce="feedbeef")
-        with pytest.raises(AssertionError, match="while the test ran, something replaced what the tests check with"):
+        with pytest.raises(AssertionError, match="replaced part_tests._common.check"):
             tests.test_compute_cosine_similarity_matrix(_notebook_function(_DISARMING, "compute_cosine_similarity_matrix"))
     finally:
         fresh()
