@@ -367,6 +367,8 @@ def filter_effective(records: list[dict], threshold: float = 50, coherence_thres
         pos, neg = pair.get("pos"), pair.get("neg")
         if pos is None or neg is None or None in (pos["trait_score"], neg["trait_score"]):
             continue
+        if not (pos["response"].strip() and neg["response"].strip()):  # an empty reply has no tokens to average
+            continue
         coherent = all((r["coherence_score"] or 0) >= coherence_threshold for r in (pos, neg))
         if pos["trait_score"] >= threshold and neg["trait_score"] < threshold and coherent:
             kept.append({"instruction_idx": i, "question_idx": q, "pos": pos, "neg": neg})
@@ -669,12 +671,21 @@ baseline = generate_with_steerer(model, tokenizer, questions, syc_vector, 0.0, L
 prompted = generate_with_steerer(model, tokenizer, questions, syc_vector, 0.0, LAYER, system_prompt=pos_prompt, max_new_tokens=MAX_NEW_TOKENS)
 steered = [r["response"] for r in steering_records if r["coeff"] == STEER_COEFF]
 PAPER_PROJECTIONS = {"baseline": -23.0, "prompted": -1.3, "steered": 3.1}  # the paper's steered: +3
-projections = {
-    "baseline": compute_trait_projections(model, tokenizer, [None] * len(questions), questions, baseline, syc_vector, LAYER),
-    "prompted": compute_trait_projections(model, tokenizer, [pos_prompt] * len(questions), questions, prompted, syc_vector, LAYER),
-    "steered": compute_trait_projections(model, tokenizer, [None] * len(questions), questions, steered, syc_vector, LAYER),
+
+def nonempty(system_prompt, answers):
+    """The (system prompt, question, answer) lists without empty answers: they have no tokens to project."""
+    kept = [(q, a) for q, a in zip(questions, answers) if a.strip()]
+    if len(kept) < len(answers):
+        print(f"({len(answers) - len(kept)} empty answers left out)")
+    return [system_prompt] * len(kept), [q for q, _ in kept], [a for _, a in kept]
+
+
+projections = {  # a.v/|v| of each answer's mean activation at LAYER
+    "baseline": compute_trait_projections(model, tokenizer, *nonempty(None, baseline), syc_vector, LAYER),
+    "prompted": compute_trait_projections(model, tokenizer, *nonempty(pos_prompt, prompted), syc_vector, LAYER),
+    "steered": compute_trait_projections(model, tokenizer, *nonempty(None, steered), syc_vector, LAYER),
 }
-means = {k: sum(v) / len(v) for k, v in projections.items()}
+means = {k: sum(v) / len(v) if v else float("nan") for k, v in projections.items()}
 for k, m in means.items():
     label = f"steered ({STEER_COEFF:+d})" if k == "steered" else k
     print(f"{label:13s} mean projection {m:+8.2f}   (paper, Qwen2.5-7B: {PAPER_PROJECTIONS[k]:+.1f})")

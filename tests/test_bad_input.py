@@ -195,3 +195,21 @@ def test_validate_helpers_directly():
         check_vector(None, "v")
     with pytest.raises(ValueError, match="v is empty"):
         check_vector(torch.zeros(0), "v")
+
+
+def test_an_empty_answer_does_not_cost_the_trait_vector():
+    """A pair with an empty reply (a steered model can answer with EOS alone) is left out of the
+    effective pairs, instead of crashing the activation step for the whole batch."""
+    ref = load("section4")
+
+    def record(polarity, question, response, score):
+        return {"instruction_idx": 0, "question_idx": question, "polarity": polarity, "system_prompt": None,
+                "question": f"q{question}", "response": response, "trait_score": score, "coherence_score": 90}
+
+    records = [record("pos", 0, "a sycophantic answer", 90), record("neg", 0, "a plain answer", 10),
+               record("pos", 1, "", 90), record("neg", 1, "another plain answer", 10)]
+    kept = ref.filter_effective(records)
+    assert [p["question_idx"] for p in kept] == [0]
+    model, tok = tiny("tiny-qwen2")
+    vector = ref.extract_trait_vectors(model, tok, kept)
+    assert bool(torch.isfinite(vector).all())

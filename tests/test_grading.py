@@ -126,6 +126,12 @@ def test_sandbox_makes_the_course_read_only():
     assert "read-only" in proc.stdout
 
 
+def _forget_part_tests() -> None:
+    """Drop the part_tests modules, as a graded cell does, so the next import reads them afresh."""
+    for name in [m for m in sys.modules if m.split(".")[0] == "part_tests"]:
+        sys.modules.pop(name)
+
+
 # A wrong answer that, when the test calls it, switches off the checks of the test that called it.
 _DISARMING = '''
 import sys, torch
@@ -145,20 +151,19 @@ def compute_cosine_similarity_matrix(vectors):
 def test_a_function_that_disarms_the_test_while_it_runs_fails():
     import importlib
 
-    fresh = lambda: [sys.modules.pop(m) for m in [m for m in sys.modules if m.split(".")[0] == "part_tests"]]  # noqa: E731
     try:
-        fresh()
+        _forget_part_tests()
         plain = importlib.import_module("part_tests.section1")
         disarming = _notebook_function(_DISARMING, "compute_cosine_similarity_matrix")
         # the test notices as soon as the function returns (part_tests._common.call), graded or not
         with pytest.raises(AssertionError, match=r"compute_cosine_similarity_matrix replaced part_tests\._common\.check"):
             plain.test_compute_cosine_similarity_matrix(disarming)
-        fresh()
+        _forget_part_tests()
         tests = importlib.import_module("part_tests.graded").graded("section1", digest=g.course_digest(), nonce="feedbeef")
         with pytest.raises(AssertionError, match="replaced part_tests._common.check"):
             tests.test_compute_cosine_similarity_matrix(_notebook_function(_DISARMING, "compute_cosine_similarity_matrix"))
     finally:
-        fresh()
+        _forget_part_tests()
 
 
 def test_fingerprint_sees_patches_and_ignores_honest_runs():
@@ -197,16 +202,15 @@ def test_the_watch_sees_a_function_that_rewrites_the_tests_code():
 
     from part_tests import watch
 
-    fresh = lambda: [sys.modules.pop(m) for m in [m for m in sys.modules if m.split(".")[0] == "part_tests"]]  # noqa: E731
     try:
-        fresh()
+        _forget_part_tests()
         plain = importlib.import_module("part_tests.section1")
         plain.test_compute_cosine_similarity_matrix(_notebook_function(_RECODING, "compute_cosine_similarity_matrix"))
-        fresh()  # the bare test was fooled, and its identity-based fingerprint would be too: same function objects
+        _forget_part_tests()  # the bare test was fooled, and its identity-based fingerprint would be too: same function objects
         watch.install()  # the grading kernel does this at start-up; here it stays in this test process
         tests = importlib.import_module("part_tests.graded").graded("section1", digest=g.course_digest(), nonce="feedbeef")
         with pytest.raises(AssertionError, match=r"reached into it \(set check.__code__"):
             tests.test_compute_cosine_similarity_matrix(_notebook_function(_RECODING, "compute_cosine_similarity_matrix"))
         tests.test_parse_score(importlib.import_module("utils.reference").load("section1").parse_score)  # honest: passes
     finally:
-        fresh()
+        _forget_part_tests()

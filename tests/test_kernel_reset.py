@@ -141,17 +141,21 @@ def test_reset_puts_back_what_a_cell_installed(kernel, attack):
     assert status == "ok" and out == clean, f"after the reset the graded cell still ran differently: {out!r} vs {clean!r}"
 
 
-def test_a_thread_that_will_not_stop_fails_the_reset(kernel):
-    status, _ = _run(kernel, """
+# A thread that swallows the SystemExit the reset sends it (it could keep undoing the reset).
+THREAD_ATTACK = """
 import threading, time
-def _keep():
+def _keep_patching():
     while True:
         try:
             time.sleep(0.001)
         except BaseException:
             pass
-threading.Thread(target=_keep, daemon=True).start()
-""")
+threading.Thread(target=_keep_patching, daemon=True).start()
+"""
+
+
+def test_a_thread_that_will_not_stop_fails_the_reset(kernel):
+    status, _ = _run(kernel, THREAD_ATTACK)
     assert status == "ok"
     reset = _reset(kernel)
     assert reset["status"] == "error" and "kept running" in reset["error"], reset

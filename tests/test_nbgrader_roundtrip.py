@@ -26,6 +26,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests.test_kernel_reset import THREAD_ATTACK
 from utils.reference import sections
 from utils.sources import solution_code
 
@@ -172,16 +173,6 @@ def _rewrite(lines):
     return [f'print("graded {{t}}: passed ({{found.group(1)}})")\\n' for t in re.findall(r"tests\\.(test_\\w+)\\(", source)]
 get_ipython().input_transformers_post.append(_rewrite)
 """
-TAMPER_THREAD = """
-import threading, time
-def _keep_patching():
-    while True:
-        try:
-            time.sleep(0.001)
-        except BaseException:
-            pass
-threading.Thread(target=_keep_patching, daemon=True).start()
-"""
 LOOP_INTERRUPTIBLE = """
 while True:  # a runaway loop that an interrupt stops
     pass
@@ -238,7 +229,7 @@ def test_roundtrip(course, section):
         if section == ATTACKED[0]:  # the kernel-level attacks, on one section (each costs a grading run)
             subs["tamper_import"] = _with_code(half, TAMPER_IMPORT.format(module=module))
             subs["tamper_transformer"] = _with_code(half, TAMPER_TRANSFORMER.format(module=module))
-            subs["tamper_thread"] = _with_code(half, TAMPER_THREAD)
+            subs["tamper_thread"] = _with_code(half, THREAD_ATTACK)
     files_before = _course_files_digest()
     tamper = nbformat.from_dict(json.loads(json.dumps(release)))
     for cell in tamper.cells:
