@@ -190,7 +190,8 @@ def _watched_namespaces() -> list[tuple[str, dict]]:
 def _hooks() -> dict:
     import builtins
 
-    return {"sys.meta_path": tuple(sys.meta_path), "sys.trace": sys.gettrace(), "sys.profile": sys.getprofile(),
+    return {"sys.meta_path": tuple(sys.meta_path), "sys.path": tuple(sys.path), "sys.trace": sys.gettrace(),
+            "sys.profile": sys.getprofile(),
             "sys.stdout": sys.stdout, "builtins.__import__": builtins.__import__}
 
 

@@ -15,7 +15,7 @@ the grading kernel starts (`utils/sandbox.py`, before any notebook cell), answer
 - `sys.modules` entries that existed at start-up (a fake `torch` or `part_tests` is dropped);
 - the shell's transformer lists, event callbacks, custom exception handler, display and output
   objects, the kernel's message handlers; `sys` hooks (stdout/stderr, displayhook, excepthook,
-  meta_path, path_hooks, trace, profile, monitoring tools, gc callbacks) and the notebook's
+  meta_path, path_hooks, sys.path, trace, profile, monitoring tools, gc callbacks) and the notebook's
   `__builtins__`;
 - threads started from notebook code are stopped (a `SystemExit` is raised in them).
 
@@ -182,6 +182,7 @@ def install() -> bool:
     if _getattr(shell.display_trap, "is_active", False):  # as between cells
         sys_hooks["displayhook"] = shell.display_trap.old_hook
     meta_path, path_hooks = _list(sys.meta_path), _list(sys.path_hooks)
+    path_list, path = sys.path, _list(sys.path)  # the submission's folder is last (utils/sandbox.py)
     gc_callbacks = _list(gc.callbacks)
     user_builtins = shell.user_ns.get("__builtins__", builtins)
     threads = {_id(t) for t in _enumerate()}
@@ -297,6 +298,12 @@ def install() -> bool:
                 if attr == "path_hooks":
                     sys.path_importer_cache.clear()
                 put_back.append(f"sys.{attr}")
+        if sys.path is not path_list or _len(sys.path) != _len(path) or any(a is not b for a, b in zip(sys.path, path)):
+            # a folder put ahead of the course's would shadow its packages
+            path_list[:] = path
+            sys.path = path_list
+            sys.path_importer_cache.clear()
+            put_back.append("sys.path")
         if _len(gc.callbacks) != _len(gc_callbacks) or any(a is not b for a, b in zip(gc.callbacks, gc_callbacks)):
             gc.callbacks[:] = gc_callbacks
             put_back.append("gc.callbacks")

@@ -67,6 +67,15 @@ sys.stdout = _W(sys.stdout)
 get_ipython().showtraceback = lambda *a, **k: None
 get_ipython().events.register("pre_run_cell", lambda info: None)
 """, "sys.stdout"),
+    "a package written into the submission folder and put first on sys.path": (FAKE_GRADED + """
+import os, sys
+os.makedirs("shadow/part_tests", exist_ok=True)
+open("shadow/part_tests/__init__.py", "w").write("")
+open("shadow/part_tests/graded.py", "w").write("def graded(*a, **k):\\n    raise SystemExit\\n")
+sys.path.insert(0, os.path.abspath("shadow"))
+for name in [m for m in sys.modules if m.split(".")[0] == "part_tests"]:
+    del sys.modules[name]
+""", "sys.path"),
     "a fake torch in sys.modules": ("""
 import sys, types
 sys.modules["torch"] = types.ModuleType("torch")
@@ -78,12 +87,22 @@ print("probe", type(_m.graded).__name__, getattr(torch, "allclose", None) is not
 """
 
 
+SHADOW = "raise RuntimeError('a package from the submission folder was imported')\n"
+
+
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
     from jupyter_client.manager import start_new_kernel
 
     cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("submission"))
+    folder = tmp_path_factory.mktemp("submission")
+    # A submission may hand in files beside its notebook: a package named like the course's must not
+    # shadow it, while a student's own module still imports.
+    (folder / "part_tests").mkdir()
+    (folder / "part_tests" / "__init__.py").write_text(SHADOW)
+    (folder / "part_tests" / "graded.py").write_text(SHADOW)
+    (folder / "my_helpers.py").write_text("ANSWER = 42\n")
+    os.chdir(folder)
     try:
         km, kc = start_new_kernel(kernel_name="persona-course-grader", startup_timeout=120)
     finally:
@@ -120,6 +139,11 @@ def _reset(kc) -> dict:
         if reply["parent_header"].get("msg_id") == request["header"]["msg_id"]:
             assert reply["msg_type"] == REPLY and reply["content"]["token"] == "t0k3n"
             return reply["content"]
+
+
+def test_the_submission_folder_shadows_nothing(kernel):
+    status, out = _run(kernel, "import part_tests.graded, my_helpers\nprint(part_tests.graded.__file__, my_helpers.ANSWER)")
+    assert status == "ok" and "submission" not in out.split()[0] and out.split()[1] == "42", out
 
 
 def test_honest_cells_have_nothing_put_back(kernel):

@@ -36,13 +36,29 @@ FILE_SIZE_LIMIT = 1 << 30  # 1 GiB: no submission writes more than a few MB
 TMP_SIZE = 2 << 30  # the private /tmp
 
 
-# Before any notebook cell: record the libraries' namespaces, so that graded cells can put back what a
-# cell replaces (part_tests/graded.py), and install the handler that puts the whole kernel back as it
-# started before each graded cell (part_tests/kernel_reset.py; the grader sends the request), after
-# the audit hook that watches graded tests for notebook code reaching into them (part_tests/watch.py).
-STARTUP = ("--IPKernelApp.exec_lines=import part_tests.graded as _g; _g.record_pristine(); del _g; "
-           "import part_tests.watch as _w; _w.install(); del _w; "
-           "import part_tests.kernel_reset as _r; _r.install(); del _r")
+COURSE_ROOT = Path(__file__).resolve().parent.parent
+SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
+
+
+def startup_lines(root: Path = COURSE_ROOT) -> str:
+    """The kernel's exec_lines, run before any notebook cell.
+
+    First the course's folder goes to the front of sys.path and the submission's folder to the end:
+    a student's own module still imports, but a folder handed in beside the notebook and named like
+    the course's packages (part_tests/, utils/) or a library shadows nothing. (The kernel runs with
+    -P, so the submission's folder is not on the path while the kernel starts.) Then the libraries'
+    namespaces are recorded, so that graded cells can put back what a cell replaces
+    (part_tests/graded.py); the audit hook that watches graded tests for notebook code reaching into
+    them is added (part_tests/watch.py); and the handler that puts the whole kernel back as it
+    started before each graded cell is installed (part_tests/kernel_reset.py; the grader sends the
+    request).
+    """
+    return ("--IPKernelApp.exec_lines=import os as _os, sys as _sys; "
+            f"_sys.path[:] = [{str(root)!r}] + [p for p in _sys.path if p not in ('', '.', _os.getcwd(), {str(root)!r})] "
+            "+ [_os.getcwd()]; del _os, _sys; "
+            "import part_tests.graded as _g; _g.record_pristine(); del _g; "
+            "import part_tests.watch as _w; _w.install(); del _w; "
+            "import part_tests.kernel_reset as _r; _r.install(); del _r")
 
 
 def course_root(start: Path) -> Path | None:
@@ -128,7 +144,10 @@ def launch(connection_file: str) -> None:
     """Replace this process by the sandboxed kernel (the kernelspec's argv calls this)."""
     cwd = Path.cwd().resolve()
     conn = Path(connection_file).resolve()
-    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", str(conn), STARTUP]
+    # -P (Python 3.11+): the working directory, the submission's folder, is not put on sys.path
+    # while the kernel starts; IPython then does not add it either (startup_lines puts it last).
+    kernel = [sys.executable, *SAFE_PATH, "-m", "ipykernel_launcher", "-f", str(conn), "--IPKernelApp.ignore_cwd=True",
+              startup_lines()]
     _limit_resources()
     try:
         cmd = bwrap_command(kernel, cwd, conn)
@@ -152,7 +171,9 @@ def launch(connection_file: str) -> None:
 
 def kernel_spec() -> dict:
     return {
-        "argv": [sys.executable, "-m", "utils.sandbox", "-f", "{connection_file}"],
+        # The script by its path (not `-m utils.sandbox`): the launcher runs in the submission's
+        # folder, outside the sandbox, and must not import anything handed in there.
+        "argv": [sys.executable, *SAFE_PATH, str(COURSE_ROOT / "utils" / "sandbox.py"), "-f", "{connection_file}"],
         "display_name": "Python 3 (course grader, sandboxed)",
         "language": "python",
         # An interrupt travels as a message: a signal to the launcher would stop at bubblewrap.
