@@ -12,10 +12,12 @@ the grading kernel starts (`utils/sandbox.py`, before any notebook cell), answer
 - the callables and classes of the interpreter's, IPython's, the kernel's and the tested libraries'
   modules (builtins, importlib, torch, numpy, ...), and the methods of their classes; callables a
   notebook added over inherited ones are removed;
-- `sys.modules` entries that existed at start-up (a fake `torch` or `part_tests` is dropped);
+- `sys.modules` entries that existed at start-up (a fake `torch` or `part_tests` is dropped, and so is
+  a later library module made up in the notebook, even with a borrowed `__spec__`);
 - the shell's transformer lists, event callbacks, custom exception handler, display and output
   objects, the kernel's message handlers; `sys` hooks (stdout/stderr, displayhook, excepthook,
-  meta_path, path_hooks, sys.path, trace, profile, monitoring tools, gc callbacks) and the notebook's
+  meta_path, path_hooks, sys.path, trace, profile, monitoring tools, gc callbacks; the import system's
+  cache of path finders is emptied) and the notebook's
   `__builtins__`;
 - threads started from notebook code are stopped (a `SystemExit` is raised in them).
 
@@ -86,8 +88,11 @@ def install() -> bool:
     _t_settrace, _t_setprofile, _enumerate, _current = threading.settrace, threading.setprofile, threading.enumerate, threading.current_thread
     _monitoring = getattr(sys, "monitoring", None)
 
+    stdlib = _getattr(sys, "stdlib_module_names", frozenset())
+
     def watched(name: str) -> bool:
-        return any(name == p or name.startswith(p + ".") for p in _WATCHED)
+        # the standard library too (pathlib, os, typing, ...): a graded cell runs through it before its tests do
+        return any(name == p or name.startswith(p + ".") for p in _WATCHED) or name.split(".")[0] in stdlib
 
     def from_notebook(obj) -> bool:
         code = _getattr(obj, "__code__", None) or _getattr(_getattr(obj, "__func__", None), "__code__", None)
@@ -124,6 +129,22 @@ def install() -> bool:
             if wrapped is not None and wrapped is not obj and from_notebook(wrapped):
                 return True
         return origin(obj) == "__main__" or _getattr(_type(obj), "__module__", None) == "__main__"
+
+    def made_up(module) -> bool:
+        """A module object made or dressed up in the notebook (with a borrowed __spec__, say)."""
+        if suspicious(_type(module)):
+            return True
+        try:
+            values = _list(_vars(module).values())
+        except TypeError:
+            return False
+        for value in values:
+            try:
+                if _isinstance(value, (_FunctionType, _type)) and suspicious(value):
+                    return True
+            except Exception:  # a library's placeholder that raises on any attribute (transformers' dummies)
+                continue
+        return False
 
     def strict(module_name: str) -> bool:
         return any(module_name == p or module_name.startswith(p + ".") for p in _STRICT)
@@ -183,6 +204,9 @@ def install() -> bool:
         sys_hooks["displayhook"] = shell.display_trap.old_hook
     meta_path, path_hooks = _list(sys.meta_path), _list(sys.path_hooks)
     path_list, path = sys.path, _list(sys.path)  # the submission's folder is last (utils/sandbox.py)
+    meta_list, hooks_list, importer_cache = sys.meta_path, sys.path_hooks, sys.path_importer_cache
+    cached_finders = _dict(importer_cache)
+    from importlib.machinery import FileFinder as _FileFinder
     gc_callbacks = _list(gc.callbacks)
     user_builtins = shell.user_ns.get("__builtins__", builtins)
     threads = {_id(t) for t in _enumerate()}
@@ -231,8 +255,9 @@ def install() -> bool:
             if sys.modules.get(name) is not module:
                 sys.modules[name] = module
                 put_back.append(f"sys.modules[{name!r}]")
-        for name in [n for n, m in _list(sys.modules.items()) if n not in modules and _getattr(m, "__spec__", None) is None
-                     and any(n == p or n.startswith(p + ".") for p in _NO_FAKES)]:
+        for name in [n for n, m in _list(sys.modules.items()) if n not in modules
+                     and any(n == p or n.startswith(p + ".") for p in _NO_FAKES)
+                     and (_getattr(m, "__spec__", None) is None or made_up(m))]:
             sys.modules.pop(name, None)
             put_back.append(f"sys.modules[{name!r}]")
         for module, saved, strict_here in namespaces.values():
@@ -290,6 +315,16 @@ def install() -> bool:
             if now is not value and must_restore(f"sys.{attr}", now, True):
                 _setattr(sys, attr, value)
                 put_back.append(f"sys.{attr}")
+        for attr, original in (("meta_path", meta_list), ("path_hooks", hooks_list), ("path_importer_cache", importer_cache)):
+            if _getattr(sys, attr) is not original:  # replaced by an object of the notebook's making
+                _setattr(sys, attr, original)
+                put_back.append(f"sys.{attr}")
+        # A finder cached for a folder on sys.path (or for a package's folder) would hand the graded cell
+        # fake modules: the cache is emptied (the import system makes its finders again on demand).
+        if any(not (f is None or cached_finders.get(k) is f or (_type(f) is _FileFinder and f.path == k))
+               for k, f in _list(importer_cache.items())):
+            put_back.append("sys.path_importer_cache")
+        importer_cache.clear()
         for attr, contents in (("meta_path", meta_path), ("path_hooks", path_hooks)):  # a library's finder stays
             lst = _getattr(sys, attr)
             contents = [c for c in contents] + [c for c in lst if not any(c is d for d in contents) and not suspicious(c)]

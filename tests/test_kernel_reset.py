@@ -76,6 +76,28 @@ sys.path.insert(0, os.path.abspath("shadow"))
 for name in [m for m in sys.modules if m.split(".")[0] == "part_tests"]:
     del sys.modules[name]
 """, "sys.path"),
+    "a finder cached for the course's folder hands out a fake package": ("""
+import os, sys
+from importlib.machinery import FileFinder, SourceFileLoader
+os.makedirs("/tmp/cached/part_tests", exist_ok=True)
+open("/tmp/cached/part_tests/__init__.py", "w").write("")
+open("/tmp/cached/part_tests/graded.py", "w").write("graded = 'fake'\\n")
+sys.path_importer_cache[sys.path[0]] = FileFinder("/tmp/cached", (SourceFileLoader, [".py"]))
+for name in [m for m in sys.modules if m.split(".")[0] == "part_tests"]:
+    del sys.modules[name]
+""", "sys.path_importer_cache"),
+    "a library module made up with a borrowed spec (its code would run inside the graded cell)": ("""
+import sys, types, jaxtyping
+_fake = types.ModuleType("jaxtyping")
+_fake.__spec__ = jaxtyping.__spec__
+_fake.__getattr__ = lambda name: getattr(jaxtyping, name)
+sys.modules["jaxtyping"] = _fake
+""", "sys.modules['jaxtyping']"),
+    "a standard library method the graded cell calls is patched": ("""
+import pathlib
+_read = pathlib.Path.read_bytes
+pathlib.Path.read_bytes = lambda self: _read(self)
+""", "Path.read_bytes"),
     "a fake torch in sys.modules": ("""
 import sys, types
 sys.modules["torch"] = types.ModuleType("torch")
