@@ -19,7 +19,8 @@ the grading kernel starts (`utils/sandbox.py`, before any notebook cell), answer
   meta_path, path_hooks, sys.path, trace, profile, monitoring tools, gc callbacks; the import system's
   cache of path finders is emptied) and the notebook's
   `__builtins__`;
-- threads started from notebook code are stopped (a `SystemExit` is raised in them).
+- threads started from notebook code, or running code compiled from a string, are stopped (a
+  `SystemExit` is raised in them).
 
 It replies with the request's token and the names it put back. The state lives in the handler's
 closure, not in a module, so code that edits this module's globals changes nothing. Code written
@@ -87,6 +88,17 @@ def install() -> bool:
     _settrace, _setprofile = sys.settrace, sys.setprofile
     _t_settrace, _t_setprofile, _enumerate, _current = threading.settrace, threading.setprofile, threading.enumerate, threading.current_thread
     _monitoring = getattr(sys, "monitoring", None)
+    _current_frames = sys._current_frames
+
+    def runs_made_up_code(frame) -> bool:
+        """Whether a thread's stack runs code compiled from a string (a thread started on exec, say)."""
+        depth = 0
+        while frame is not None and depth < 200:
+            name = frame.f_code.co_filename
+            if (name.startswith("<") and not name.startswith("<frozen")) or "/ipykernel_" in name:
+                return True
+            frame, depth = frame.f_back, depth + 1
+        return False
 
     stdlib = _getattr(sys, "stdlib_module_names", frozenset())
 
@@ -346,8 +358,10 @@ def install() -> bool:
             shell.user_ns["__builtins__"] = user_builtins
             put_back.append("__builtins__")
         me = _current()
+        frames = _current_frames()
         started = [t for t in _enumerate() if _id(t) not in threads and t is not me and
-                   (from_notebook(_getattr(t, "_target", None)) or from_notebook(_getattr(_type(t), "run", None)))]
+                   (from_notebook(_getattr(t, "_target", None)) or from_notebook(_getattr(_type(t), "run", None))
+                    or runs_made_up_code(frames.get(t.ident)))]
         for thread in started:
             _thread_exc(_c_ulong(thread.ident), _py_object(SystemExit))
             put_back.append(f"thread {thread.name!r} stopped")

@@ -187,6 +187,32 @@ def test_reset_puts_back_what_a_cell_installed(kernel, attack):
     assert status == "ok" and out == clean, f"after the reset the graded cell still ran differently: {out!r} vs {clean!r}"
 
 
+# A thread whose target is not notebook code (exec of a string) and keeps patching the fresh runner.
+EXEC_THREAD_ATTACK = '''
+import threading
+_src = """
+import sys, time
+while True:
+    g = sys.modules.get("part_tests.graded")
+    if g is not None:
+        g.graded = "patched by a thread"
+    time.sleep(0.001)
+"""
+threading.Thread(target=exec, args=(_src, {}), name="exec-thread", daemon=True).start()
+'''
+
+
+def test_a_thread_running_code_from_a_string_is_stopped(kernel):
+    _, clean = _run(kernel, PROBE)
+    status, out = _run(kernel, EXEC_THREAD_ATTACK)
+    assert status == "ok", out
+    reset = _reset(kernel)
+    assert reset["status"] == "ok" and "thread 'exec-thread' stopped" in reset["restored"], reset
+    fresh = "import sys, time; time.sleep(0.05)\n[sys.modules.pop(m) for m in [m for m in sys.modules if m.split('.')[0] == 'part_tests']]\n"
+    status, out = _run(kernel, fresh + PROBE)  # as a graded cell, which imports the runner afresh
+    assert status == "ok" and out == clean, f"after the reset the thread still patched the runner: {out!r} vs {clean!r}"
+
+
 # A thread that swallows the SystemExit the reset sends it (it could keep undoing the reset).
 THREAD_ATTACK = """
 import threading, time
@@ -222,3 +248,4 @@ _t = _g.graded("section1", digest=_g.course_digest(), nonce="0" * 32)
 _t.test_compute_cosine_similarity_matrix(compute_cosine_similarity_matrix)
 """)
     assert status == "error" and "reached into it (sys._getframe" in out, out
+
