@@ -89,10 +89,19 @@ def test_unrestorable_patch_refuses_to_grade():
     ("process control", "os._exit(0)"),
     ("library patching", "torch.allclose = lambda *a, **k: True"),
     ("writing files", "open(path, 'a').write('x')"),
+    ("code made at run time", "exec(compile(src, '/usr/lib/python3.11/threading.py', 'exec'), ns)"),
+    ("IPython internals", "get_ipython().input_transformers_post.append(rewrite)"),
+    ("code objects", "check.__code__ = noop.__code__"),
 ])
 def test_tamper_report_flags(what, line):
     assert what in SUSPICIOUS
     assert suspicious_lines(line)[0][0] in (what, "sys.modules", "builtins"), suspicious_lines(line)
+
+
+@pytest.mark.parametrize("line", ["pattern = re.compile(r'SCORE:\\s*(\\d+)')", "model.eval()",
+                                  "from IPython.display import display, Markdown"])
+def test_tamper_report_leaves_common_honest_lines_alone(line):
+    assert suspicious_lines(line) == []
 
 
 @pytest.mark.parametrize("section", sections())

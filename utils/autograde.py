@@ -44,13 +44,14 @@ TEST_CALL = re.compile(r"^\s*tests\.(test_\w+)\(", re.M)
 SUSPICIOUS = {
     "sys.modules": r"\bsys\s*\.\s*modules\b",
     "builtins": r"\b__builtins__\b|\bbuiltins\b",
-    "IPython internals": r"\bget_ipython\b|\bIPython\b|\binput_transformers|\bast_transformers\b|\bset_custom_exc\b|"
+    "IPython internals": r"\bget_ipython\b|\bIPython\b(?!\.display\b)|\binput_transformers|\bast_transformers\b|\bset_custom_exc\b|"
                          r"\bshowtraceback\b|\bshell_handlers\b|\bevents\s*\.\s*register\b",
     "the course's tests": r"\bpart_tests\b|\bgraded\s*\(|GRADING_NONCE|\bgraded \w+: passed",
     "import machinery": r"\bimportlib\b|\bmeta_path\b|\b__import__\b|\bpath_hooks\b",
     "frames": r"\b_getframe\b|\bf_globals\b|\bf_back\b|\bf_locals\b|\binspect\.(stack|currentframe)",
     "code objects": r"\b__code__\b|\b__closure__\b|\bcell_contents\b|\b__kwdefaults__\b|\b__defaults__\b|"
                     r"\bgc\s*\.\s*get_(referr|objects)|\btb_frame\b|\bgi_frame\b",
+    "code made at run time": r"(?<![.\w])(compile|exec|eval)\s*\(|\btypes\s*\.\s*(FunctionType|CodeType)\b",
     "process control": r"\bos\s*\.\s*_exit\b|\bos\s*\.\s*kill\b|\bsignal\s*\.\s*signal\b|\bsubprocess\b|\bos\s*\.\s*system\b|\bSystemExit\b|\bsys\s*\.\s*exit\b",
     "low-level access": r"\bctypes\b|\bsys\s*\.\s*settrace\b|\bsys\s*\.\s*setprofile\b|\batexit\b",
     "library patching": r"^\s*(torch|np|numpy|math|F|re|json)(\.\w+)+\s*=[^=]",
