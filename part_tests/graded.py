@@ -36,6 +36,7 @@ from pathlib import Path
 
 from part_tests.watch import ACK as WATCH_ACK
 from part_tests.watch import EVENT as WATCH_EVENT
+from part_tests.watch import notebook_file
 
 _audit = sys.audit  # bound when the graded cell imports this module, just after the kernel was reset
 
@@ -85,8 +86,7 @@ def _from_notebook(obj) -> bool:
         code = getattr(call, "__code__", None)
         if code is None:
             return False
-    name = code.co_filename
-    return name.startswith("<ipython-input") or "/ipykernel_" in name or name.startswith("<cell")
+    return notebook_file(code.co_filename)
 
 
 def patched_library_functions() -> list[str]:

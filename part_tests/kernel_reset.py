@@ -88,6 +88,7 @@ def install() -> bool:
     _settrace, _setprofile = sys.settrace, sys.setprofile
     _t_settrace, _t_setprofile, _enumerate, _current = threading.settrace, threading.setprofile, threading.enumerate, threading.current_thread
     _monitoring = getattr(sys, "monitoring", None)
+    from part_tests.watch import notebook_file as _notebook_file
     _current_frames = sys._current_frames
 
     def runs_made_up_code(frame) -> bool:
@@ -112,8 +113,7 @@ def install() -> bool:
             code = _getattr(_getattr(_type(obj), "__call__", None), "__code__", None)
         if code is None:
             return False
-        name = code.co_filename
-        return name.startswith("<ipython-input") or "/ipykernel_" in name or name.startswith("<cell")
+        return _notebook_file(code.co_filename)
 
     def origin(obj, depth: int = 0):
         """The module a callable, descriptor, class or instance comes from (through wrappers)."""

@@ -24,6 +24,12 @@ _FRAME_ATTRS = ("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back", "f_glo
 _HELPERS = ("inspect.py", "traceback.py")  # the stdlib helpers that hand out frames on request
 
 
+def notebook_file(filename: str) -> bool:
+    """Whether code compiled under `filename` was written in a notebook cell (IPython and ipykernel
+    compile cells to names like these)."""
+    return filename.startswith("<ipython-input") or "/ipykernel_" in filename or filename.startswith("<cell")
+
+
 def install() -> bool:
     """Add the audit hook (once per process); True if it was added now."""
     import sys
@@ -31,13 +37,13 @@ def install() -> bool:
     if getattr(sys, "_persona_course_watch", False):
         return False
     _getframe, _isinstance, _getattr, _type, _str, _len = sys._getframe, isinstance, getattr, type, str, len
+    _notebook_file = notebook_file
     state = {"active": False, "busy": False, "noted": []}
 
     def notebook(frame) -> bool:
         if frame is None:
             return False
-        name = frame.f_code.co_filename
-        return name.startswith("<ipython-input") or "/ipykernel_" in name or name.startswith("<cell")
+        return _notebook_file(frame.f_code.co_filename)
 
     def asked_by_notebook() -> bool:
         # frame 0 is this function, 1 the hook, 2 whoever raised the event (or a stdlib helper)
