@@ -45,6 +45,23 @@ def friendly(test: Callable) -> Callable:
     return wrapper
 
 
+def exercise(number: str, target: str) -> Callable[[Callable], Callable]:
+    """Mark a test as the test of Exercise `number` ("2.7"), run on the student's object `target`
+    (the name of the function or class the exercise asks for, e.g. "ActivationCapper").
+
+    `tests/test_exercises.py` reads these marks to hand each test the reference solution and the stub::
+
+        @exercise("2.7", "ActivationCapper")
+        def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None: ...
+    """
+
+    def mark(test: Callable) -> Callable:
+        test.exercise, test.target = number, target
+        return test
+
+    return mark
+
+
 def friendly_tests(namespace: dict) -> None:
     """Wrap every `test_*` function of a section's test module (call at the end of the module)."""
     for name, obj in list(namespace.items()):

@@ -365,9 +365,10 @@ def attack(kind):
 
 
 def _cases():
+    from tests.catalogue import targets
+
     for full, short in SECTION_MODULES.items():
-        cat = importlib.import_module(f"tests.catalogue.{short}").CATALOGUE
-        for test_name, (ref_name, _) in cat.items():
+        for test_name, ref_name in targets(short).items():
             yield full, short, test_name, ref_name
 
 
