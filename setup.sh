@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One command on a fresh machine: install everything, then build the course on the tiny offline
-# models (generated notebooks + rendered book in _build/html).
+# One command on a fresh machine: install everything, then build the course in the offline toy
+# world (generated notebooks + rendered book in _build/html).
 #   bash setup.sh              # venv in .venv (override with VENV=/path)
 set -euo pipefail
 cd "$(dirname "$0")"
