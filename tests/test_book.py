@@ -123,6 +123,15 @@ PROBE = """<script>
       }
       out.figures.push(fig);
     });
+    out.errors = (window.__courseErrors || []).slice(0, 8);
+    out.overflow = [];  // math and tables that scroll sideways inside their own box, or reach past the edge
+    document.querySelectorAll('mjx-container, div.math, article table').forEach(function (el) {
+      var b = el.getBoundingClientRect();
+      if (b.width === 0 || out.overflow.length >= 8) return;
+      if (el.scrollWidth > el.clientWidth + 1 && el.clientWidth > 0 || b.right > vw + 1)
+        out.overflow.push(el.tagName.toLowerCase() + (el.getAttribute('display') === 'true' ? '[display]' : '') + ' ' +
+                          el.scrollWidth + ' px in ' + el.clientWidth + ' px: ' + (el.textContent || '').trim().slice(0, 50));
+    });
     out.wide = [];  // the outermost elements that reach past the viewport's right edge
     document.querySelectorAll('body *').forEach(function (el) {
       var b = el.getBoundingClientRect(), p = el.parentElement && el.parentElement.getBoundingClientRect();
@@ -138,6 +147,14 @@ PROBE = """<script>
   }
   window.addEventListener('load', function () { setTimeout(report, 4000); });
 })();
+</script>"""
+
+
+# Injected first in <head>: records script errors and console.error calls, for the probe to report.
+ERRORS = """<script>window.__courseErrors = [];
+window.addEventListener('error', function (e) { window.__courseErrors.push(String(e.message || e)); }, true);
+(function () { var o = console.error; console.error = function () {
+  window.__courseErrors.push(Array.prototype.map.call(arguments, String).join(' ')); return o.apply(console, arguments); }; })();
 </script>"""
 
 
@@ -179,7 +196,7 @@ class _BookServer:
                     if frame:
                         body = FRAME.format(width=frame[1], height=frame[2], page=frame[3]).encode()
                     else:
-                        body = file.read_text().replace("</body>", PROBE + "</body>").encode()
+                        body = file.read_text().replace("<head>", "<head>" + ERRORS, 1).replace("</body>", PROBE + "</body>").encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "text/html; charset=utf-8")
                     self.send_header("Content-Length", str(len(body)))
@@ -287,6 +304,9 @@ def test_page_offline_and_fits_a_phone(book_server, page, tmp_path):
     assert report["viewport"] == PHONE[0], f"the phone viewport is {report['viewport']} px, not {PHONE[0]}"
     problems = _cut_figures(report)
     assert not problems, f"{page} at {PHONE[0]} px:\n" + "\n".join(problems)
+    assert not report["errors"], f"{page} logs errors in the browser's console:\n" + "\n".join(report["errors"])
+    assert not report["overflow"], (f"{page} at {PHONE[0]} px has math or tables wider than their column "
+                                    "(they scroll sideways):\n" + "\n".join(report["overflow"]))
     assert report["scrollWidth"] <= PHONE[0] + 1, \
         f"{page} scrolls sideways on a phone: {report['scrollWidth']} px wide, because of:\n" + "\n".join(report["wide"])
     if page.removeprefix("book/").removesuffix(".html") in sections():

@@ -5,7 +5,9 @@
   themselves are small divs written by `utils.plots` (`PERSONA_COURSE_BOOK=1`).
 - MathJax: `_static/mathjax/` (MathJax 3 with its fonts, from the `sphinx-mathjax-offline` package
   of requirements.txt) instead of a CDN.
-- `_static/course.css`: outputs wrap instead of scrolling sideways; figure titles set as text.
+- `_static/course.css`: outputs, tables and inline math wrap instead of scrolling sideways; figure
+  titles set as text.
+- Identical scripts are included once (sphinx-thebe's configuration script came twice).
 
 Enabled in `_config.yml` (`sphinx.local_extensions`).
 """
@@ -34,9 +36,14 @@ div.cell_output pre, div.output pre, div.cell_output .output pre {
 p.course-figure-title { font-weight: 600; margin: 0.6em 0 0.1em; line-height: 1.3; }
 /* nothing pushes the page sideways: long inline code breaks, wide math and tables scroll in place */
 code.literal, code.literal span.pre { white-space: pre-wrap; overflow-wrap: anywhere; }
-mjx-container, div.math { max-width: 100%; overflow-x: auto; overflow-y: hidden; }
-mjx-container:not([display="true"]) { display: inline-block; vertical-align: middle; }
-article table { display: block; max-width: 100%; overflow-x: auto; }
+/* display math scrolls in its own box if it must; inline math flows with the text (a scroll box on
+   every inline formula showed a scrollbar for a pixel of rounding) */
+mjx-container[display="true"], div.math { max-width: 100%; overflow-x: auto; overflow-y: hidden; }
+mjx-container:not([display="true"]) { display: inline; overflow: visible; white-space: normal; }
+/* tables wrap their cells' text to the column instead of scrolling sideways */
+article table { display: table; width: 100%; max-width: 100%; table-layout: auto; }
+article table th, article table td { white-space: normal; overflow-wrap: anywhere; word-break: normal; }
+article table code.literal, article table code.literal span.pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 """
 
 
@@ -78,11 +85,24 @@ def _config_inited(app, config) -> None:
     staged = stage_assets(Path(app.outdir).parent / "course_static")
     config.html_static_path = [*config.html_static_path, str(staged)]
     config.mathjax_path = f"{MATHJAX_DIR}/{MATHJAX_ENTRY}"  # relative to _static: no CDN
+    # a first visit has no stored light/dark mode: without a default the theme logs a console error
+    config.html_theme_options = {**(config.html_theme_options or {}), "default_mode": "light"}
 
 
 def _page_context(app, pagename, templatename, context, doctree) -> None:
     if "plotly-graph-div" in (context.get("body") or ""):
         app.add_js_file(PLOTLY_JS)  # before the page's figures (a plain script in the head)
+    # sphinx-thebe adds its inline configuration once per read phase, so a page could get the same
+    # `const THEBE_JS_URL = ...` script twice (a console error): keep the first of identical scripts.
+    scripts = context.get("script_files")
+    if scripts:
+        seen, kept = set(), []
+        for js in scripts:
+            key = (str(js), repr(sorted(getattr(js, "attributes", {}).items())))
+            if key not in seen:
+                seen.add(key)
+                kept.append(js)
+        context["script_files"] = kept
 
 
 def setup(app):

@@ -65,6 +65,8 @@ SCORE_AXIS = dict(range=[-2, 102], tickmode="array", tickvals=SCORE_TICKS)
 
 # The plotly.js config of every figure: resize with the page, no plotly logo/link in the mode bar.
 CONFIG = {"responsive": True, "displaylogo": False}
+# In the book the mode bar would sit on the legend above the plot (pan and zoom still work by touch).
+BOOK_CONFIG = {**CONFIG, "displayModeBar": False}
 DEFAULT_HEIGHT = 420
 WRAP_X_TITLE = 42  # characters per line of an x-axis title (about a phone's width)
 
@@ -142,7 +144,7 @@ class BookRenderer(MimetypeRenderer):
     def to_mimebundle(self, fig_dict):
         fig_dict, title = responsive_layout(fig_dict, book=True)
         height = fig_dict["layout"].get("height") or DEFAULT_HEIGHT
-        div = pio.to_html(fig_dict, config=CONFIG, include_plotlyjs=False, include_mathjax=False, full_html=False,
+        div = pio.to_html(fig_dict, config=BOOK_CONFIG, include_plotlyjs=False, include_mathjax=False, full_html=False,
                           default_width="100%", default_height=f"{height}px", validate=False)
         head = f'<p class="course-figure-title">{title}</p>' if title else ""  # plotly titles are (simple) HTML
         return {"text/html": f'<div class="course-figure">{head}{div}</div>'}
