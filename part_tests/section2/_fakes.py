@@ -1,5 +1,7 @@
-"""Fixtures and fakes shared by several of Section 2's exercise tests: a failing hook, random unit
-directions, hook spies, the bos-adding tokenizer, the shifted-capper context and the example conversation."""
+"""Fixtures and fakes shared by several of Section 2's exercise tests: an error raised inside a forward
+pass, random vectors of a given norm, spies on hook registration and on a block's output, blocks made to
+return tuples, the tokenizer that prepends <bos> itself, a stand-in capper that shifts a block's output, and the
+example conversation."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from part_tests._common import (
     require_implemented,
 )
 from part_tests.section2._fakes import (
-    _bos_adding_tokenizer,
     BOS_WHERE,
+    _bos_adding_tokenizer,
     _check_hooked_blocks,
     _check_hooks_after_exception,
     _d_model,

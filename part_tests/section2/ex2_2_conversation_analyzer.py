@@ -28,15 +28,15 @@ from part_tests._common import (
     tiny_variant,
 )
 from part_tests.section2._fakes import (
-    _bos_adding_tokenizer,
     BOS_WHERE,
-    _check_hooks_after_exception,
     CONVERSATION,
+    _ShiftContext,
+    _bos_adding_tokenizer,
+    _check_hooks_after_exception,
     _d_model,
     _floats_close,
     _random_vector,
     _rounded,
-    _ShiftContext,
     _tuple_outputs,
 )
 from part_tests.shapes import expect_tensor

@@ -25,14 +25,14 @@ from part_tests._common import (
     using,
 )
 from part_tests.section2._fakes import (
-    _Boom,
     CONVERSATION,
+    _Boom,
+    _ShiftContext,
     _d_model,
     _floats_close,
     _raise_in_forward,
     _random_vector,
     _rounded,
-    _ShiftContext,
 )
 from utils.activations import turn_mean_activations
 from utils.chat import assistant_turn_spans
