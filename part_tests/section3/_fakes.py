@@ -1,0 +1,32 @@
+"""Stand-ins and small helpers that several of Section 3's exercise tests use.
+
+Only what more than one exercise needs lives here; each exercise's own fixtures and fakes are in its
+module (`ex3_<M>_<name>.py`).
+"""
+
+from __future__ import annotations
+
+
+def _system_prompt(name: str, instruction: str) -> str:
+    """The course's `construct_system_prompt` (Exercise 3.1), which the later tests put in the student's place."""
+    return f"You are a {name} assistant. {instruction}"
+
+
+def _prompt_key(prompt) -> str:
+    """A prompt as one string: a formatted prompt as it is, a chat as its (role, content) pairs."""
+    if isinstance(prompt, str):
+        return prompt
+    return repr([(m.get("role"), m.get("content")) for m in prompt])
+
+
+def _input_device(model):
+    from utils.models import input_device
+
+    return input_device(model)
+
+
+def _dims(model) -> tuple[int, int]:
+    """(n_layers, d_model): the model's number of decoder blocks and the width of its residual stream."""
+    from utils.hooks import get_blocks
+
+    return len(get_blocks(model)), model.config.get_text_config().hidden_size
