@@ -34,7 +34,7 @@ SHOTS = ROOT / "_build" / "screenshots"
 pytestmark = pytest.mark.slow
 
 INPUTS = [ROOT / "_config.yml", ROOT / "_toc.yml", ROOT / "scripts" / "build_book.sh", *ROOT.glob("book/*"),
-          *ROOT.glob("utils/**/*"), *ROOT.glob("part_tests/*.py"), *ROOT.glob("data/**/*")]
+          *ROOT.glob("utils/**/*"), *ROOT.glob("part_tests/**/*.py"), *ROOT.glob("data/**/*")]
 MAX_PAGE_BYTES = 1_500_000
 PHONE, DESKTOP = (400, 900), (1400, 1000)
 

@@ -191,7 +191,7 @@ ATTACKED = ("section1_persona_space", "section4_steering")
 def _course_files_digest() -> str:
     """The course's tests, and whatever sits in the checkout's own cache: grading writes neither."""
     h = hashlib.sha256()
-    for p in sorted((ROOT / "part_tests").glob("*.py")):
+    for p in sorted((ROOT / "part_tests").rglob("*.py")):
         h.update(p.read_bytes())
     for p in sorted((ROOT / ".cache").rglob("*")) if (ROOT / ".cache").exists() else []:
         h.update(str(p.relative_to(ROOT)).encode())
