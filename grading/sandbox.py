@@ -45,9 +45,9 @@ def startup_lines(root: Path = COURSE_ROOT) -> str:
 
     First the course's folder goes to the front of sys.path and the submission's folder to the end:
     a student's own module still imports, but a folder handed in beside the notebook and named like
-    the course's packages (utils/, part_tests/, grading/) or a library shadows nothing. (The kernel runs with
-    -P, so the submission's folder is not on the path while the kernel starts.) Then the libraries'
-    namespaces are recorded, so that graded cells can put back what a cell replaces
+    the course's packages (utils/, part_tests/, grading/) or a library shadows nothing. (The kernel
+    runs with -P, so the submission's folder is not on the path while the kernel starts.) Then the
+    libraries' namespaces are recorded, so that graded cells can put back what a cell replaces
     (grading/fingerprint.py); the audit hook that watches graded tests for notebook code reaching
     into them is added (grading/watch.py); and the handler that puts the whole kernel back as it
     started before each graded cell is installed (grading/kernel_reset.py; the grader sends the
