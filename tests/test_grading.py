@@ -157,8 +157,9 @@ def test_sandbox_makes_the_course_read_only():
 
 
 def _forget_part_tests() -> None:
-    """Drop the part_tests and grading modules, as a graded cell does, so the next import reads them afresh."""
-    for name in [m for m in sys.modules if m.split(".")[0] in ("part_tests", "grading")]:
+    """Drop the part_tests and grading modules, as a graded cell does, so the next import reads them afresh
+    (utils stays: this test process shares it with the other tests)."""
+    for name in [m for m in sys.modules if m.split(".")[0] in COURSE_PACKAGES and m.split(".")[0] != "utils"]:
         sys.modules.pop(name)
 
 
