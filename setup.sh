@@ -8,7 +8,7 @@ VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3}"
 
 if ! command -v bwrap >/dev/null 2>&1; then
-  # bubblewrap: the sandbox nbgrader grades student code in (utils/sandbox.py)
+  # bubblewrap: the sandbox nbgrader grades student code in (grading/sandbox.py)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
   else
@@ -30,7 +30,7 @@ fi
 "$VENV/bin/python" -m pip install -q -r requirements.txt
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
-"$VENV/bin/python" -m utils.sandbox install >/dev/null  # the sandboxed kernel that nbgrader grades with
+"$VENV/bin/python" -m grading.sandbox install >/dev/null  # the sandboxed kernel that nbgrader grades with
 # Students open this venv's JupyterLab: nbgrader's instructor tools stay off there (an instructor:
 # `bash scripts/nbgrader_tools.sh on`).
 VENV="$VENV" bash scripts/nbgrader_tools.sh off

@@ -4,8 +4,8 @@ instructors' appendix, book/appendix_instructors.md)."""
 from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades
 
-from utils.autograde import GuardedExecute
-from utils.sandbox import KERNEL_NAME
+from grading.executor import GuardedExecute
+from grading.sandbox import KERNEL_NAME
 
 c = get_config()  # noqa: F821 - provided by nbgrader
 
@@ -16,11 +16,11 @@ c.CourseDirectory.root = "."
 c.ClearSolutions.code_stub = {"python": '# YOUR CODE HERE\nraise NotImplementedError("not implemented yet")'}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# Autograding runs each submission in the sandboxed grading kernel (utils/sandbox.py: the course's
+# Autograding runs each submission in the sandboxed grading kernel (grading/sandbox.py: the course's
 # files read-only, other submissions and the gradebook hidden, a private cache), on the tiny offline
 # models on a CPU (nbgrader sets NBGRADER_EXECUTION in the kernel), with nbgrader's Execute replaced
-# by GuardedExecute (utils/autograde.py: nonce-confirmed graded cells, bounded runaway cells, a
-# tamper list in tamper_report.csv).
+# by GuardedExecute (grading/executor.py: nonce-confirmed graded cells, bounded runaway cells, a
+# tamper list in tamper_report.csv, grading/tamper.py).
 c.Autograde.autograde_preprocessors = [
     GuardedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades, AssignLatePenalties,
     CheckCellMetadata,

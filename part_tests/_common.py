@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from part_tests.graded import changed_since, fingerprint
+from part_tests._guard import changed_since, fingerprint
 
 
 class TestFailure(AssertionError):

@@ -139,15 +139,17 @@ TEST_IMPORT_RE = re.compile(r"^from part_tests import (section\d+) as tests$")
 TEST_CALL_RE = re.compile(r"^tests\.test_\w+\(.*\)$")
 GRADED_HEADER = """\
 # Graded cell (locked). The tests are read again from the course's own files, so nothing a cell above
-# did to `part_tests` or `utils` changes them (see the instructors' appendix).
-import sys; [sys.modules.pop(m) for m in [m for m in sys.modules if m.split(".")[0] in ("part_tests", "utils")]]
-from part_tests.graded import graded
+# did to `utils`, `part_tests` or `grading` changes them (see the instructors' appendix).
+import sys; [sys.modules.pop(m) for m in [m for m in sys.modules if m.split(".")[0] in {packages!r}]]
+from grading.runner import graded
 tests = graded({module!r}, digest={digest!r}, nonce={nonce!r})"""
 
 
 def graded_cell(text: str, section: str, source_name: str, i: int) -> str:
-    """nbgrader's version of a test cell: the same test calls, run by `part_tests.graded`."""
-    from part_tests.graded import NONCE_PLACEHOLDER, course_digest
+    """nbgrader's version of a test cell: the same test calls, run by `grading.runner`."""
+    from grading import COURSE_PACKAGES
+    from grading.digest import course_digest
+    from grading.runner import NONCE_PLACEHOLDER
 
     lines = [ln for ln in text.rstrip("\n").splitlines() if ln.strip()]
     module = None
@@ -164,7 +166,7 @@ def graded_cell(text: str, section: str, source_name: str, i: int) -> str:
                              f"and `tests.test_<name>(...)` lines (and hidden-test markers), found {ln!r}")
     if module is None or not section.startswith(module + "_"):
         raise ValueError(f"{source_name} cell {i}: a test cell must start with `from part_tests import {section.split('_')[0]} as tests`")
-    header = GRADED_HEADER.format(module=module, digest=course_digest(), nonce=NONCE_PLACEHOLDER)
+    header = GRADED_HEADER.format(packages=COURSE_PACKAGES, module=module, digest=course_digest(), nonce=NONCE_PLACEHOLDER)
     return header + "\n" + "\n".join(body)
 
 

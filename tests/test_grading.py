@@ -7,17 +7,21 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import jupytext
 import pytest
 import torch
 
-from part_tests import graded as g
-from utils.autograde import SUSPICIOUS, suspicious_lines
+from grading import COURSE_PACKAGES
+from grading import fingerprint as fp
+from grading import runner as g
+from grading.digest import course_digest
+from grading.tamper import SUSPICIOUS, suspicious_lines
 from utils.reference import sections
 from utils.sources import solution_code
 
-ROOT = g._ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _notebook_function(source: str, name: str):
@@ -40,7 +44,7 @@ def test_digest_mismatch_fails_only_when_grading():
 def test_pass_is_confirmed_with_the_nonce(capsys):
     from utils.reference import load
 
-    tests = g.graded("section1", digest=g.course_digest(), nonce="feedbeef")
+    tests = g.graded("section1", digest=course_digest(), nonce="feedbeef")
     tests.test_parse_score(load("section1").parse_score)
     assert g.PASS_LINE.format(test="test_parse_score", nonce="feedbeef") in capsys.readouterr().out
     with pytest.raises(AssertionError):
@@ -50,31 +54,31 @@ def test_pass_is_confirmed_with_the_nonce(capsys):
 
 def test_patched_library_functions_are_put_back():
     real_allclose, real_print = torch.allclose, builtins.print
-    g.record_pristine()
+    fp.record_pristine()
     try:
         torch.allclose = _notebook_function("def allclose(*a, **k):\n    return True\n", "allclose")
         builtins.print = _notebook_function("def print(*a, **k):\n    return None\n", "print")
         torch.Tensor.__eq__ = _notebook_function("def eq(self, other):\n    return True\n", "eq")
-        assert set(g.patched_library_functions()) >= {"torch.allclose", "builtins.print", "torch.Tensor.__eq__"}
-        restored = g.restore_pristine()
+        assert set(fp.patched_library_functions()) >= {"torch.allclose", "builtins.print", "torch.Tensor.__eq__"}
+        restored = fp.restore_pristine()
         assert {"torch.allclose", "builtins.print", "torch.Tensor.__eq__"} <= set(restored)
         assert torch.allclose is real_allclose and builtins.print is real_print
         assert not bool((torch.zeros(2) == torch.ones(2)).any())
-        assert g.patched_library_functions() == []
+        assert fp.patched_library_functions() == []
     finally:
         torch.allclose, builtins.print = real_allclose, real_print
-        if "__eq__" in vars(torch.Tensor) and g._from_notebook(vars(torch.Tensor)["__eq__"]):
+        if "__eq__" in vars(torch.Tensor) and fp._from_notebook(vars(torch.Tensor)["__eq__"]):
             del torch.Tensor.__eq__
-        sys.modules.pop(g.PRISTINE_MODULE, None)
+        sys.modules.pop(fp.PRISTINE_MODULE, None)
 
 
 def test_unrestorable_patch_refuses_to_grade():
     real = torch.isclose
-    sys.modules.pop(g.PRISTINE_MODULE, None)  # no start-up record: nothing to put back
+    sys.modules.pop(fp.PRISTINE_MODULE, None)  # no start-up record: nothing to put back
     torch.isclose = _notebook_function("def isclose(*a, **k):\n    return True\n", "isclose")
     try:
         with pytest.raises(g.GradingError, match="torch.isclose"):
-            g.graded("section1", digest=g.course_digest(), nonce="cafe")
+            g.graded("section1", digest=course_digest(), nonce="cafe")
     finally:
         torch.isclose = real
 
@@ -84,6 +88,8 @@ def test_unrestorable_patch_refuses_to_grade():
     ("builtins", "import builtins; builtins.print = len"),
     ("IPython internals", "get_ipython().set_custom_exc((Exception,), h)"),
     ("the course's tests", "import part_tests.section1 as t"),
+    ("the course's tests", "import grading.runner as r"),
+    ("the course's tests", "from grading import fingerprint"),
     ("import machinery", "sys.meta_path.insert(0, Finder())"),
     ("frames", "sys._getframe(1).f_globals['check'] = ok"),
     ("process control", "os._exit(0)"),
@@ -123,21 +129,37 @@ def test_generated_graded_cells_use_the_runner():
         assert graded_cells
         for cell in graded_cells:
             src = "".join(cell["source"])
-            assert "from part_tests.graded import graded" in src and g.NONCE_PLACEHOLDER in src
-            assert f"digest={g.course_digest()!r}" in src, f"{section}: stale digest: run python scripts/generate.py"
+            assert "from grading.runner import graded" in src and g.NONCE_PLACEHOLDER in src
+            assert f"in {COURSE_PACKAGES!r}]]" in src, "a graded cell forgets every course package"
+            assert f"digest={course_digest()!r}" in src, f"{section}: stale digest: run python scripts/generate.py"
             assert "from part_tests import section" not in src
+
+
+def test_the_digest_covers_every_course_package_and_its_sub_packages(tmp_path):
+    from grading.digest import course_files
+
+    wanted = [f"{package}/__init__.py" for package in COURSE_PACKAGES] + [
+        "part_tests/section9/__init__.py", "part_tests/section9/ex9_1_name.py", "grading/deep/er.py", "data/x/y.json"]
+    for rel in wanted + ["part_tests/section9/__pycache__/ex9_1_name.cpython-311.py", "solutions/section9_x.py"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in course_files(tmp_path)) == sorted(wanted)
+    before = course_digest(tmp_path)
+    (tmp_path / "grading/deep/er.py").write_text("x = 2\n")
+    assert course_digest(tmp_path) != before
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (setup.sh installs it as root)")
 def test_sandbox_makes_the_course_read_only():
-    proc = subprocess.run([sys.executable, "-m", "utils.sandbox", "check"], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "grading.sandbox", "check"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "read-only" in proc.stdout
 
 
 def _forget_part_tests() -> None:
-    """Drop the part_tests modules, as a graded cell does, so the next import reads them afresh."""
-    for name in [m for m in sys.modules if m.split(".")[0] == "part_tests"]:
+    """Drop the part_tests and grading modules, as a graded cell does, so the next import reads them afresh
+    (utils stays: this test process shares it with the other tests)."""
+    for name in [m for m in sys.modules if m.split(".")[0] in COURSE_PACKAGES and m.split(".")[0] != "utils"]:
         sys.modules.pop(name)
 
 
@@ -168,7 +190,7 @@ def test_a_function_that_disarms_the_test_while_it_runs_fails():
         with pytest.raises(AssertionError, match=r"compute_cosine_similarity_matrix replaced part_tests\._common\.check"):
             plain.test_compute_cosine_similarity_matrix(disarming)
         _forget_part_tests()
-        tests = importlib.import_module("part_tests.graded").graded("section1", digest=g.course_digest(), nonce="feedbeef")
+        tests = importlib.import_module("grading.runner").graded("section1", digest=course_digest(), nonce="feedbeef")
         with pytest.raises(AssertionError, match="replaced part_tests._common.check"):
             tests.test_compute_cosine_similarity_matrix(_notebook_function(_DISARMING, "compute_cosine_similarity_matrix"))
     finally:
@@ -178,13 +200,13 @@ def test_a_function_that_disarms_the_test_while_it_runs_fails():
 def test_fingerprint_sees_patches_and_ignores_honest_runs():
     from utils.reference import load
 
-    before = g.fingerprint()
+    before = fp.fingerprint()
     load("section1").compute_cosine_similarity_matrix({"a": torch.ones(3), "b": torch.arange(3.0)})
-    assert g.changed_since(before) == []
+    assert fp.changed_since(before) == []
     real = torch.isclose
     try:
         torch.isclose = _notebook_function("def isclose(*a, **k):\n    return True\n", "isclose")
-        assert "torch.isclose" in g.changed_since(before)
+        assert "torch.isclose" in fp.changed_since(before)
     finally:
         torch.isclose = real
 
@@ -209,7 +231,7 @@ def compute_cosine_similarity_matrix(vectors):
 def test_the_watch_sees_a_function_that_rewrites_the_tests_code():
     import importlib
 
-    from part_tests import watch
+    from grading import watch
 
     try:
         _forget_part_tests()
@@ -217,7 +239,7 @@ def test_the_watch_sees_a_function_that_rewrites_the_tests_code():
         plain.test_compute_cosine_similarity_matrix(_notebook_function(_RECODING, "compute_cosine_similarity_matrix"))
         _forget_part_tests()  # the bare test was fooled, and its identity-based fingerprint would be too: same function objects
         watch.install()  # the grading kernel does this at start-up; here it stays in this test process
-        tests = importlib.import_module("part_tests.graded").graded("section1", digest=g.course_digest(), nonce="feedbeef")
+        tests = importlib.import_module("grading.runner").graded("section1", digest=course_digest(), nonce="feedbeef")
         with pytest.raises(AssertionError, match=r"reached into it \(set check.__code__"):
             tests.test_compute_cosine_similarity_matrix(_notebook_function(_RECODING, "compute_cosine_similarity_matrix"))
         tests.test_parse_score(importlib.import_module("utils.reference").load("section1").parse_score)  # honest: passes

@@ -1,4 +1,4 @@
-"""The grading kernel's reset (part_tests/kernel_reset.py), run in the real grading kernel: what a
+"""The grading kernel's reset (grading/kernel_reset.py), run in the real grading kernel: what a
 student cell installs before a graded cell is put back, and an honest notebook has nothing put back."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from part_tests.kernel_reset import MESSAGE, REPLY
+from grading import COURSE_PACKAGES
+from grading.kernel_reset import MESSAGE, REPLY
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None and os.environ.get("PERSONA_GRADING_UNSANDBOXED") != "1",
                                 reason="the grading kernel needs bubblewrap (setup.sh installs it)")
@@ -25,7 +26,7 @@ ATTACKS = {
 import builtins, types
 _real_import = builtins.__import__
 def _imp(name, *a, **k):
-    if name == "part_tests.graded":
+    if name == "grading.runner":
         m = types.ModuleType(name); m.graded = lambda section, digest=None, nonce="": _Fake(nonce); return m
     return _real_import(name, *a, **k)
 builtins.__import__ = _imp
@@ -49,7 +50,7 @@ class _Loader(importlib.abc.Loader):
     def exec_module(self, m): m.graded = lambda section, digest=None, nonce="": _Fake(nonce)
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        return importlib.util.spec_from_loader(name, _Loader()) if name == "part_tests.graded" else None
+        return importlib.util.spec_from_loader(name, _Loader()) if name == "grading.runner" else None
 sys.meta_path.insert(0, _Finder())
 """, "sys.meta_path"),
     "the notebook's __builtins__ is swapped": ("""
@@ -69,21 +70,21 @@ get_ipython().events.register("pre_run_cell", lambda info: None)
 """, "sys.stdout"),
     "a package written into the submission folder and put first on sys.path": (FAKE_GRADED + """
 import os, sys
-os.makedirs("shadow/part_tests", exist_ok=True)
-open("shadow/part_tests/__init__.py", "w").write("")
-open("shadow/part_tests/graded.py", "w").write("def graded(*a, **k):\\n    raise SystemExit\\n")
+os.makedirs("shadow/grading", exist_ok=True)
+open("shadow/grading/__init__.py", "w").write("")
+open("shadow/grading/runner.py", "w").write("def graded(*a, **k):\\n    raise SystemExit\\n")
 sys.path.insert(0, os.path.abspath("shadow"))
-for name in [m for m in sys.modules if m.split(".")[0] == "part_tests"]:
+for name in [m for m in sys.modules if m.split(".")[0] == "grading"]:
     del sys.modules[name]
 """, "sys.path"),
     "a finder cached for the course's folder hands out a fake package": ("""
 import os, sys
 from importlib.machinery import FileFinder, SourceFileLoader
-os.makedirs("/tmp/cached/part_tests", exist_ok=True)
-open("/tmp/cached/part_tests/__init__.py", "w").write("")
-open("/tmp/cached/part_tests/graded.py", "w").write("graded = 'fake'\\n")
+os.makedirs("/tmp/cached/grading", exist_ok=True)
+open("/tmp/cached/grading/__init__.py", "w").write("")
+open("/tmp/cached/grading/runner.py", "w").write("graded = 'fake'\\n")
 sys.path_importer_cache[sys.path[0]] = FileFinder("/tmp/cached", (SourceFileLoader, [".py"]))
-for name in [m for m in sys.modules if m.split(".")[0] == "part_tests"]:
+for name in [m for m in sys.modules if m.split(".")[0] == "grading"]:
     del sys.modules[name]
 """, "sys.path_importer_cache"),
     "a library module made up with a borrowed spec (its code would run inside the graded cell)": ("""
@@ -104,7 +105,7 @@ sys.modules["torch"] = types.ModuleType("torch")
 """, "sys.modules['torch']"),
 }
 PROBE = """
-import sys, builtins, torch, part_tests.graded as _m
+import sys, builtins, torch, grading.runner as _m
 print("probe", type(_m.graded).__name__, getattr(torch, "allclose", None) is not None, len(sys.meta_path))
 """
 
@@ -120,9 +121,10 @@ def kernel(tmp_path_factory):
     folder = tmp_path_factory.mktemp("submission")
     # A submission may hand in files beside its notebook: a package named like the course's must not
     # shadow it, while a student's own module still imports.
-    (folder / "part_tests").mkdir()
-    (folder / "part_tests" / "__init__.py").write_text(SHADOW)
-    (folder / "part_tests" / "graded.py").write_text(SHADOW)
+    for package, module in (("part_tests", "_common"), ("grading", "runner")):
+        (folder / package).mkdir()
+        (folder / package / "__init__.py").write_text(SHADOW)
+        (folder / package / f"{module}.py").write_text(SHADOW)
     (folder / "my_helpers.py").write_text("ANSWER = 42\n")
     os.chdir(folder)
     try:
@@ -164,8 +166,9 @@ def _reset(kc) -> dict:
 
 
 def test_the_submission_folder_shadows_nothing(kernel):
-    status, out = _run(kernel, "import part_tests.graded, my_helpers\nprint(part_tests.graded.__file__, my_helpers.ANSWER)")
-    assert status == "ok" and "submission" not in out.split()[0] and out.split()[1] == "42", out
+    status, out = _run(kernel, "import part_tests._common, grading.runner, my_helpers\n"
+                               "print(part_tests._common.__file__, grading.runner.__file__, my_helpers.ANSWER)")
+    assert status == "ok" and not any("submission" in f for f in out.split()[:2]) and out.split()[2] == "42", out
 
 
 def test_honest_cells_have_nothing_put_back(kernel):
@@ -193,7 +196,7 @@ import threading
 _src = """
 import sys, time
 while True:
-    g = sys.modules.get("part_tests.graded")
+    g = sys.modules.get("grading.runner")
     if g is not None:
         g.graded = "patched by a thread"
     time.sleep(0.001)
@@ -208,7 +211,8 @@ def test_a_thread_running_code_from_a_string_is_stopped(kernel):
     assert status == "ok", out
     reset = _reset(kernel)
     assert reset["status"] == "ok" and "thread 'exec-thread' stopped" in reset["restored"], reset
-    fresh = "import sys, time; time.sleep(0.05)\n[sys.modules.pop(m) for m in [m for m in sys.modules if m.split('.')[0] == 'part_tests']]\n"
+    fresh = ("import sys, time; time.sleep(0.05)\n"
+             f"[sys.modules.pop(m) for m in [m for m in sys.modules if m.split('.')[0] in {COURSE_PACKAGES!r}]]\n")
     status, out = _run(kernel, fresh + PROBE)  # as a graded cell, which imports the runner afresh
     assert status == "ok" and out == clean, f"after the reset the thread still patched the runner: {out!r} vs {clean!r}"
 
@@ -237,14 +241,14 @@ def test_the_grading_kernel_watches_graded_tests(kernel):
     """The audit hook is installed at start-up: a tested function that fetches the test's frames fails."""
     status, out = _run(kernel, """
 import sys, torch
-import part_tests.graded as _g
+import grading.runner as _g, grading.digest as _d
 def compute_cosine_similarity_matrix(vectors):
     sys._getframe(1)  # what a function that edits the test's expected values starts with
     names = list(vectors)
     stacked = torch.stack([vectors[n].double() for n in names])
     unit = stacked / stacked.norm(dim=1, keepdim=True)
     return unit @ unit.T, names
-_t = _g.graded("section1", digest=_g.course_digest(), nonce="0" * 32)
+_t = _g.graded("section1", digest=_d.course_digest(), nonce="0" * 32)
 _t.test_compute_cosine_similarity_matrix(compute_cosine_similarity_matrix)
 """)
     assert status == "error" and "reached into it (sys._getframe" in out, out

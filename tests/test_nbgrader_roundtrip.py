@@ -4,7 +4,7 @@ For each section: a submission made from the solutions scores full marks, the un
 scores zero, a submission with a planted mistake loses exactly that exercise's points, and a
 submission that edits a locked test cell (to `pass`) gains nothing. Autograde runs offline on the
 CPU (nbgrader sets NBGRADER_EXECUTION, which selects the tiny models), in the sandboxed grading
-kernel (utils/sandbox.py) with the course's GuardedExecute (utils/autograde.py).
+kernel (grading/sandbox.py) with the course's GuardedExecute (grading/executor.py).
 
 For Sections 1 and 4, tampering submissions must score exactly what their honest part deserves:
 a half-solved notebook that also replaces the tests, fakes course modules, edits the course's files
@@ -26,6 +26,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from grading.digest import course_files
 from tests.test_kernel_reset import THREAD_ATTACK
 from utils.reference import sections
 from utils.sources import solution_code
@@ -114,10 +115,10 @@ sys.modules["part_tests.{module}"] = _fake
 class _Fake:
     def __init__(self, nonce): self.nonce = nonce
     def __getattr__(self, name): return lambda *a, **k: print(f"graded {{name}}: passed ({{self.nonce}})")
-_g = types.ModuleType("part_tests.graded")
+_g = types.ModuleType("grading.runner")
 _g.graded = lambda section, digest=None, nonce="": _Fake(nonce)
 _g.NONCE_PLACEHOLDER = "__GRADING_NONCE__"
-sys.modules["part_tests.graded"] = _g
+sys.modules["grading.runner"] = _g
 """
 TAMPER_DISK = """
 import part_tests.{module} as _t, sqlite3, glob, os
@@ -156,7 +157,7 @@ class _Fake:
     def __getattr__(self, name): return lambda *a, **k: print(f"graded {{name}}: passed ({{self.nonce}})")
 _real_import = builtins.__import__
 def _imp(name, *a, **k):
-    if name == "part_tests.graded":
+    if name == "grading.runner":
         _m = types.ModuleType(name)
         _m.graded = lambda section, digest=None, nonce="": _Fake(nonce)
         return _m
@@ -189,9 +190,10 @@ ATTACKED = ("section1_persona_space", "section4_steering")
 
 
 def _course_files_digest() -> str:
-    """The course's tests, and whatever sits in the checkout's own cache: grading writes neither."""
+    """The course's files (its packages and data), and whatever sits in the checkout's own cache:
+    grading writes neither."""
     h = hashlib.sha256()
-    for p in sorted((ROOT / "part_tests").rglob("*.py")):
+    for p in course_files(ROOT):
         h.update(p.read_bytes())
     for p in sorted((ROOT / ".cache").rglob("*")) if (ROOT / ".cache").exists() else []:
         h.update(str(p.relative_to(ROOT)).encode())

@@ -4,8 +4,8 @@ nbgrader runs student code with the grader's rights, in the submission's folder.
 nbgrader configuration (nbgrader/nbgrader_config.py) therefore executes every submission with the
 kernel `persona-course-grader`, whose launcher is this module:
 
-    python -m utils.sandbox install      # register the kernel in this environment (setup.sh does it)
-    python -m utils.sandbox check        # say whether the sandbox works on this machine
+    python -m grading.sandbox install    # register the kernel in this environment (setup.sh does it)
+    python -m grading.sandbox check      # say whether the sandbox works on this machine
 
 Inside the sandbox the whole file system is read-only (the course's code and tests included) except
 the submission's own folder and a private /tmp; the course folder (other students' submissions, the
@@ -45,20 +45,20 @@ def startup_lines(root: Path = COURSE_ROOT) -> str:
 
     First the course's folder goes to the front of sys.path and the submission's folder to the end:
     a student's own module still imports, but a folder handed in beside the notebook and named like
-    the course's packages (part_tests/, utils/) or a library shadows nothing. (The kernel runs with
-    -P, so the submission's folder is not on the path while the kernel starts.) Then the libraries'
-    namespaces are recorded, so that graded cells can put back what a cell replaces
-    (part_tests/graded.py); the audit hook that watches graded tests for notebook code reaching into
-    them is added (part_tests/watch.py); and the handler that puts the whole kernel back as it
-    started before each graded cell is installed (part_tests/kernel_reset.py; the grader sends the
+    the course's packages (utils/, part_tests/, grading/) or a library shadows nothing. (The kernel
+    runs with -P, so the submission's folder is not on the path while the kernel starts.) Then the
+    libraries' namespaces are recorded, so that graded cells can put back what a cell replaces
+    (grading/fingerprint.py); the audit hook that watches graded tests for notebook code reaching
+    into them is added (grading/watch.py); and the handler that puts the whole kernel back as it
+    started before each graded cell is installed (grading/kernel_reset.py; the grader sends the
     request).
     """
     return ("--IPKernelApp.exec_lines=import os as _os, sys as _sys; "
             f"_sys.path[:] = [{str(root)!r}] + [p for p in _sys.path if p not in ('', '.', _os.getcwd(), {str(root)!r})] "
             "+ [_os.getcwd()]; del _os, _sys; "
-            "import part_tests.graded as _g; _g.record_pristine(); del _g; "
-            "import part_tests.watch as _w; _w.install(); del _w; "
-            "import part_tests.kernel_reset as _r; _r.install(); del _r")
+            "import grading.fingerprint as _g; _g.record_pristine(); del _g; "
+            "import grading.watch as _w; _w.install(); del _w; "
+            "import grading.kernel_reset as _r; _r.install(); del _r")
 
 
 def course_root(start: Path) -> Path | None:
@@ -171,9 +171,9 @@ def launch(connection_file: str) -> None:
 
 def kernel_spec() -> dict:
     return {
-        # The script by its path (not `-m utils.sandbox`): the launcher runs in the submission's
+        # The script by its path (not `-m grading.sandbox`): the launcher runs in the submission's
         # folder, outside the sandbox, and must not import anything handed in there.
-        "argv": [sys.executable, *SAFE_PATH, str(COURSE_ROOT / "utils" / "sandbox.py"), "-f", "{connection_file}"],
+        "argv": [sys.executable, *SAFE_PATH, str(COURSE_ROOT / "grading" / "sandbox.py"), "-f", "{connection_file}"],
         "display_name": "Python 3 (course grader, sandboxed)",
         "language": "python",
         # An interrupt travels as a message: a signal to the launcher would stop at bubblewrap.
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 2 and argv[0] == "-f":
         launch(argv[1])
         return 0  # not reached: launch replaces the process
-    print("usage: python -m utils.sandbox install | check | -f CONNECTION_FILE", file=sys.stderr)
+    print("usage: python -m grading.sandbox install | check | -f CONNECTION_FILE", file=sys.stderr)
     return 2
 
 

@@ -4,9 +4,9 @@ A test calls the student's function, and that function runs in the same process 
 could fetch the test's frames (`sys._getframe`, `inspect.currentframe`, an exception's
 `__traceback__.tb_frame`) and rewrite the expected values or the checks in them, swap a function's
 `__code__`, patch a class of the tests or of a library, or set a trace function. An audit hook
-(PEP 578), installed when the grading kernel starts (`utils/sandbox.py`) and impossible to remove
+(PEP 578), installed when the grading kernel starts (`grading/sandbox.py`) and impossible to remove
 from Python, notes each of these when the code asking is notebook code and a graded test is
-running. The graded runner (`part_tests/graded.py`) opens and closes the watch around each test with
+running. The graded runner (`grading/runner.py`) opens and closes the watch around each test with
 an audit event of its own and fails the test when anything was noted. Honest exercise code never
 does any of this; outside graded tests (in the student's own cells) nothing is noted.
 """

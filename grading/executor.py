@@ -4,7 +4,7 @@
 whose kernel reply is an error counts as failed even when the notebook hid the traceback), it
 
 - writes a fresh random nonce into each graded cell just before running it; the course's runner
-  (part_tests/graded.py) prints a confirmation with that nonce after each test that passed, and a
+  (grading/runner.py) prints a confirmation with that nonce after each test that passed, and a
   graded cell whose output lacks any of its confirmations gets an error output, so it scores 0. A
   pass line printed by student code, or a failure hidden from the output, earns nothing;
 - bounds a runaway cell: after the per-cell time limit the kernel is interrupted; if it does not come
@@ -12,63 +12,32 @@ whose kernel reply is an error counts as failed even when the notebook hid the t
   so 0 points) and the kernel is killed at the end, so one endless loop costs at most the limit plus
   that grace, not the limit once for every cell that follows;
 - before each graded cell, asks the kernel to put itself back as it started
-  (part_tests/kernel_reset.py: transformers, import hooks, patched libraries, shell and kernel
+  (grading/kernel_reset.py: transformers, import hooks, patched libraries, shell and kernel
   methods, output streams, threads started by the notebook), so that nothing a student cell installed
   runs with the graded cell; a kernel that does not confirm the reset gets no points for its graded
   cells, and what was put back is listed in the tamper report;
 - lists, in the grader's log and in `tamper_report.csv` in the course folder, the student cells that
   touch the interpreter's or the course's internals (sys.modules, builtins, get_ipython, part_tests,
-  frames, ...), for the instructor to read. The list changes no score.
+  frames, ...; grading/tamper.py), for the instructor to read. The list changes no score.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import re
 import secrets
-from pathlib import Path
 
 from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer
 
-from part_tests.graded import NONCE_PLACEHOLDER, PASS_LINE
-from part_tests.kernel_reset import MESSAGE as RESET_REQUEST
-from part_tests.kernel_reset import REPLY as RESET_REPLY
+from grading.kernel_reset import MESSAGE as RESET_REQUEST
+from grading.kernel_reset import REPLY as RESET_REPLY
+from grading.runner import NONCE_PLACEHOLDER, PASS_LINE
+from grading.tamper import suspicious_lines, write_report
 
 TEST_CALL = re.compile(r"^\s*tests\.(test_\w+)\(", re.M)
-
-# What honest exercise code never needs; each hit is a line for the instructor to read.
-SUSPICIOUS = {
-    "sys.modules": r"\bsys\s*\.\s*modules\b",
-    "builtins": r"\b__builtins__\b|\bbuiltins\b",
-    "IPython internals": r"\bget_ipython\b|\bIPython\b(?!\.display\b)|\binput_transformers|\bast_transformers\b|\bset_custom_exc\b|"
-                         r"\bshowtraceback\b|\bshell_handlers\b|\bevents\s*\.\s*register\b",
-    "the course's tests": r"\bpart_tests\b|\bgraded\s*\(|GRADING_NONCE|\bgraded \w+: passed",
-    "import machinery": r"\bimportlib\b|\bmeta_path\b|\b__import__\b|\bpath_hooks\b",
-    "frames": r"\b_getframe\b|\bf_globals\b|\bf_back\b|\bf_locals\b|\binspect\.(stack|currentframe)",
-    "code objects": r"\b__code__\b|\b__closure__\b|\bcell_contents\b|\b__kwdefaults__\b|\b__defaults__\b|"
-                    r"\bgc\s*\.\s*get_(referr|objects)|\btb_frame\b|\bgi_frame\b",
-    "code made at run time": r"(?<![.\w])(compile|exec|eval)\s*\(|\btypes\s*\.\s*(FunctionType|CodeType)\b",
-    "process control": r"\bos\s*\.\s*_exit\b|\bos\s*\.\s*kill\b|\bsignal\s*\.\s*signal\b|\bsubprocess\b|\bos\s*\.\s*system\b|\bSystemExit\b|\bsys\s*\.\s*exit\b",
-    "low-level access": r"\bctypes\b|\bsys\s*\.\s*settrace\b|\bsys\s*\.\s*setprofile\b|\batexit\b",
-    "library patching": r"^\s*(torch|np|numpy|math|F|re|json)(\.\w+)+\s*=[^=]",
-    "writing files": r"open\([^)]*['\"](w|a|r\+|wb|ab)['\"]|\.write_text\(|\.write_bytes\(",
-}
-SUSPICIOUS_RE = {name: re.compile(pattern, re.M) for name, pattern in SUSPICIOUS.items()}
-
-
-def suspicious_lines(source: str) -> list[tuple[str, int, str]]:
-    """(what, line number, line) for each line of student code that touches internals."""
-    hits = []
-    for lineno, line in enumerate(source.splitlines(), 1):
-        for name, pattern in SUSPICIOUS_RE.items():
-            if pattern.search(line):
-                hits.append((name, lineno, line.strip()[:200]))
-                break
-    return hits
 
 
 def _is_graded_test(cell: NotebookNode) -> bool:
@@ -166,7 +135,7 @@ class GuardedExecute(Execute):
         return reply
 
     async def _reset_kernel(self, cell_id: str) -> str | None:
-        """Ask the kernel to put itself back as it started (part_tests/kernel_reset.py); None when it
+        """Ask the kernel to put itself back as it started (grading/kernel_reset.py); None when it
         confirmed, else why not. A failed reset is final: every later graded cell scores 0 too."""
         token = secrets.token_hex(16)
         request = self.kc.session.msg(RESET_REQUEST, {"token": token})
@@ -202,17 +171,4 @@ class GuardedExecute(Execute):
                 return
 
     def _write_flags(self, resources: dict) -> None:
-        if not self._flags:
-            return
-        meta = resources.get("nbgrader", {})
-        student, assignment = meta.get("student", "?"), meta.get("assignment", "?")
-        for cell_id, what, lineno, line in self._flags:
-            self.log.warning("tamper check: %s/%s cell %s line %d touches %s: %s", student, assignment, cell_id, lineno, what, line)
-        report = Path.cwd() / "tamper_report.csv"  # nbgrader runs in the course folder
-        new = not report.exists()
-        with open(report, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["student", "assignment", "cell", "line", "what", "code"])
-            for cell_id, what, lineno, line in self._flags:
-                w.writerow([student, assignment, cell_id, lineno, what, line])
+        write_report(self._flags, resources, self.log)

@@ -4,9 +4,9 @@ Student cells run in the same Python process as the graded cells that check them
 change the machinery a graded cell goes through before any line of it runs: an IPython input or AST
 transformer that rewrites the graded cell, an `__import__` or import finder that hands it fake
 modules, an event callback, a replaced `sys.stdout`, a patched shell or kernel method, a trace
-function, a thread that keeps patching. The grader (`utils/autograde.py`) therefore sends the kernel
+function, a thread that keeps patching. The grader (`grading/executor.py`) therefore sends the kernel
 a `course_reset_request` message before every graded cell. This module's handler, installed when
-the grading kernel starts (`utils/sandbox.py`, before any notebook cell), answers it outside of
+the grading kernel starts (`grading/sandbox.py`, before any notebook cell), answers it outside of
 `run_cell` (so no transformer sees it) by restoring what it recorded at start-up:
 
 - the callables and classes of the interpreter's, IPython's, the kernel's and the tested libraries'
@@ -30,6 +30,8 @@ to defeat this handler in particular can still do so; such code touches what the
 
 from __future__ import annotations
 
+from grading import COURSE_PACKAGES
+
 MESSAGE = "course_reset_request"
 REPLY = "course_reset_reply"
 
@@ -38,16 +40,16 @@ REPLY = "course_reset_reply"
 _WATCHED = ("builtins", "sys", "importlib", "inspect", "functools", "types", "math", "re", "json", "hashlib",
             "warnings", "contextlib", "traceback", "io", "threading", "copy", "operator", "itertools", "collections",
             "IPython", "ipykernel", "jupyter_client", "traitlets", "comm", "numpy", "torch", "sklearn",
-            "transformers", "tokenizers", "jaxtyping", "part_tests", "utils")
+            "transformers", "tokenizers", "jaxtyping", *COURSE_PACKAGES)
 # Modules that may appear after start-up: one without a module spec under these names is a fake.
-_NO_FAKES = ("torch", "numpy", "transformers", "sklearn", "tokenizers", "jaxtyping", "part_tests", "utils",
+_NO_FAKES = ("torch", "numpy", "transformers", "sklearn", "tokenizers", "jaxtyping", *COURSE_PACKAGES,
              "safetensors", "huggingface_hub", "IPython", "ipykernel", "importlib", "builtins", "sys", "math", "re",
              "json", "inspect", "functools", "hashlib")
 # The core the tests compute and report with: any change there is put back. Elsewhere (and for the
 # names in _VOLATILE, which libraries and the kernel legitimately rebind while running) only code
 # that comes from the notebook is put back.
 _STRICT = ("builtins", "sys", "importlib", "math", "re", "json", "numpy", "torch", "sklearn.decomposition",
-           "IPython.core.interactiveshell", "ipykernel", "part_tests", "utils")
+           "IPython.core.interactiveshell", "ipykernel", *COURSE_PACKAGES)
 _VOLATILE = ("torch.manual_seed", "CacheInfo.pgo_artifacts", "CacheInfo.precompile_artifacts", "OutStream.write",
              "ZMQInteractiveShell.sys_excepthook", "sys.excepthook", "sys.displayhook", "sys.last_type",
              "sys.last_value", "sys.last_traceback", "sys.last_exc")
@@ -88,7 +90,8 @@ def install() -> bool:
     _settrace, _setprofile = sys.settrace, sys.setprofile
     _t_settrace, _t_setprofile, _enumerate, _current = threading.settrace, threading.setprofile, threading.enumerate, threading.current_thread
     _monitoring = getattr(sys, "monitoring", None)
-    from part_tests.watch import notebook_file as _notebook_file
+    _course_packages = COURSE_PACKAGES
+    from grading.watch import notebook_file as _notebook_file
     _current_frames = sys._current_frames
 
     def runs_made_up_code(frame) -> bool:
@@ -215,7 +218,7 @@ def install() -> bool:
     if _getattr(shell.display_trap, "is_active", False):  # as between cells
         sys_hooks["displayhook"] = shell.display_trap.old_hook
     meta_path, path_hooks = _list(sys.meta_path), _list(sys.path_hooks)
-    path_list, path = sys.path, _list(sys.path)  # the submission's folder is last (utils/sandbox.py)
+    path_list, path = sys.path, _list(sys.path)  # the submission's folder is last (grading/sandbox.py)
     meta_list, hooks_list, importer_cache = sys.meta_path, sys.path_hooks, sys.path_importer_cache
     cached_finders = _dict(importer_cache)
     from importlib.machinery import FileFinder as _FileFinder
@@ -262,7 +265,7 @@ def install() -> bool:
                         pass
                     put_back.append(f"sys.monitoring tool {tool_id}")
         for name, module in modules.items():
-            if name.split(".")[0] in ("part_tests", "utils"):
+            if name.split(".")[0] in _course_packages:
                 continue  # every graded cell imports these afresh; fakes of them are dropped below
             if sys.modules.get(name) is not module:
                 sys.modules[name] = module
