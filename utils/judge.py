@@ -33,7 +33,8 @@ import os
 from typing import Any
 
 from utils import config
-from utils.api import MissingAPIKeyError, get_judge_client, key_available
+from utils.api import get_judge_client
+from utils.api_settings import MissingAPIKeyError, key_available
 from utils.endpoint_judge import CALIBRATION_PROMPT, Judge
 from utils.offline_judge import OFFLINE_JUDGE_LABEL, OfflineJudge
 from utils.scoring import (JudgeScore, extract_answer, fill_template, guarded, hash_score,
@@ -92,7 +93,7 @@ def get_judge(allow_offline: bool = True, kind: str | None = None, model=None, t
     hash stand-in on the random tiny models, else the endpoint judge when an API key is set and the
     self-judge (the course's loaded model) when not.
 
-    ``kind`` forces one ("endpoint" raises :class:`~utils.api.MissingAPIKeyError` without a key;
+    ``kind`` forces one ("endpoint" raises :class:`~utils.api_settings.MissingAPIKeyError` without a key;
     "self" takes ``model``/``tokenizer``, default the model the course loaded last).
     ``judge_kwargs`` go to the judge's constructor (``client=``, ``mode=``, ``batch_size=``...).
     Without arguments, the same judge object is returned for the same settings, so its scoring
