@@ -18,7 +18,7 @@ It prints, side by side:
   tokens/s, model FLOP/s as a fraction of the bf16 peak, peak memory above the weights, and the
   largest relative difference from the naive loop;
 - steered generation at batch 64: `model.generate` one prompt at a time and in a batch, and the
-  course's static-cache path (`utils.generation.generate_ids_fast`) with and without its CUDA
+  course's static-cache path (`utils.decoding.generate_ids_fast`) with and without its CUDA
   graph, in each steering position mode; new tokens/s, against the decode limit (the weights read
   once per step at the measured copy bandwidth); and the fast path's logits against the plain
   path's (teacher-forced on the same tokens, steering active).
@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.activations import activation_bytes_per_token, auto_token_budget, length_batches, span_means  # noqa: E402
 from utils.chat import build_messages, format_chat, format_prompt  # noqa: E402
-from utils.generation import LAST_RUN, generate_ids_fast, generate_ids_plain, left_pad  # noqa: E402
+from utils.decoding import LAST_RUN, generate_ids_fast, generate_ids_plain  # noqa: E402
+from utils.generation import left_pad  # noqa: E402
 from utils.hooks import get_blocks, hidden_of, hooks  # noqa: E402
 from utils.models import load_tokenizer  # noqa: E402
 from utils.steering import Steerer  # noqa: E402

@@ -66,22 +66,23 @@ from jaxtyping import Float
 from sklearn.decomposition import PCA
 from torch import Tensor
 
-from utils import config, data
+from utils import data
 from utils.chat import build_messages
 from utils.hooks import get_blocks, hidden_of
 from utils.models import input_device
 from utils.plots import setup_plotting
+from utils.worlds import settings
 
 setup_plotting()
 
 # %%
 from utils.models import layer_settings, load_course_model
 
+S = settings(section=1)  # this world's sizes and switches (utils/worlds.py): later cells read S
 model, tokenizer = load_course_model(section=1)
 LAYER = layer_settings(model).axis_layer
-# Offline, plot titles say which model made them: the trained toy model, or a random-weight one.
-MODE_NOTE = " — toy world" if config.is_toy() else (" — random tiny model: noise" if config.is_tiny() else "")
-print(f"world: {config.world_label(section=1)}  blocks: {len(get_blocks(model))}  layer: {LAYER}")
+print(S)
+print(f"blocks: {len(get_blocks(model))}  layer: {LAYER}")
 
 # %% [markdown]
 # ## Exercise 1.1 — A role-play judge
@@ -166,8 +167,8 @@ tests.test_parse_score_hidden(parse_score)
 #
 # The rest of the section builds one vector per persona, in the paper's five steps:
 #
-# 1. **Generate**: ask every persona every question (exercise 1.2).
-# 2. **Judge**: keep only the responses that are really in role (the judge of exercise 1.1).
+# 1. **Generate**: ask every persona every question (Exercise 1.2).
+# 2. **Judge**: keep only the responses that are really in role (the judge of Exercise 1.1).
 # 3. **Locate and average**: find each response's exact tokens in the chat (1.3) and average
 #    block `LAYER`'s output over them (1.4).
 # 4. **Aggregate**: average each persona's responses into its persona vector (1.5).
@@ -188,12 +189,7 @@ PERSONAS = data.load_personas()
 GROUPS = data.load_persona_groups()
 DEFAULT_PERSONAS = data.default_persona_names()
 ALL_QUESTIONS = data.load_persona_questions()
-if config.is_toy():
-    QUESTIONS, MAX_TOKENS = ALL_QUESTIONS[:3], 32
-elif config.is_tiny():
-    QUESTIONS, MAX_TOKENS = ALL_QUESTIONS[:3], 8
-else:
-    QUESTIONS, MAX_TOKENS = ALL_QUESTIONS, 256
+QUESTIONS, MAX_TOKENS = ALL_QUESTIONS[:S.n_questions], S.max_tokens
 group_sizes = ", ".join(f"{g}: {list(GROUPS.values()).count(g)}" for g in data.PERSONA_GROUPS)
 print(f"{len(PERSONAS)} personas ({group_sizes}); {len(QUESTIONS)} questions; max_tokens={MAX_TOKENS}")
 print("default personas:", DEFAULT_PERSONAS)
@@ -223,7 +219,7 @@ import zlib
 from utils import api
 from utils.generation import GenerationQueue
 
-USE_API = not config.is_tiny() and api.key_available()
+USE_API = S.api_generation and api.key_available()
 _generation_client = api.get_generation_client() if USE_API else None
 _local_queue = None if USE_API else GenerationQueue(model, tokenizer)  # batches the threads' requests
 
@@ -240,8 +236,7 @@ def generate_response(system_prompt: str, question: str, max_tokens: int = 256) 
             return ""
         return result.text.strip()
     seed = zlib.crc32(f"{system_prompt}|{question}".encode())  # reproducible sampling, whatever the batch
-    temperature = 1.0 if config.is_tiny() else 0.7
-    return _local_queue(messages, max_new_tokens=max_tokens, temperature=temperature, seed=seed).strip()
+    return _local_queue(messages, max_new_tokens=max_tokens, temperature=S.temperature, seed=seed).strip()
 
 
 print("generation:", f"API ({_generation_client.model})" if USE_API else f"local ({model.config._name_or_path})")
@@ -714,7 +709,7 @@ tests.test_extract_persona_vectors(extract_persona_vectors)
 
 # %%
 persona_vectors = extract_persona_vectors(
-    model, tokenizer, PERSONAS, QUESTIONS, responses, LAYER, scores=None if config.is_tiny() and not config.is_toy() else scores
+    model, tokenizer, PERSONAS, QUESTIONS, responses, LAYER, scores=scores if S.filter_by_role_score else None
 )
 norms = torch.stack([v.norm() for v in persona_vectors.values()])
 print(f"{len(persona_vectors)} persona vectors of dimension {next(iter(persona_vectors.values())).shape[0]}; "
@@ -827,8 +822,8 @@ sim_raw, names = compute_cosine_similarity_matrix(ordered)
 sim_centred, _ = compute_cosine_similarity_matrix_centered(ordered)
 off_diagonal = ~torch.eye(len(names), dtype=torch.bool)
 print(f"raw cosines between different personas: {sim_raw[off_diagonal].min():.4f} to {sim_raw[off_diagonal].max():.4f}")
-heatmap(sim_raw.numpy(), names, f"Raw persona vectors: cosine similarity{MODE_NOTE}").show()
-heatmap(sim_centred.numpy(), names, f"Centred persona vectors: cosine similarity{MODE_NOTE}").show()
+heatmap(sim_raw.numpy(), names, f"Raw persona vectors: cosine similarity{S.note}").show()
+heatmap(sim_centred.numpy(), names, f"Centred persona vectors: cosine similarity{S.note}").show()
 # The centred matrix's blocks in numbers: mean cosine between the groups (diagonal: different personas of one group)
 present = [g for g in data.PERSONA_GROUPS if any(GROUPS[n] == g for n in names)]
 print("mean centred cosine".ljust(16) + "".join(f"{g:>16}" for g in present))
@@ -967,7 +962,7 @@ for group in data.PERSONA_GROUPS:
     ))
 pad = 0.12 * (coords[:, 0].max() - coords[:, 0].min())
 fig.update_layout(
-    title=f"Persona space: PCA of {len(names)} persona vectors (block {LAYER}){MODE_NOTE}",
+    title=f"Persona space: PCA of {len(names)} persona vectors (block {LAYER}){S.note}",
     xaxis_title=f"PC1 ({ratio[0]:.0%})", yaxis_title=f"PC2 ({ratio[1]:.0%})", height=560,
     xaxis_range=[coords[:, 0].min() - pad, coords[:, 0].max() + pad],
 )
@@ -1046,7 +1041,7 @@ tests.test_project_personas_onto_axis_input_checks(project_personas_onto_axis)
 projections = project_personas_onto_axis(persona_vectors, assistant_axis)
 ranked = list(projections)
 ranked_bars(ranked, [projections[n] for n in ranked], [GROUP_COLORS[GROUPS[n]] for n in ranked],
-            title=f"Personas projected onto the Assistant Axis{MODE_NOTE}",
+            title=f"Personas projected onto the Assistant Axis{S.note}",
             value_title="projection a·v/‖v‖ (activation units): role-play ← → Assistant",
             legend={g: GROUP_COLORS[g] for g in data.PERSONA_GROUPS}).show()
 print("most Assistant-like:", ranked[:3], " most role-play:", ranked[-3:])
@@ -1136,7 +1131,7 @@ tests.test_rank_by_cosine_input_checks(rank_by_cosine)
 # `huggingface_hub` and reads each `.pt` file with `torch.load(..., weights_only=True)`, which loads
 # tensors and refuses to unpickle arbitrary objects: never unpickle a download. It does not need
 # the Gemma model itself. Offline nothing is downloaded: the course's own persona vectors
-# (centred) stand in, ranked by cosine with the axis you computed in exercise 1.7.
+# (centred) stand in, ranked by cosine with the axis you computed in Exercise 1.7.
 
 # %%
 from pathlib import Path
@@ -1163,7 +1158,7 @@ persona_ranking = rank_by_cosine({n: v - mean_vector for n, v in persona_vectors
 print("course personas, top:", [(n, round(c, 2)) for n, c in persona_ranking[:4]])
 print("course personas, bottom:", [(n, round(c, 2)) for n, c in persona_ranking[-5:]])
 
-if not config.is_tiny():
+if S.load_released_vectors:
     from huggingface_hub import snapshot_download
 
     release = Path(snapshot_download(
@@ -1176,7 +1171,7 @@ if not config.is_tiny():
     source = f"the paper's {len(traits)} Gemma 2 27B trait vectors (block {PAPER_LAYER})"
 else:
     ranking = persona_ranking
-    source = "stand-in: the course's centred persona vectors" + MODE_NOTE
+    source = "stand-in: the course's centred persona vectors" + S.note
 
 shown = ranking[:10] + ranking[-10:] if len(ranking) > 20 else ranking
 ranked_bars([n for n, _ in shown], [c for _, c in shown], [COLORS["positive" if c >= 0 else "negative"] for _, c in shown],

@@ -57,7 +57,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from utils import config, data
+from utils import data
 from utils.chat import build_messages, format_chat
 from utils.generation import generate
 from utils.hooks import get_blocks, hidden_of, hooks
@@ -65,6 +65,7 @@ from utils.judge import OfflineJudge, SelfJudge, get_judge, judge_label
 from utils.models import input_device
 from utils.plots import COLORS, SCORE_AXIS, SCORE_TICKS, setup_plotting
 from utils.steering import Steerer
+from utils.worlds import settings
 
 setup_plotting()
 
@@ -92,13 +93,13 @@ def ask_judge(prompt: str) -> str | None:
 # %%
 from utils.models import layer_settings, load_course_model
 
+S = settings(section=3)  # this world's sizes and switches (utils/worlds.py): later cells read S
 model, tokenizer = load_course_model(section=3)
 MODEL_NAME = model.config._name_or_path
 N_LAYERS = len(get_blocks(model))
 STEER_LAYER = layer_settings(model).steer_layer
-# A note for plot titles: which world the numbers come from.
-MODE_NOTE = " (toy world)" if config.is_toy() else " (random tiny model: noise)" if config.is_tiny() else ""
-print(f"world: {config.world_label(section=3)}  blocks: {N_LAYERS}  steering layer: {STEER_LAYER}")
+print(S)
+print(f"blocks: {N_LAYERS}  steering layer: {STEER_LAYER}")
 print(f"judge: {getattr(JUDGE, 'label', type(JUDGE).__name__)}")
 
 # %% [markdown]
@@ -121,13 +122,8 @@ trait_data = data.load_trait(TRAIT, "extract")
 eval_questions = data.load_trait(TRAIT, "eval")["questions"]
 coherence_prompt = data.load_coherence_prompt()
 
-if config.is_tiny():
-    run_data = {**trait_data, "questions": trait_data["questions"][:4]}
-    # The toy model opens many answers with a plain preamble before the trait's voice shows.
-    MAX_NEW_TOKENS = 32 if config.is_toy() else 12
-else:
-    run_data = trait_data
-    MAX_NEW_TOKENS = 256
+run_data = {**trait_data, "questions": trait_data["questions"][:S.n_questions]}
+MAX_NEW_TOKENS = S.max_new_tokens
 
 print(f"traits shipped: {data.TRAITS}")
 print(f"\npair 0, pos: {trait_data['instruction'][0]['pos']}")
@@ -259,11 +255,11 @@ CACHE_DIR = default_cache_dir() / "section3" / MODEL_SLUG
 responses_path = CACHE_DIR / (f"{TRAIT}_responses_{len(run_data['instruction'])}x{len(run_data['questions'])}"
                               f"_tok{MAX_NEW_TOKENS}.json")
 
-records = None if config.is_tiny() else load_json(responses_path)
+records = load_json(responses_path) if S.cache_responses else None
 if records is None:
     torch.manual_seed(0)
     records = generate_contrastive_responses(model, tokenizer, run_data, TRAIT, max_new_tokens=MAX_NEW_TOKENS)
-    if not config.is_tiny():
+    if S.cache_responses:
         atomic_write_json(responses_path, records)
 print(f"{len(records)} records")
 for r in records[:2]:
@@ -424,7 +420,7 @@ fig = go.Figure()
 for polarity in ("pos", "neg"):
     fig.add_trace(go.Histogram(x=[r["score"] for r in scored if r["polarity"] == polarity and r["score"] is not None],
                                name=polarity, marker_color=COLORS[polarity], opacity=0.6, xbins=dict(start=0, end=101, size=10)))
-fig.update_layout(barmode="overlay", title=f"Trait scores ({TRAIT}) of positive and negative answers{MODE_NOTE}<br><sup>{judge_label(JUDGE)}</sup>",
+fig.update_layout(barmode="overlay", title=f"Trait scores ({TRAIT}) of positive and negative answers{S.note}<br><sup>{judge_label(JUDGE)}</sup>",
                   xaxis=dict(title="trait score (0-100)", range=[0, 101], tickvals=SCORE_TICKS), yaxis_title="answers",
                   height=400)
 fig.show()
@@ -686,7 +682,7 @@ metadata = {
     "model": MODEL_NAME, "trait": TRAIT, "n_pairs": str(len(pairs_for_vectors)),
     "effective_filter": "pos score >= 50, neg score < 50, coherence >= 50 on both",
     "layer_convention": "row L = output of block L (HF hidden_states[L + 1])",
-    "tiny_mode": str(config.is_tiny()), "max_new_tokens": str(MAX_NEW_TOKENS),
+    "world": S.kind, "max_new_tokens": str(MAX_NEW_TOKENS),
 }
 atomic_write_bytes(VECTOR_PATH, safetensors_bytes({"vectors": vectors.contiguous()}, metadata=metadata))
 print(f"saved to <cache>/{VECTOR_PATH.relative_to(default_cache_dir())}  (the cache: PERSONA_COURSE_CACHE, else .cache/)")
@@ -712,7 +708,7 @@ print(f"saved to <cache>/{VECTOR_PATH.relative_to(default_cache_dir())}  (the ca
 norms = vectors.norm(dim=-1)
 fig = go.Figure(go.Scatter(x=list(range(N_LAYERS)), y=norms.tolist(), mode="lines+markers"))
 fig.add_vline(x=STEER_LAYER, line_dash="dash", annotation_text=f"steering layer (block {STEER_LAYER})")
-fig.update_layout(title=f"Norm of the {TRAIT} vector by layer{MODE_NOTE}", xaxis_title="block", yaxis_title="‖v_L‖",
+fig.update_layout(title=f"Norm of the {TRAIT} vector by layer{S.note}", xaxis_title="block", yaxis_title="‖v_L‖",
                   height=400)
 fig.show()
 print("norm by block:", [round(x, 1) for x in norms.tolist()])
@@ -798,14 +794,8 @@ tests.test_steering_effect_by_layer(steering_effect_by_layer)
 
 # %%
 STEER_COEFF = 2.0
-if config.is_toy():
-    # The trait's voice shows only after the plain preamble ("As an AI assistant, ..."), so answers
-    # need enough tokens.
-    sweep_layers, steer_questions, steer_tokens = list(range(N_LAYERS)), eval_questions, 96
-elif config.is_tiny():
-    sweep_layers, steer_questions, steer_tokens = list(range(N_LAYERS)), eval_questions[:2], 8
-else:
-    sweep_layers, steer_questions, steer_tokens = sorted(set(range(0, N_LAYERS, 3)) | {STEER_LAYER}), eval_questions[:5], 96
+sweep_layers = sorted(set(range(0, N_LAYERS, S.sweep_layer_step)) | {STEER_LAYER})
+steer_questions, steer_tokens = eval_questions[:S.n_steer_questions], S.steer_tokens
 
 baseline = steering_effect_by_layer(model, tokenizer, vectors, steer_questions, trait_data["eval_prompt"],
                                     layers=[STEER_LAYER], coeff=0.0, max_new_tokens=steer_tokens)[STEER_LAYER]
@@ -815,7 +805,7 @@ effect = steering_effect_by_layer(model, tokenizer, vectors, steer_questions, tr
 fig = go.Figure(go.Scatter(x=list(effect), y=list(effect.values()), mode="lines+markers", name=f"steered (coeff {STEER_COEFF})",
                            line=dict(color=COLORS["steered"])))
 fig.add_hline(y=baseline, line_dash="dot", line_color=COLORS["unsteered"], annotation_text="unsteered")
-fig.update_layout(title=f"Steering with the {TRAIT} vector, one block at a time{MODE_NOTE}<br><sup>{judge_label(JUDGE)}</sup>", xaxis_title="block",
+fig.update_layout(title=f"Steering with the {TRAIT} vector, one block at a time{S.note}<br><sup>{judge_label(JUDGE)}</sup>", xaxis_title="block",
                   yaxis=dict(title="mean trait score (0-100)", **SCORE_AXIS), height=400)
 fig.show()
 print({L: round(v, 1) for L, v in effect.items()}, f"baseline {baseline:.1f}", f"({judge_label(JUDGE)})")
@@ -987,7 +977,7 @@ def response_token_activations(model, tokenizer, records: list[dict], layer: int
 
 
 PLANTED = None
-if not config.is_tiny() and published_sae_layers(MODEL_NAME):
+if S.load_published_sae and published_sae_layers(MODEL_NAME):
     SAE_LAYER = min(published_sae_layers(MODEL_NAME), key=lambda L: abs(L - STEER_LAYER))
     sae = load_published_sae(MODEL_NAME, layer=SAE_LAYER, trainer=1, device=input_device(model))
 else:

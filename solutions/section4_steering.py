@@ -55,7 +55,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from utils import config, data
+from utils import data
 from utils.activations import conversations_from, response_mean_activations
 from utils.chat import build_messages
 from utils.generation import generate
@@ -63,43 +63,38 @@ from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
 from utils.judge import OfflineJudge, fill_template, get_judge, judge_label
 from utils.pipeline import StepRunner, load_tensors, model_id, save_tensors, tensor_digest, trait_vectors_path
 from utils.plots import COLORS, SCORE_AXIS, heatmap, setup_plotting
+from utils.worlds import settings
 
 setup_plotting()
 
 # %%
 from utils.models import layer_settings, load_course_model
 
+S = settings(section=4)  # this world's sizes and switches (utils/worlds.py): later cells read S
 model, tokenizer = load_course_model(section=4)
 LAYER = layer_settings(model).steer_layer
-TINY = config.is_tiny()
 TRAIT = "sycophantic"
 extract_data = data.load_trait(TRAIT, "extract")
 eval_data = data.load_trait(TRAIT, "eval")
 COHERENCE_PROMPT = data.load_coherence_prompt()
 
-if TINY:
-    torch.set_num_threads(1)  # a 4-block, 64-wide model gains nothing from threads, and loses a lot on a busy CPU
-    # In tiny mode get_judge() is the offline stand-in: it hashes each answer with its judge prompt,
-    # so trait and coherence scores are independent noise. It is NOT an LLM: it exists so that every
-    # cell runs offline (and no API call is spent on a random model's text). In the toy world
-    # (PERSONA_COURSE_MODEL=toy) it is the toy judge, which counts the toy corpus's style markers.
-    N_QUESTIONS, N_EVAL, MAX_NEW_TOKENS = 4, 3, 16
-    if config.is_toy():
-        # The toy model shows a trait only once its answer has room for a few style chunks: with 16
-        # new tokens every steered answer still scores the judge's "no markers" 25.
-        N_EVAL, MAX_NEW_TOKENS = 8, 48
-else:
-    N_QUESTIONS, N_EVAL, MAX_NEW_TOKENS = 20, 20, 256
+if S.torch_threads is not None:
+    torch.set_num_threads(S.torch_threads)  # a 4-block, 64-wide model gains nothing from threads on a busy CPU
+N_QUESTIONS, N_EVAL, MAX_NEW_TOKENS = S.n_questions, S.n_eval, S.max_new_tokens
 # Coefficients multiply the raw vector. The paper's sweep is -3..+5; the toy world adds +2, to show
 # where its curve turns upward.
-COEFFICIENTS = (-3, -1, 0, 1, 2, 3, 5) if config.is_toy() else (-3, -1, 0, 1, 3, 5)
+COEFFICIENTS = S.coefficients
 STEER_COEFF = 3  # the "steered" condition of the projection plot
-NOISE_NOTE = " (toy world)" if config.is_toy() else " (tiny random model: noise)" if TINY else ""
+# The judge (utils.judge.get_judge): an LLM with an API key, the model judging itself without one.
+# Offline it is NOT an LLM: in the toy world the toy judge counts the toy corpus's style markers; on
+# the random tiny models a stand-in hashes each answer with its judge prompt (independent noise, so
+# every cell runs offline and no API call is spent on a random model's text).
 JUDGE = get_judge()
-# The random-model stand-in's coherence is noise: then we do not filter on it.
-COHERENCE_THRESHOLD = 0 if TINY and not config.is_toy() else 50
+# Steered answers less coherent than this are dropped (0 on the random tiny models: their coherence is noise).
+COHERENCE_THRESHOLD = S.coherence_threshold
 
-print(f"world: {config.world_label(section=4)}  blocks: {len(get_blocks(model))}  steering layer: {LAYER}")
+print(S)
+print(f"blocks: {len(get_blocks(model))}  steering layer: {LAYER}")
 print(f"judge: {JUDGE.label}")
 
 # %% [markdown]
@@ -525,7 +520,7 @@ fig.add_scatter(x=coeffs, y=coherence_means, mode="lines+markers", name="coheren
                 line=dict(color=COLORS["coherence"]))
 fig.add_scatter(x=list(PAPER_SYCOPHANCY), y=list(PAPER_SYCOPHANCY.values()), mode="lines+markers",
                 name="trait score (paper, Qwen2.5-7B)", line=dict(dash="dash", color=COLORS["paper"]))
-fig.update_layout(title=f"Steering with the {TRAIT} vector at block {LAYER}" + NOISE_NOTE + f"<br><sup>{judge_label(JUDGE)}</sup>",
+fig.update_layout(title=f"Steering with the {TRAIT} vector at block {LAYER}" + S.note + f"<br><sup>{judge_label(JUDGE)}</sup>",
                   xaxis_title="steering coefficient", yaxis=dict(title="mean judge score (0-100)", **SCORE_AXIS))
 fig.show()
 
@@ -693,7 +688,7 @@ fig = go.Figure([go.Bar(x=list(means), y=list(means.values()), name=f"this run (
                         marker_color=COLORS["steered"]),
                  go.Bar(x=list(PAPER_PROJECTIONS), y=list(PAPER_PROJECTIONS.values()), name="paper (steered at +3)",
                         marker_color=COLORS["paper"])])
-fig.update_layout(title="Mean projection of response activations onto the sycophancy vector" + NOISE_NOTE,
+fig.update_layout(title="Mean projection of response activations onto the sycophancy vector" + S.note,
                   yaxis_title="a·v/‖v‖", barmode="group")
 fig.show()
 
@@ -858,7 +853,7 @@ from pathlib import Path
 from utils.caching import default_cache_dir
 
 # On a real model the cache lives on (that is the point); in tiny mode a fresh folder shows both runs.
-PIPELINE_CACHE = Path(tempfile.mkdtemp(prefix="section4-")) if TINY else default_cache_dir() / "section4"
+PIPELINE_CACHE = Path(tempfile.mkdtemp(prefix="section4-")) if S.fresh_pipeline_cache else default_cache_dir() / "section4"
 runs = {}
 for attempt in ("first run", "second run"):
     t0 = time.perf_counter()
@@ -968,7 +963,7 @@ for trait in data.TRAITS:
         saved = {"vectors": out["vectors"]}
     trait_vectors[trait] = saved["vectors"][LAYER]
 sim, names = trait_cosine_matrix(trait_vectors)
-heatmap(sim.numpy(), names, f"Cosine similarity of trait vectors at block {LAYER}" + NOISE_NOTE).show()
+heatmap(sim.numpy(), names, f"Cosine similarity of trait vectors at block {LAYER}" + S.note).show()
 off = [(float(sim[i, j]), names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
 print(f"cosines between different traits: {min(off)[0]:.2f} ({min(off)[1]}, {min(off)[2]}) "
       f"to {max(off)[0]:.2f} ({max(off)[1]}, {max(off)[2]})")

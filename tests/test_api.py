@@ -26,7 +26,9 @@ for p in (str(ROOT), str(HERE)):
 from fake_openai_server import FakeOpenAIServer, closed_port_url, fake_server  # noqa: E402,F401
 
 import utils.api as api  # noqa: E402
-from utils.api import ChatClient, ChatResult, MissingAPIKeyError  # noqa: E402
+import utils.api_settings as api_settings  # noqa: E402
+from utils.api import ChatClient, ChatResult  # noqa: E402
+from utils.api_settings import MissingAPIKeyError  # noqa: E402
 from utils.caching import (  # noqa: E402
     DiskCache, atomic_write_bytes, atomic_write_json, cached_call, load_json, request_key)
 
@@ -43,7 +45,7 @@ def clean_env(monkeypatch, tmp_path):
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PERSONA_COURSE_CACHE", str(tmp_path / "default-cache"))
-    monkeypatch.setattr(api, "_DOTENV_LOADED", True)  # never read the repo's real .env
+    monkeypatch.setattr(api_settings, "_DOTENV_LOADED", True)  # never read the repo's real .env
 
 
 @pytest.fixture(autouse=True)
@@ -319,13 +321,13 @@ def test_dotenv_parser(tmp_path, monkeypatch):
     env.write_text("# comment\nexport MY_KEY='sk-from-dotenv'\nPERSONA_COURSE_GEN_MODEL=qwen/x # note\n"
                    'PERSONA_COURSE_JUDGE_MODEL="a b"\nnot a line\nOPENAI_API_KEY=keep-me\n')
     monkeypatch.setenv("OPENAI_API_KEY", "already-set")
-    found = api.load_dotenv(env)
+    found = api_settings.load_dotenv(env)
     assert found["MY_KEY"] == "sk-from-dotenv"
     assert os.environ["MY_KEY"] == "sk-from-dotenv"
     assert os.environ["PERSONA_COURSE_GEN_MODEL"] == "qwen/x"
     assert os.environ["PERSONA_COURSE_JUDGE_MODEL"] == "a b"
     assert os.environ["OPENAI_API_KEY"] == "already-set"  # not overridden
-    assert api.load_dotenv(tmp_path / "nope.env") == {}
+    assert api_settings.load_dotenv(tmp_path / "nope.env") == {}
 
 
 def test_factories_read_settings(monkeypatch):

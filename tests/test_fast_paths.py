@@ -13,12 +13,15 @@ import pytest
 import torch
 
 import utils.activations as activations
+import utils.decoding as decoding
 import utils.generation as generation
 from utils.activations import activation_bytes_per_token, auto_token_budget, response_mean_activations, span_means
 from utils.chat import build_messages
-from utils.generation import choose_tokens, generate, generate_ids_fast, generate_ids_plain, hooks_graph_safe
+from utils.decoding import generate_ids_fast, generate_ids_plain, hooks_graph_safe
+from utils.generation import generate
 from utils.hooks import count_hooks, get_blocks, hidden_of
 from utils.models import load_tiny_model
+from utils.sampling import choose_tokens
 from utils.steering import Steerer, graph_safe
 
 FAMILIES = ["tiny-qwen2", "tiny-gemma2"]
@@ -249,7 +252,7 @@ def test_public_generate_fast_equals_plain():
         plain = generate(model, tok, prompts, max_new_tokens=20, batch_size=2, fast=False)
         fast = generate(model, tok, prompts, max_new_tokens=20, batch_size=2, fast=True)
     assert fast == plain
-    assert generation.LAST_RUN["steps"] > 0  # the fast path ran
+    assert decoding.LAST_RUN["steps"] > 0  # the fast path ran
 
 
 def test_generation_backs_off_on_out_of_memory(monkeypatch):

@@ -19,7 +19,8 @@ import torch
 
 import utils.generation as generation
 from utils.chat import build_messages
-from utils.generation import GenerationQueue, choose_tokens, generate, gumbel_noise, prompt_seeds
+from utils.generation import GenerationQueue, generate
+from utils.sampling import choose_tokens, gumbel_noise, prompt_seeds
 from utils.models import PAPER_LAYERS, known_model, layer_settings, load_tiny_model, proportional_layers
 
 _MODELS: dict = {}

@@ -20,7 +20,9 @@ for p in (str(ROOT), str(HERE)):
 from fake_openai_server import closed_port_url, fake_server  # noqa: E402,F401
 
 import utils.api as api  # noqa: E402
-from utils.api import ChatClient, MissingAPIKeyError  # noqa: E402
+import utils.api_settings as api_settings  # noqa: E402
+from utils.api import ChatClient  # noqa: E402
+from utils.api_settings import MissingAPIKeyError  # noqa: E402
 from utils.caching import DiskCache  # noqa: E402
 from utils.judge import (  # noqa: E402
     CALIBRATION_PROMPT, Judge, JudgeScore, OfflineJudge, SelfJudge, extract_answer, fill_template,
@@ -41,7 +43,7 @@ def clean_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PERSONA_COURSE_MODEL", "Qwen/Qwen2.5-7B-Instruct")  # not tiny mode
     monkeypatch.setenv("PERSONA_COURSE_CACHE", str(tmp_path / "default-cache"))
-    monkeypatch.setattr(api, "_DOTENV_LOADED", True)
+    monkeypatch.setattr(api_settings, "_DOTENV_LOADED", True)
     monkeypatch.setattr(api, "_sleep", lambda s: None)
     import utils.judge
 

@@ -25,6 +25,7 @@ for p in (str(ROOT), str(HERE)):
 from fake_openai_server import FakeOpenAIServer, FaultMix, closed_port_url, judge_answer  # noqa: E402
 
 import utils.api as api  # noqa: E402
+import utils.api_settings as api_settings  # noqa: E402
 from utils.api import ChatClient  # noqa: E402
 from utils.caching import DiskCache  # noqa: E402
 from utils.judge import Judge, logprob_score, parse_score  # noqa: E402
@@ -34,7 +35,7 @@ KEY = "sk-test-FAULTS-0123456789abcdef"
 
 @pytest.fixture(autouse=True)
 def quick(monkeypatch, tmp_path):
-    monkeypatch.setattr(api, "_DOTENV_LOADED", True)
+    monkeypatch.setattr(api_settings, "_DOTENV_LOADED", True)
     monkeypatch.setattr(api, "_sleep", lambda s: time.sleep(min(s, 0.01)))
     monkeypatch.setenv("PERSONA_COURSE_CACHE", str(tmp_path / "default-cache"))
     monkeypatch.delenv("PERSONA_COURSE_API_DEADLINE", raising=False)

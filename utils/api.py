@@ -27,7 +27,8 @@ server. Three promises:
    it is never part of a cache key or file, a log line or a ``repr``.
 
 Settings come from the environment (and from a ``.env`` file at the repository
-root, if present, without overriding variables already set):
+root, if present, without overriding variables already set; :mod:`utils.api_settings`
+reads them and the key, :mod:`utils.api_faults` sorts a call's failures):
 
 ==================================  ==========================================================
 ``PERSONA_COURSE_API_BASE``         endpoint base URL (default ``https://openrouter.ai/api/v1``)
@@ -50,213 +51,31 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import re
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
-from .caching import DiskCache, REPO_ROOT, request_key
+from .api_faults import (CUT, UNREACHABLE, CallBatch, Fatal, ResponseTooLarge, Retryable, capped_http_client, exception_chain,
+                         find_cause, first_token_top_logprobs, retry_after_seconds)
+from .api_settings import MissingAPIKeyError, Secret, get_settings, resolve_key, scrub
+from .api_settings import key_available  # noqa: F401  (learners call api.key_available())
+from .caching import DiskCache, request_key
 
 __all__ = [
     "ChatClient",
     "ChatResult",
-    "MissingAPIKeyError",
-    "ResponseTooLarge",
-    "Settings",
     "get_generation_client",
     "get_judge_client",
-    "get_settings",
-    "load_dotenv",
-    "scrub",
+    "key_available",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_BASE = "https://openrouter.ai/api/v1"
-DEFAULT_KEY_ENV = "OPENROUTER_API_KEY"
-FALLBACK_KEY_ENV = "OPENAI_API_KEY"
-DEFAULT_GEN_MODEL = "google/gemma-2-27b-it"
-DEFAULT_JUDGE_MODEL = "openai/gpt-4.1-mini"
-
 Messages = Sequence[dict]
-
-
-class MissingAPIKeyError(RuntimeError):
-    """No API key was found in the environment (nor in ``.env``)."""
-
-
-# --------------------------------------------------------------------------
-# settings
-# --------------------------------------------------------------------------
-_DOTENV_LOADED = False
-_DOTENV_LOCK = threading.Lock()
-_DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
-
-
-def load_dotenv(path: str | os.PathLike | None = None, override: bool = False) -> dict[str, str]:
-    """Load ``KEY=VALUE`` lines from a ``.env`` file into ``os.environ``.
-
-    A small parser (no dependency): blank lines and ``#`` comments are skipped,
-    ``export`` is allowed, values may be single- or double-quoted, and an
-    unquoted value ends at `` #``. Variables already set are kept unless
-    ``override``. Returns what the file defined. A missing file is not an error.
-    """
-    path = Path(path) if path is not None else REPO_ROOT / ".env"
-    found: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (FileNotFoundError, IsADirectoryError):
-        return found
-    except (OSError, UnicodeDecodeError) as e:
-        log.warning("could not read %s (%s)", path, type(e).__name__)
-        return found
-    for line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        m = _DOTENV_LINE.match(line)
-        if not m:
-            continue
-        name, value = m.group(1), m.group(2)
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        else:
-            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
-        found[name] = value
-        if override or name not in os.environ:
-            os.environ[name] = value
-    return found
-
-
-def _ensure_dotenv() -> None:
-    global _DOTENV_LOADED
-    with _DOTENV_LOCK:
-        if not _DOTENV_LOADED:
-            _DOTENV_LOADED = True
-            load_dotenv()
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Endpoint settings read from the environment (never the key itself)."""
-
-    api_base: str
-    key_env: str
-    gen_model: str
-    judge_model: str
-    judge_api_base: str
-    judge_key_env: str
-    judge_logprobs: bool | None
-    max_workers: int
-    deadline: float | None = None
-
-
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
-def _env_bool(name: str) -> bool | None:
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    return None
-
-
-def get_settings() -> Settings:
-    """Current settings (environment + ``.env``)."""
-    _ensure_dotenv()
-    api_base = _env("PERSONA_COURSE_API_BASE", DEFAULT_API_BASE)
-    key_env = _env("PERSONA_COURSE_API_KEY_ENV", DEFAULT_KEY_ENV)
-    try:
-        max_workers = max(1, int(_env("PERSONA_COURSE_MAX_WORKERS", "8")))
-    except ValueError:
-        max_workers = 8
-    try:
-        deadline: float | None = float(_env("PERSONA_COURSE_API_DEADLINE", "0")) or None
-    except ValueError:
-        deadline = None
-    if deadline is not None and not (deadline > 0 and deadline < float("inf")):
-        deadline = None
-    return Settings(
-        api_base=api_base,
-        key_env=key_env,
-        gen_model=_env("PERSONA_COURSE_GEN_MODEL", DEFAULT_GEN_MODEL),
-        judge_model=_env("PERSONA_COURSE_JUDGE_MODEL", DEFAULT_JUDGE_MODEL),
-        judge_api_base=_env("PERSONA_COURSE_JUDGE_API_BASE", api_base),
-        judge_key_env=_env("PERSONA_COURSE_JUDGE_API_KEY_ENV", key_env),
-        judge_logprobs=_env_bool("PERSONA_COURSE_JUDGE_LOGPROBS"),
-        max_workers=max_workers,
-        deadline=deadline,
-    )
-
-
-def _resolve_key(key_env: str) -> str:
-    _ensure_dotenv()
-    for name in dict.fromkeys([key_env, FALLBACK_KEY_ENV]):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    raise MissingAPIKeyError(
-        f"No API key found: set the environment variable {key_env} "
-        f"(or {FALLBACK_KEY_ENV}), e.g. in a .env file at the repository root "
-        f"({REPO_ROOT / '.env'}), which is gitignored. To read the key from another "
-        "variable, set PERSONA_COURSE_API_KEY_ENV to its name. For a local vLLM server "
-        "started without --api-key any non-empty value works (e.g. OPENAI_API_KEY=EMPTY). "
-        "In tiny/offline mode (PERSONA_COURSE_TINY=1) no key is needed.")
-
-
-def key_available(key_env: str | None = None) -> bool:
-    """Whether a key can be found (without raising)."""
-    try:
-        _resolve_key(key_env or get_settings().key_env)
-        return True
-    except MissingAPIKeyError:
-        return False
-
-
-# --------------------------------------------------------------------------
-# secrets
-# --------------------------------------------------------------------------
-_SECRET_PATTERNS = [
-    re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
-]
-
-
-def scrub(text: Any, *secrets: str | None) -> str:
-    """``str(text)`` with the given secrets and anything key-shaped replaced by ``***``."""
-    out = str(text)
-    for s in secrets:
-        if s and len(s) >= 4:  # shorter "keys" (e.g. a dummy "k") would mangle every message
-            out = out.replace(s, "***")
-    out = _SECRET_PATTERNS[0].sub(r"\1***", out)
-    out = _SECRET_PATTERNS[1].sub("sk-***", out)
-    return out
-
-
-class _Secret:
-    """Holds the key; its repr never shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-    __str__ = __repr__
 
 
 # --------------------------------------------------------------------------
@@ -282,24 +101,6 @@ class ChatResult:
         return self.error is None
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None, kind: str = "error"):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-        self.kind = kind  # "status", "timeout", "unreachable", "cut", "malformed", "empty"
-
-
-class _Fatal(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ResponseTooLarge(Exception):
-    """A response body over the client's ``max_response_bytes`` (it is not read further)."""
-
-
 def _sleep(seconds: float) -> None:
     """The backoff sleep (tests patch this)."""
     time.sleep(seconds)
@@ -314,162 +115,6 @@ def _is_openai_host(url: str) -> bool:
         return (urlparse(url).hostname or "").endswith("api.openai.com")
     except ValueError:
         return False
-
-
-def _retry_after_seconds(exc: Any) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    try:
-        value = headers.get("retry-after")
-        x = float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, x) if x is not None and x == x and x != float("inf") else None
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    out, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        out.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return out
-
-
-def _find_cause(exc: BaseException, names: tuple[str, ...]) -> BaseException | None:
-    for c in _causes(exc):
-        if type(c).__name__ in names or isinstance(c, ResponseTooLarge) and "ResponseTooLarge" in names:
-            return c
-    return None
-
-
-_UNREACHABLE = ("ConnectError", "ConnectTimeout", "ConnectionRefusedError", "gaierror")
-_CUT = ("RemoteProtocolError", "ReadError", "IncompleteRead", "ConnectionResetError", "WriteError")
-
-
-def _first_token_top_logprobs(choice: Any) -> list | None:
-    """The first generated token's top logprobs as ``[{"token", "logprob"}]``; ``None`` if absent.
-    Raises ``_Retryable`` when a logprob is not a log-probability (NaN, above 0, not a number)."""
-    lp = getattr(choice, "logprobs", None)
-    content = getattr(lp, "content", None) if lp is not None else None
-    if not content:
-        return None
-    tops = getattr(content[0], "top_logprobs", None)
-    if not tops:
-        return None
-    out = []
-    for t in tops:
-        token = getattr(t, "token", None)
-        logprob = getattr(t, "logprob", None)
-        if isinstance(t, dict):
-            token, logprob = t.get("token"), t.get("logprob")
-        if token is None or logprob is None:
-            continue
-        try:
-            value = float(logprob)
-        except (TypeError, ValueError, OverflowError):
-            value = float("nan")
-        if isinstance(logprob, bool) or value != value or value > 1e-3:
-            raise _Retryable(f"malformed response (invalid logprob {str(logprob)[:40]} for token "
-                             f"{str(token)[:20]!r})", kind="malformed")
-        out.append({"token": str(token), "logprob": min(value, 0.0)})
-    return out or None
-
-
-class _Batch:
-    """What the calls of one ``chat``/``chat_many`` share: the deadline and the circuit breaker.
-
-    The breaker opens after ``threshold`` consecutive failed connection attempts (refused, reset
-    before an answer, DNS), or timeouts while no call of the batch has yet had an answer; from
-    then on every call of the batch ends at once with one error naming the endpoint.
-    """
-
-    def __init__(self, base_url: str, threshold: int, deadline: float | None):
-        self.base_url = base_url
-        self.threshold = max(1, int(threshold))
-        self.deadline_s = deadline
-        self.deadline = None if deadline is None else time.monotonic() + float(deadline)
-        self.lock = threading.Lock()
-        self.failures = 0
-        self.answers = 0
-        self.open_reason: str | None = None
-
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    def expired(self) -> bool:
-        r = self.remaining()
-        return r is not None and r <= 0
-
-    def deadline_error(self, what: str) -> str:
-        return f"deadline of {self.deadline_s:g}s for this batch passed {what}"
-
-    def success(self) -> None:
-        with self.lock:
-            self.failures = 0
-            self.answers += 1
-
-    def failure(self, e: _Retryable) -> None:
-        with self.lock:
-            if e.kind == "unreachable" or (e.kind == "timeout" and self.answers == 0):
-                self.failures += 1
-                if self.failures >= self.threshold and self.open_reason is None:
-                    what = ("failed connection attempts" if e.kind == "unreachable"
-                            else "timeouts before any answer")
-                    self.open_reason = (f"unreachable endpoint {self.base_url}: {e.reason} "
-                                        f"(circuit breaker: {self.failures} {what} in a row; "
-                                        "the rest of the batch was not sent)")
-            elif e.kind != "timeout":
-                self.failures = 0  # the server answered something
-
-
-_TRANSPORT_CLASSES: dict = {}
-
-
-def _capped_http_client(max_bytes: int):
-    """An httpx client (openai's defaults) whose responses raise ResponseTooLarge past max_bytes."""
-    import httpx2
-    import openai
-
-    if "transport" not in _TRANSPORT_CLASSES:
-        class CappedStream(httpx2.SyncByteStream):
-            def __init__(self, stream, limit: int):
-                self._stream, self._limit = stream, limit
-
-            def __iter__(self):
-                n = 0
-                for chunk in self._stream:
-                    n += len(chunk)
-                    if n > self._limit:
-                        raise ResponseTooLarge(f"response body over {self._limit} bytes")
-                    yield chunk
-
-            def close(self) -> None:
-                self._stream.close()
-
-        class CappedTransport(httpx2.HTTPTransport):
-            def __init__(self, limit: int, **kw):
-                super().__init__(**kw)
-                self.limit = limit
-
-            def handle_request(self, request):
-                response = super().handle_request(request)
-                try:
-                    declared = int(response.headers.get("content-length") or 0)
-                except ValueError:
-                    declared = 0
-                if declared > self.limit:
-                    response.close()
-                    raise ResponseTooLarge(f"response body of {declared} bytes (Content-Length) is "
-                                           f"over the {self.limit}-byte limit")
-                return httpx2.Response(status_code=response.status_code, headers=response.headers,
-                                       stream=CappedStream(response.stream, self.limit),
-                                       extensions=response.extensions, request=request)
-
-        _TRANSPORT_CLASSES["transport"] = CappedTransport
-    return openai.DefaultHttpxClient(transport=_TRANSPORT_CLASSES["transport"](max_bytes))
 
 
 class ChatClient:
@@ -513,7 +158,7 @@ class ChatClient:
         self.base_url = _normalise_base(base_url or settings.api_base)
         self.model = model or settings.gen_model
         self.key_env = key_env or settings.key_env
-        self._key = _Secret(api_key) if api_key else None
+        self._key = Secret(api_key) if api_key else None
         self.cache: DiskCache | None = DiskCache() if cache is ... else cache
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
@@ -551,7 +196,7 @@ class ChatClient:
 
     def _ensure_key(self) -> None:
         if self._key is None:
-            self._key = _Secret(_resolve_key(self.key_env))
+            self._key = Secret(resolve_key(self.key_env))
 
     def _client(self):
         with self._lock:
@@ -562,7 +207,7 @@ class ChatClient:
                 self._openai = openai.OpenAI(
                     base_url=self.base_url, api_key=self._secret(),
                     timeout=self.timeout, max_retries=0,  # we retry ourselves
-                    http_client=_capped_http_client(self.max_response_bytes))
+                    http_client=capped_http_client(self.max_response_bytes))
             return self._openai
 
     def build_request(self, messages: Messages, max_tokens: int = 256, temperature: float = 0.0,
@@ -624,7 +269,7 @@ class ChatClient:
             log.warning("cache write failed (the result is still returned): %s", self._scrub(e))
 
     def _attempt(self, request: dict, timeout: float) -> ChatResult:
-        """One network request. Raises _Retryable / _Fatal, or returns a result."""
+        """One network request. Raises Retryable / Fatal, or returns a result."""
         import openai
 
         body = {k: v for k, v in request.items() if k not in ("base_url", "cache_salt")}
@@ -637,62 +282,62 @@ class ChatClient:
             t = httpx2.Timeout(timeout, connect=min(timeout, self.connect_timeout))
             response = client.chat.completions.create(**body, timeout=t)
         except ResponseTooLarge as e:
-            raise _Fatal(f"answer not read: {e} (max_response_bytes); not cached")
+            raise Fatal(f"answer not read: {e} (max_response_bytes); not cached")
         except openai.APITimeoutError as e:
-            if _find_cause(e, ("ConnectTimeout",)):
-                raise _Retryable(f"no connection within {min(timeout, self.connect_timeout):g}s",
-                                 kind="unreachable")
-            raise _Retryable(f"timed out after {timeout:g}s with no answer", kind="timeout")
+            if find_cause(e, ("ConnectTimeout",)):
+                raise Retryable(f"no connection within {min(timeout, self.connect_timeout):g}s",
+                                kind="unreachable")
+            raise Retryable(f"timed out after {timeout:g}s with no answer", kind="timeout")
         except openai.APIConnectionError as e:
-            big = _find_cause(e, ("ResponseTooLarge",))
+            big = find_cause(e, ("ResponseTooLarge",))
             if big is not None:
-                raise _Fatal(f"answer not read: {big} (max_response_bytes); not cached")
-            causes = [c for c in _causes(e) if c is not e]
+                raise Fatal(f"answer not read: {big} (max_response_bytes); not cached")
+            causes = [c for c in exception_chain(e) if c is not e]
             cause = causes[0] if causes else e
             text = f"{type(cause).__name__}: {cause}"
-            if _find_cause(e, _CUT):
-                raise _Retryable(f"connection cut before the answer was complete ({text})", kind="cut")
-            if _find_cause(e, _UNREACHABLE):
-                raise _Retryable(text, kind="unreachable")
-            raise _Retryable(f"connection failed ({text})", kind="cut")
+            if find_cause(e, CUT):
+                raise Retryable(f"connection cut before the answer was complete ({text})", kind="cut")
+            if find_cause(e, UNREACHABLE):
+                raise Retryable(text, kind="unreachable")
+            raise Retryable(f"connection failed ({text})", kind="cut")
         except openai.APIStatusError as e:
             status = e.status_code
             detail = e.message if getattr(e, "message", None) else str(e)
             reason = f"HTTP {status}: {detail}"
             if status == 429 or status >= 500 or status in (408, 409, 425):
-                raise _Retryable(reason, retry_after=_retry_after_seconds(e), kind="status")
-            raise _Fatal(reason)
+                raise Retryable(reason, retry_after=retry_after_seconds(e), kind="status")
+            raise Fatal(reason)
         except openai.OpenAIError as e:
-            raise _Retryable(f"malformed response ({type(e).__name__}: {e})", kind="malformed")
+            raise Retryable(f"malformed response ({type(e).__name__}: {e})", kind="malformed")
         except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise _Retryable(f"malformed response ({type(e).__name__}: {e})", kind="malformed")
+            raise Retryable(f"malformed response ({type(e).__name__}: {e})", kind="malformed")
         choices = getattr(response, "choices", None)
         if not choices:
             err = getattr(response, "error", None)
             if err is None:
                 extra = getattr(response, "model_extra", None) or {}
                 err = extra.get("error")
-            raise _Retryable(f"malformed response (no choices{'; error: ' + str(err)[:300] if err else ''})",
-                             kind="malformed")
+            raise Retryable(f"malformed response (no choices{'; error: ' + str(err)[:300] if err else ''})",
+                            kind="malformed")
         choice = choices[0]
         message = getattr(choice, "message", None)
         if message is None:
-            raise _Retryable("malformed response (choice without message)", kind="malformed")
+            raise Retryable("malformed response (choice without message)", kind="malformed")
         text = getattr(message, "content", None)
         if text is None:
             refusal = getattr(message, "refusal", None)
             if isinstance(refusal, str) and refusal.strip():
-                raise _Fatal(f"the endpoint refused with no answer text: {refusal[:200]}")
+                raise Fatal(f"the endpoint refused with no answer text: {refusal[:200]}")
             # A transient empty reply (an upstream hiccup, or every token spent on hidden
             # reasoning): not an answer, so it is retried and never cached.
-            raise _Retryable("no answer text (\"content\": null, finish_reason "
+            raise Retryable("no answer text (\"content\": null, finish_reason "
                              f"{getattr(choice, 'finish_reason', None)!r})", kind="empty")
         if not isinstance(text, str):
-            raise _Retryable(f"malformed response (content is a {type(text).__name__})", kind="malformed")
+            raise Retryable(f"malformed response (content is a {type(text).__name__})", kind="malformed")
         if len(text) > self.max_answer_chars:
-            raise _Fatal(f"answer of {len(text)} characters is over the {self.max_answer_chars}-character "
-                         "limit (max_answer_chars); not cached")
-        top = _first_token_top_logprobs(choice)
+            raise Fatal(f"answer of {len(text)} characters is over the {self.max_answer_chars}-character "
+                        "limit (max_answer_chars); not cached")
+        top = first_token_top_logprobs(choice)
         if top is not None:
             top = [{"token": self._scrub_key(t["token"]), "logprob": t["logprob"]} for t in top]
         return ChatResult(text=self._scrub_key(text), top_logprobs=top, error=None, cached=False,
@@ -705,12 +350,12 @@ class ChatClient:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    def _new_batch(self, deadline: Any = ...) -> _Batch:
-        return _Batch(self.base_url, self.breaker_failures, self.deadline if deadline is ... else deadline)
+    def _new_batch(self, deadline: Any = ...) -> CallBatch:
+        return CallBatch(self.base_url, self.breaker_failures, self.deadline if deadline is ... else deadline)
 
-    def _call(self, request: dict, key: str, batch: _Batch | None = None) -> ChatResult:
+    def _call(self, request: dict, key: str, batch: CallBatch | None = None) -> ChatResult:
         batch = batch if batch is not None else self._new_batch()
-        last: _Retryable | None = None
+        last: Retryable | None = None
         attempts = 0
         for attempt in range(self.max_retries + 1):
             if batch.open_reason is not None:
@@ -728,10 +373,10 @@ class ChatClient:
                 result = self._attempt(request, timeout)
             except MissingAPIKeyError:
                 raise
-            except _Fatal as e:
+            except Fatal as e:
                 batch.success()  # the server answered
                 return ChatResult(text=None, error=self._scrub(e.reason))
-            except _Retryable as e:
+            except Retryable as e:
                 last = e
                 batch.failure(e)
                 if attempt < self.max_retries and batch.open_reason is None:

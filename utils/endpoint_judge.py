@@ -18,7 +18,7 @@ Two ways to turn the judge's answer into a score (``Judge(mode=...)``):
 
 Every score carries its method (``JudgeScore.method``), ``judge.method`` says which one the judge
 uses, and ``judge.identity()`` (label, model, endpoint, method) is what a cache of scores should be
-keyed by. Nothing raises except :class:`~utils.api.MissingAPIKeyError` (no key configured): each
+keyed by. Nothing raises except :class:`~utils.api_settings.MissingAPIKeyError` (no key configured): each
 answer ends as a score or as ``None`` with a reason, whatever the endpoint sends.
 """
 

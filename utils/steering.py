@@ -11,7 +11,7 @@ Position modes (the course's steering convention) -- `coeff * vector` is added t
 With left-padded batches, pad positions are never steered: a pre-hook on the model reads the
 attention mask of each forward call. The hidden state is never modified in place.
 
-The hook is written so that a CUDA graph can record it (`utils.generation` replays one decoding
+The hook is written so that a CUDA graph can record it (`utils.decoding` replays one decoding
 step as a graph): the delta `coeff * vector` is put on the device once, in the hidden states'
 dtype, and reused; the pad mask is a tensor, and a forward with no mask (a decoding step, where
 every row's new token is real) adds the delta to every row with no branch on tensor values.

@@ -39,7 +39,77 @@ def current_kind() -> str:
 
 
 # section -> world kind (or "default") -> the values that world sets. Each section fills its own.
-TABLES: dict[int, dict[str, dict[str, Any]]] = {}
+# "default" is the real-model setting (a chosen model, or the paper's); "toy" and "tiny" shrink the
+# runs so that a notebook executes on a CPU in a minute or two (and say what the offline judges can
+# not do). A value of None for a count means "all of them".
+TABLES: dict[int, dict[str, dict[str, Any]]] = {
+    1: {
+        "default": {
+            "n_questions": None,  # persona questions per persona (None: all 18)
+            "max_tokens": 256,  # tokens per generated response
+            "temperature": 0.7,  # sampling temperature of local generation
+            "api_generation": True,  # generate through the API when a key is set
+            "filter_by_role_score": True,  # keep only responses the judge scored as fully in role
+            "load_released_vectors": True,  # compare with the paper's released Gemma 2 27B vectors
+        },
+        "toy": {"n_questions": 3, "max_tokens": 32, "temperature": 1.0, "api_generation": False,
+                "load_released_vectors": False},
+        "tiny": {"n_questions": 3, "max_tokens": 8, "temperature": 1.0, "api_generation": False,
+                 "filter_by_role_score": False,  # the stand-in judge's scores are noise
+                 "load_released_vectors": False},
+    },
+    2: {
+        "default": {
+            "n_questions": 10,  # persona questions behind the quick axis
+            "max_new_tokens": 200,  # tokens per reply behind the quick axis
+            "load_released_axis": True,  # compare with the paper's released axis and capping config
+            "reply_tokens": 200,  # tokens per reply in the drifting conversations
+            "replay_own_conversation": False,  # replay the model's own pushed conversation, not the therapy one
+            "n_replays": 24,  # conversations replayed with and without capping
+        },
+        # the therapy transcript's plain prose does not move the toy model: replay the pushing user
+        "toy": {"n_questions": 4, "max_new_tokens": 32, "load_released_axis": False, "reply_tokens": 96,
+                "replay_own_conversation": True, "n_replays": 18},
+        "tiny": {"n_questions": 4, "max_new_tokens": 32, "load_released_axis": False, "reply_tokens": 96,
+                 "n_replays": 4},
+    },
+    3: {
+        "default": {
+            "n_questions": None,  # extraction questions per instruction pair (None: all 20)
+            "max_new_tokens": 256,  # tokens per contrastive answer
+            "cache_responses": True,  # read and write the generated answers in the course cache
+            "sweep_layer_step": 3,  # the layer sweep steers at every n-th block (and the steering layer)
+            "n_steer_questions": 5,  # eval questions per layer of the sweep (None: all 20)
+            "steer_tokens": 96,  # tokens per steered answer in the sweep
+            "load_published_sae": True,  # use a published SAE when the model has one
+        },
+        # the toy model opens many answers with a plain preamble before the trait's voice shows
+        "toy": {"n_questions": 4, "max_new_tokens": 32, "cache_responses": False, "sweep_layer_step": 1,
+                "n_steer_questions": None, "load_published_sae": False},
+        "tiny": {"n_questions": 4, "max_new_tokens": 12, "cache_responses": False, "sweep_layer_step": 1,
+                 "n_steer_questions": 2, "steer_tokens": 8, "load_published_sae": False},
+    },
+    4: {
+        "default": {
+            "torch_threads": None,  # CPU threads for torch (None: torch's default)
+            "n_questions": 20,  # extraction questions
+            "n_eval": 20,  # evaluation questions
+            "max_new_tokens": 256,  # tokens per answer
+            # coefficients multiply the raw vector: the paper's sweep is -3..+5
+            "coefficients": (-3, -1, 0, 1, 3, 5),
+            "coherence_threshold": 50,  # steered answers below this coherence are dropped
+            "fresh_pipeline_cache": False,  # run the pipeline in a new empty cache folder
+        },
+        # the toy model shows a trait only once its answer has room for a few style chunks (with 16
+        # new tokens every steered answer scores the judge's "no markers" 25); +2 shows where its
+        # curve turns upward
+        "toy": {"torch_threads": 1, "n_questions": 4, "n_eval": 8, "max_new_tokens": 48,
+                "coefficients": (-3, -1, 0, 1, 2, 3, 5), "fresh_pipeline_cache": True},
+        # a 4-block, 64-wide model gains nothing from threads; the stand-in's coherence is noise
+        "tiny": {"torch_threads": 1, "n_questions": 4, "n_eval": 3, "max_new_tokens": 16,
+                 "coherence_threshold": 0, "fresh_pipeline_cache": True},
+    },
+}
 
 
 @dataclass(frozen=True)
