@@ -31,7 +31,7 @@
 #   scored by a toy judge that counts those style markers. Its effects are real but small-world:
 #   they illustrate the method, they are not the paper's results. In the book, paragraphs that open
 #   with **In this build** read this build's outputs, every number taken from the cells above them.
-# - **Random tiny models** (nbgrader, or `PERSONA_COURSE_TINY=1`): a random-weight model of the
+# - **Random tiny models** (nbgrader, or `PERSONA_COURSE_MODEL=tiny`): a random-weight model of the
 #   Gemma 2 architecture (no system role). Every cell runs and every test is meaningful, but every
 #   number and every plot is noise; the steps below do not repeat it.
 # :::

@@ -166,7 +166,7 @@ def resolve_key(key_env: str) -> str:
         f"({REPO_ROOT / '.env'}), which is gitignored. To read the key from another "
         "variable, set PERSONA_COURSE_API_KEY_ENV to its name. For a local vLLM server "
         "started without --api-key any non-empty value works (e.g. OPENAI_API_KEY=EMPTY). "
-        "In tiny/offline mode (PERSONA_COURSE_TINY=1) no key is needed.")
+        "In the offline worlds (PERSONA_COURSE_MODEL=toy or tiny) no key is needed.")
 
 
 def key_available(key_env: str | None = None) -> bool:
