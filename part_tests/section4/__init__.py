@@ -34,4 +34,4 @@ __all__ = [
     "test_trait_cosine_matrix_input_checks",
 ]
 
-friendly_tests(globals())  # each module wraps its own tests already; this is a no-op kept for safety
+friendly_tests(globals())  # each module wraps its own tests already (friendly() leaves a wrapped test as it is)

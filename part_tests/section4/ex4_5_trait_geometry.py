@@ -64,7 +64,7 @@ def test_trait_cosine_matrix(trait_cosine_matrix) -> None:
             fail(f"{name} returned |cosine|: keep the sign (opposite traits point in opposite directions)")
         order = list(vectors)
         if names != order and torch.allclose(sim, _cosines(vectors, order), atol=1e-5):
-            fail(f"the rows of sim are not in the order of `names`: return the names in the order you stacked the vectors")
+            fail("the rows of sim are not in the order of `names`: return the names in the order you stacked the vectors")
         fail(f"{name}: sim[i, j] should be the cosine of vectors[names[i]] and vectors[names[j]]; got\n{sim}\nexpected\n{want}")
 
     # bfloat16 vectors (as saved from a half-precision run): cosines computed in float32

@@ -329,7 +329,7 @@ class ScalesVectorInPlace(Ref):
 
 # -- input checks ------------------------------------------------------------------------
 @mistake("test_activation_steerer_input_checks", "ValueError")
-@correct("test_activation_steerer")
+@correct("test_activation_steerer")  # no input checks: full credit for the maths
 class NoShapeCheck(Ref):
     def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
         if positions not in self.POSITIONS:
@@ -339,7 +339,7 @@ class NoShapeCheck(Ref):
 
 
 @mistake("test_activation_steerer_input_checks", "positions='middle'")
-@correct("test_activation_steerer")
+@correct("test_activation_steerer")  # no input checks: full credit for the maths
 class NoPositionCheck(Ref):
     def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
         super().__init__(model, vector, coeff, layer, "all" if positions not in self.POSITIONS else positions)

@@ -302,7 +302,7 @@ def _system_role(tokenizer):
 
 
 @mistake("test_compute_trait_projections_input_checks", "ValueError")
-@correct("test_compute_trait_projections")
+@correct("test_compute_trait_projections")  # no input checks: full credit for the maths
 def proj_no_checks(model, tokenizer, system_prompts, questions, responses, vector, layer):
     n = min(len(system_prompts), len(questions), len(responses))
     vector = torch.as_tensor(vector).reshape(-1)[: model.config.get_text_config().hidden_size]

@@ -145,7 +145,7 @@ def cos_flattens_layers(vectors):
 
 
 @mistake("test_trait_cosine_matrix_input_checks", "different sizes")
-@correct("test_trait_cosine_matrix")
+@correct("test_trait_cosine_matrix")  # no size check: full credit for the maths
 def cos_no_size_check(vectors):
     """Rejects 2-D vectors, then truncates to the shortest."""
     if any(torch.as_tensor(v).ndim != 1 for v in vectors.values()):
