@@ -24,48 +24,9 @@ def _test_fn(short, test_name):
     return getattr(importlib.import_module(f"part_tests.{short}"), test_name)
 
 
-def _tests(short: str) -> dict[str, str]:
-    """test name -> the name of the student object it is run on."""
-    mod = importlib.import_module(f"part_tests.{short}")
-    out = {}
-    for name in dir(mod):
-        fn = getattr(mod, name)
-        if name.startswith("test_") and callable(fn):
-            out[name] = getattr(fn, "target", None)
-    return out
-
-
-def _legacy(short: str):
-    """The old one-module catalogue (a CATALOGUE dict), while a section still has one."""
-    try:
-        mod = importlib.import_module(f"tests.catalogue.{short}")
-    except ModuleNotFoundError:
-        return None
-    return mod if hasattr(mod, "CATALOGUE") else None
-
-
-def _targets() -> list[tuple[str, str, str]]:
-    return [(short, t, ref) for short in SECTION_MODULES.values() for t, ref in sorted(targets(short).items())]
-
-
-def _entries(wrong: bool) -> list[tuple[str, str, object, str | None, str]]:
-    out = []
-    for short in SECTION_MODULES.values():
-        legacy = _legacy(short)
-        if legacy is None:
-            out += [(e.section, e.test, e.obj, e.phrase, e.id) for e in entries(short) if (e.phrase is not None) == wrong]
-        elif wrong:
-            out += [(short, t, m[0], m[1], f"{short}.{t}[{i}]") for t, (_, ms) in legacy.CATALOGUE.items()
-                    for i, m in enumerate(ms)]
-        else:
-            out += [(short, t, fn, None, f"{short}.{t}[{i}]")
-                    for t, fns in getattr(legacy, "CORRECT_ALTERNATIVES", {}).items() for i, fn in enumerate(fns)]
-    return out
-
-
-TARGETS = _targets()
-MISTAKES = _entries(wrong=True)
-ALTERNATIVES = _entries(wrong=False)
+TARGETS = [(short, t, ref) for short in SECTION_MODULES.values() for t, ref in sorted(targets(short).items())]
+MISTAKES = [(e.section, e.test, e.obj, e.phrase, e.id) for e in entries() if e.phrase is not None]
+ALTERNATIVES = [(e.section, e.test, e.obj, e.id) for e in entries() if e.phrase is None]
 
 
 @pytest.mark.parametrize("short,test_name,ref_name", TARGETS, ids=[f"{t[0]}.{t[1]}" for t in TARGETS])
@@ -80,7 +41,7 @@ def test_stub_fails(short, test_name, ref_name):
         _test_fn(short, test_name)(stub)
 
 
-@pytest.mark.parametrize("short,test_name,alternative", [a[:3] for a in ALTERNATIVES], ids=[a[4] for a in ALTERNATIVES])
+@pytest.mark.parametrize("short,test_name,alternative", [a[:3] for a in ALTERNATIVES], ids=[a[3] for a in ALTERNATIVES])
 def test_correct_alternative_passes(short, test_name, alternative):
     _test_fn(short, test_name)(alternative)
 
@@ -95,21 +56,32 @@ def test_mistake_fails(short, test_name, wrong, phrase):
 
 def test_every_test_has_a_catalogue():
     """Each test function in part_tests names its exercise's object and has catalogue entries (a test
-    no wrong answer fails is a bug); every entry names a test that exists."""
+    no wrong answer fails is a bug); every entry names a test that exists; every section has a catalogue."""
+    from tests.catalogue import sections as catalogued
+
+    assert set(catalogued()) == set(SECTION_MODULES.values()), \
+        f"sections without a catalogue package: {sorted(set(SECTION_MODULES.values()) - set(catalogued()))}"
     for short in SECTION_MODULES.values():
-        tests = _tests(short)
-        legacy = _legacy(short)
-        if legacy is not None:
-            missing = set(tests) - set(legacy.CATALOGUE)
-            assert not missing, f"{short}: tests without a catalogue of mistakes: {sorted(missing)}"
-            empty = [n for n, (_, ms) in legacy.CATALOGUE.items() if not ms]
-            assert not empty, f"{short}: catalogue entries with no mistakes: {empty}"
-            continue
+        tests = targets(short)
         unmarked = sorted(n for n, target in tests.items() if not target)
         assert not unmarked, f"{short}: tests not marked with @exercise(number, target): {unmarked}"
-        declared = [e for e in entries(short)]
+        declared = entries(short)
         unknown = sorted({e.test for e in declared} - set(tests))
         assert not unknown, f"{short}: catalogue entries for tests that do not exist: {unknown}"
-        with_mistakes = {e.test for e in declared if e.phrase is not None}
-        missing = sorted(set(tests) - with_mistakes)
+        missing = sorted(set(tests) - {e.test for e in declared if e.phrase is not None})
         assert not missing, f"{short}: tests without a catalogue of mistakes: {missing}"
+
+
+def test_each_exercise_module_opens_with_its_header():
+    """One exercise header everywhere: each per-exercise test and catalogue module opens with
+    `Exercise N.M — Name`, the header of the section's source."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for short, full in FULL.items():
+        headers = set(re.findall(r"^# ## (Exercise \d+\.\d+ — .+)$", (root / "solutions" / f"{full}.py").read_text(), re.M))
+        for folder in (root / "part_tests" / short, root / "tests" / "catalogue" / short):
+            for path in sorted(folder.glob("ex*.py")):
+                first = (path.read_text().split('"""')[1].strip().splitlines() or [""])[0]
+                assert first in headers, f"{path.relative_to(root)} opens with {first!r}, not one of {sorted(headers)}"

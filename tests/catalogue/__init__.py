@@ -109,15 +109,9 @@ def entries(section: str | None = None) -> list[Entry]:
     return [e for e in _REGISTRY if section is None or e.section == section]
 
 
-def targets(short: str) -> dict[str, str]:
+def targets(short: str) -> dict[str, str | None]:
     """Each test of `part_tests.<short>` -> the name of the student object it runs on (its
-    `@exercise` mark; a section still on the old one-module catalogue reads its CATALOGUE dict)."""
-    try:
-        legacy = importlib.import_module(f"{__name__}.{short}")
-    except ModuleNotFoundError:
-        legacy = None
-    if legacy is not None and hasattr(legacy, "CATALOGUE"):
-        return {test: ref for test, (ref, _) in legacy.CATALOGUE.items()}
+    `@exercise` mark; None for a test that has none, which `tests/test_exercises.py` reports)."""
     mod = importlib.import_module(f"part_tests.{short}")
     return {name: getattr(getattr(mod, name), "target", None) for name in dir(mod)
             if name.startswith("test_") and callable(getattr(mod, name))}
