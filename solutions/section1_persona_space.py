@@ -106,7 +106,8 @@ print(f"blocks: {len(get_blocks(model))}  layer: {LAYER}")
 # write `parse_score(text) -> int` that reads the score back: the number after the **last**
 # `SCORE:` (judges sometimes quote the format before answering), and raises `ValueError` when there
 # is no `SCORE:` number or when that last one is not a valid score in 0–3 (an earlier `SCORE:` was a
-# draft: don't fall back on it).
+# draft: don't fall back on it). The scale has whole numbers only: `SCORE: 2.5` is not a valid score
+# either (raise), while a full stop right after the number (`SCORE: 2.`) just ends the sentence.
 #
 # :::{dropdown} Hint 1
 # A regular expression such as `r"SCORE:\s*(\d+)"` with `re.findall` gives you every match; take
@@ -115,6 +116,8 @@ print(f"blocks: {len(get_blocks(model))}  layer: {LAYER}")
 #
 # :::{dropdown} Hint 2
 # Check the range before returning: a judge that answers `SCORE: 7` has not given a valid score.
+# Nor has one that answers `SCORE: 2.5`: read the number with its decimal part, if it has one
+# (`r"SCORE:\s*(-?\d+(?:\.\d+)?)"`), rather than letting `\d+` stop at the point.
 # :::
 
 # %% tags=["exercise"]
@@ -143,9 +146,11 @@ SCORE: <0, 1, 2 or 3>"""
 def parse_score(text: str) -> int:
     """The role-play score (0-3) in a judge's reply: the number after the last 'SCORE:'."""
     ### BEGIN SOLUTION
-    matches = re.findall(r"SCORE:\s*(-?\d+)", text)
+    matches = re.findall(r"SCORE:\s*(-?\d+(?:\.\d+)?)", text)
     if not matches:
         raise ValueError(f"no 'SCORE: <n>' line in the judge's reply: {text[:80]!r}")
+    if "." in matches[-1]:
+        raise ValueError(f"score {matches[-1]} is not a whole number on the 0-3 scale")
     score = int(matches[-1])
     if not 0 <= score <= 3:
         raise ValueError(f"score {score} is outside the 0-3 scale")
@@ -707,7 +712,33 @@ from part_tests import section1 as tests
 
 tests.test_extract_persona_vectors(extract_persona_vectors)
 
+# %% [markdown]
+# Before filtering, one check on the judge: if it scored no role response at least 3 (a judge that
+# never answers with a number gives every response `None`), the filter would leave the default
+# personas alone, and there would be no roles to set the Assistant against. The cell stops there
+# with one message that names the judge, rather than failing later inside the PCA.
+
+# %% tags=["export"]
+def require_role_scores(scores: dict, default_personas, score_threshold: int, judge_label: str) -> None:
+    """Raise RuntimeError, naming the judge, when no role response's score reaches `score_threshold`."""
+    role = [s for (name, _), s in scores.items() if name not in default_personas]
+    if not role or any(s is not None and s >= score_threshold for s in role):
+        return
+    unscored = sum(s is None for s in role)
+    what = (f"the judge ({judge_label}) returned no score for any of the {len(role)} role responses"
+            if unscored == len(role) else
+            f"no role response has a score >= {score_threshold} from the judge ({judge_label}); "
+            f"{unscored} of {len(role)} have no score")
+    raise RuntimeError(
+        f"{what}, so every role persona would be filtered out and there would be no Assistant Axis. Set a judge API "
+        "key (OPENROUTER_API_KEY or OPENAI_API_KEY; see the appendix on backends) for an LLM judge, or build the "
+        "vectors without the filter (extract_persona_vectors(..., scores=None)) or with a lower score_threshold."
+    )
+
+
 # %%
+if S.filter_by_role_score:
+    require_role_scores(scores, DEFAULT_PERSONAS, 3, judge.label)
 persona_vectors = extract_persona_vectors(
     model, tokenizer, PERSONAS, QUESTIONS, responses, LAYER, scores=scores if S.filter_by_role_score else None
 )

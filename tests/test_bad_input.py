@@ -18,6 +18,30 @@ def test_unknown_default_persona_is_named():
         ref.pca_decompose_persona_vectors(vectors, ["default", "helpful_asistant"])
 
 
+def test_a_judge_that_scores_nothing_stops_section1_with_one_message():
+    """A judge that never answers with a number (every role score None) stops Section 1 where the scores
+    are first used, with a message naming the judge and what to do, not inside the PCA later."""
+    ref = load("section1")
+    defaults = ["default", "assistant"]
+    scores = {("default", 0): 3, ("assistant", 0): 3, ("ghost", 0): None, ("ghost", 1): None, ("bard", 0): None}
+    with pytest.raises(RuntimeError) as info:
+        ref.require_role_scores(scores, defaults, 3, "self-judged by tiny-judge")
+    message = str(info.value)
+    for part in ("self-judged by tiny-judge", "no score", "API key", "scores=None", "score_threshold"):
+        assert part in message, f"{part!r} missing from {message!r}"
+    # scores that exist but all fall below the threshold: the same stop, saying so
+    low = {**scores, ("ghost", 0): 2, ("bard", 0): 1}
+    with pytest.raises(RuntimeError, match=r"no role response has a score >= 3 .*1 of 3 have no score"):
+        ref.require_role_scores(low, defaults, 3, "the toy-world judge")
+    # one role response that passes is enough, and a lower threshold is honoured
+    ref.require_role_scores({**scores, ("bard", 0): 3}, defaults, 3, "x")
+    ref.require_role_scores(low, defaults, 2, "x")
+    # without the check, the same scores end in the PCA's error: the check is what names the judge
+    kept = {n: torch.randn(8) for n in defaults}  # every role filtered out
+    with pytest.raises(ValueError, match="one role"):
+        ref.pca_decompose_persona_vectors(kept, defaults)
+
+
 def test_mismatched_lists_in_extraction_are_rejected():
     ref = load("section1")
     model, tok = tiny("tiny-gemma2")
