@@ -89,8 +89,8 @@ def parse_score_last_valid(text):
 
 @correct("test_parse_score", "test_parse_score_hidden")
 def parse_score_ignore_case(text):
-    matches = re.findall(r"score:\s*(-?\d+)", text, flags=re.I)
-    if not matches or not 0 <= int(matches[-1]) <= 3:
+    matches = re.findall(r"score:\s*(-?[\d.]*\d)", text, flags=re.I)
+    if not matches or not matches[-1].lstrip("-").isdigit() or not 0 <= int(matches[-1]) <= 3:
         raise ValueError(f"no valid score in {text!r}")
     return int(matches[-1])
 
@@ -98,7 +98,7 @@ def parse_score_ignore_case(text):
 @correct("test_parse_score", "test_parse_score_hidden")
 def parse_score_rfind(text):
     i = text.rfind("SCORE:")
-    m = re.match(r"\s*(-?\d+)", text[i + 6:]) if i >= 0 else None
+    m = re.match(r"\s*(-?\d+)(?!\.\d)", text[i + 6:]) if i >= 0 else None
     if m is None:
         raise ValueError("no score")
     score = int(m.group(1))
@@ -117,3 +117,63 @@ mistake("test_judge_prompt_template", "{answer}")("Judge {role} answering {quest
 mistake("test_judge_prompt_template", "score 1 is missing")(
     "Rate how fully the model played {role} when asked {question}; its answer: {answer}. From 0 (refuses) to 3 "
     "(fully in role). Finish with SCORE: <n>.")
+
+
+@correct("test_parse_score", "test_parse_score_hidden")
+def parse_score_float_then_check(text):
+    """Reads the number as a float and accepts only a whole one in 0-3."""
+    found = re.findall(r"SCORE:\s*(-?\d+(?:\.\d+)?)", text)
+    if not found:
+        raise ValueError("no score")
+    value = float(found[-1])
+    if not value.is_integer() or value not in (0, 1, 2, 3):
+        raise ValueError("not a score on the 0-3 scale")
+    return int(value)
+
+
+@mistake("test_parse_score", "decimal part")
+def parse_score_digits_before_point(text):
+    """The hint's regex as it stands: 'SCORE: 2.5' reads as 2."""
+    found = re.findall(r"SCORE:\s*(\d+)", text)
+    if not found or not 0 <= int(found[-1]) <= 3:
+        raise ValueError("no score")
+    return int(found[-1])
+
+
+@mistake("test_parse_score", "whole numbers only")
+def parse_score_rounds(text):
+    """Reads a float and rounds it: 'SCORE: 2.5' becomes 2, 'SCORE: 3.5' becomes 4 (then raises)."""
+    found = re.findall(r"SCORE:\s*(-?\d+(?:\.\d+)?)", text)
+    if not found:
+        raise ValueError("no score")
+    score = round(float(found[-1]))
+    if not 0 <= score <= 3:
+        raise ValueError("out of range")
+    return score
+
+
+@mistake("test_parse_score", "should return an int")
+def parse_score_float(text):
+    """Returns the number as a float (2.0), and 2.5 as 2.5."""
+    found = re.findall(r"SCORE:\s*(-?\d+(?:\.\d+)?)", text)
+    if not found or not 0 <= float(found[-1]) <= 3:
+        raise ValueError("no score")
+    return float(found[-1])
+
+
+@mistake("test_parse_score", "need not start a line")
+def parse_score_line_start(text):
+    """Only a 'SCORE:' that opens a line counts ('Final verdict: SCORE: 2' is missed)."""
+    found = re.findall(r"^SCORE:\s*(-?\d+(?:\.\d+)?)", text, flags=re.M)
+    if not found or "." in found[-1] or not 0 <= int(found[-1]) <= 3:
+        raise ValueError("no score")
+    return int(found[-1])
+
+
+@mistake("test_parse_score", "any whitespace")
+def parse_score_one_optional_space(text):
+    """At most one space after 'SCORE:' ('SCORE:  2', two spaces, is missed)."""
+    found = re.findall(r"SCORE: ?(-?\d+(?:\.\d+)?)", text)
+    if not found or "." in found[-1] or not 0 <= int(found[-1]) <= 3:
+        raise ValueError("no score")
+    return int(found[-1])
