@@ -9,6 +9,7 @@ import threading
 import time
 
 from part_tests._common import check, exercise, fail, passed, using
+from part_tests.properties import braces_text, for_all, st
 from part_tests.section1._shared import PERSONAS_SMALL, QUESTIONS_SMALL, _attempt
 
 
@@ -119,4 +120,22 @@ def test_generate_all_responses(generate_all_responses) -> None:
                            name="generate_all_responses")
     _check_responses(result2, personas, questions2, 5, fake2)
     check(fake2.max_in_flight <= 2, f"{fake2.max_in_flight} calls ran at once with max_workers=2: use max_workers for the pool size")
+
+    # property: one or a few personas (an empty prompt among them), one or a few questions (repeats, braces and
+    # placeholders in the text), any max_workers and max_tokens
+    def one_run(case):
+        prompts, qs, workers, tokens = case
+        people = {f"p{i}": prompt for i, prompt in enumerate(prompts)}
+        rec = _RecordingGenerator(slow=0.004, fast=0.001)
+        with using(generate_all_responses, generate_response=rec):
+            got = _attempt(generate_all_responses, people, qs, max_tokens=tokens, max_workers=workers,
+                           name="generate_all_responses")
+        _check_responses(got, people, qs, tokens, rec)
+        check(rec.max_in_flight <= workers, f"{rec.max_in_flight} calls ran at once with max_workers={workers}: use "
+                                            "max_workers for the pool size")
+
+    prompt = st.one_of(st.just(""), braces_text())
+    for_all(st.tuples(st.lists(prompt, min_size=1, max_size=3), st.lists(braces_text(), min_size=1, max_size=4),
+                      st.integers(1, 3), st.sampled_from([1, 7, 64])),
+            one_run, name="generate_all_responses", examples=6)
     passed("test_generate_all_responses", f"{len(result)} responses, up to {fake.max_in_flight} calls in flight")

@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 from part_tests._common import call, check, exercise, expect_value_error, fail, passed, tiny, tiny_variant
+from part_tests.properties import braces_text, for_all, st
 from part_tests.section1._shared import _gemma_like_tokenizer, _ref_format_messages
 
 
@@ -180,7 +181,31 @@ def test_format_messages(format_messages) -> None:
                 fail(f"{label}: full_prompt should be the chat template's rendering of the whole conversation "
                      f"(apply_chat_template(messages, tokenize=False), system prompt merged where the template has no "
                      f"system role); expected {ref_text!r:.300}, got {full_prompt!r:.300}")
+    # property: a system prompt, question and reply that hold braces, placeholders, '?', '$1', backslashes
+    for_all(st.tuples(st.one_of(braces_text(), braces_text().map(lambda t: f"{t} {{question}}")), braces_text(),
+                      braces_text()), lambda case: _one_awkward(format_messages, *case), name="format_messages", examples=6)
     passed("test_format_messages", "tiny-qwen2, tiny-gemma2, Qwen3- (thinking off and on) and Llama-3-style templates")
+
+
+def _one_awkward(format_messages, system, question, answer) -> None:
+    from utils.chat import supports_system_role
+
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question},
+                {"role": "assistant", "content": answer}]
+    for model_name, tokenizer in _format_tokenizers()[:2]:
+        label = f"format_messages on {model_name}"
+        try:
+            full_prompt, span = _attempt_format(format_messages, messages, tokenizer, model_name, label)
+            _check_span(label, tokenizer, messages, full_prompt, span)
+            ref_text, _ = _ref_format_messages(messages, tokenizer)
+            _check_merge(label, full_prompt, ref_text, messages, system, supports_system_role(tokenizer))
+            check(full_prompt == ref_text, f"{label}: full_prompt should be the chat template's rendering of the "
+                                           f"conversation; expected {ref_text!r:.300}, got {full_prompt!r:.300}")
+        except AssertionError as err:
+            raise AssertionError(
+                f"{err} -- on messages that hold braces, placeholders such as {{question}}, '?', '$1' or backslashes: "
+                "use the contents as plain text, never as a regex pattern (re.escape, or str.find) or a template "
+                "(str.format / str.replace on a string that holds another message)") from err
 
 
 @exercise("1.3", "format_messages")

@@ -128,3 +128,14 @@ def alt_gen_as_completed(personas, questions, max_tokens=256, max_workers=10):
         futures = {pool.submit(generate_response, system_prompt=p, question=qq, max_tokens=max_tokens): (n, q)  # noqa: F821
                    for n, p in personas.items() for q, qq in enumerate(questions)}
         return {futures[f]: f.result() for f in as_completed(futures)}
+
+
+@correct("test_generate_all_responses")
+def alt_gen_persona_by_persona(personas, questions, max_tokens=256, max_workers=10):
+    """One pool, persona after persona: each persona's questions run concurrently, then the next persona's."""
+    out = {}
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        for name, prompt in personas.items():
+            texts = list(pool.map(lambda qq: generate_response(prompt, qq, max_tokens), questions))  # noqa: F821, B023
+            out.update({(name, q): text for q, text in enumerate(texts)})
+    return out

@@ -266,3 +266,66 @@ def alt_fmt_token_counts(messages, tokenizer):
 mistake("test_format_messages", "separates them")(_fmt_merge_with("\n"))
 mistake("test_format_messages", "separates them")(_fmt_merge_with(" "))
 mistake("test_format_messages", "*first* user message")(_fmt_merge_with("\n\n", into="last"))
+
+
+def _fmt_locate(messages, tokenizer, locate, merge=None):
+    """The course's approach, with the content located by `locate(full, content, after)` and the system prompt
+    merged by `merge(system, user)` where the template has no system role."""
+    msgs = [dict(m) for m in messages]
+    if msgs[0]["role"] == "system":
+        system = msgs.pop(0)["content"]
+        try:
+            tokenizer.apply_chat_template([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}], tokenize=False)
+            msgs.insert(0, {"role": "system", "content": system})
+        except Exception:
+            msgs[0]["content"] = (merge or (lambda s, u: f"{s}\n\n{u}"))(system, msgs[0]["content"])
+    prefix = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    content = msgs[-1]["content"]
+    c0 = locate(full, content, len(prefix))
+    if c0 < 0:
+        content = content.strip()
+        c0 = locate(full, content, len(prefix))
+    if c0 < 0:
+        raise ValueError("response not found")
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if c0 <= s and e <= c0 + len(content) and e > s]
+    return full, (inside[0], inside[-1] + 1)
+
+
+def _regex_locate(full, content, after):
+    import re
+
+    m = re.compile(content).search(full, after)  # the reply used as a pattern: '?', '$', '{', '\' mean something
+    return m.start() if m else -1
+
+
+@mistake("test_format_messages", "re.escape")
+def fmt_regex_search(messages, tokenizer):
+    """Finds the reply with re.search(content, full_prompt): a reply holding '?', '$1' or a backslash breaks it."""
+    return _fmt_locate(messages, tokenizer, _regex_locate)
+
+
+def _merge_by_replace(system, user):
+    return "{system}\n\n{question}".replace("{system}", system).replace("{question}", user)
+
+
+@mistake("test_format_messages", "str.replace")
+def fmt_merge_by_replace(messages, tokenizer):
+    """Merges with a template filled by chained str.replace: a system prompt holding '{question}' gets the question."""
+    return _fmt_locate(messages, tokenizer, lambda full, content, after: full.find(content, after), _merge_by_replace)
+
+
+@correct("test_format_messages", "test_format_messages_input_checks")
+def alt_fmt_escaped_regex(messages, tokenizer):
+    """The reply found with a regular expression, escaped."""
+    import re
+
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("the last message must be the assistant's")
+
+    def locate(full, content, after):
+        m = re.compile(re.escape(content)).search(full, after)
+        return m.start() if m else -1
+
+    return _fmt_locate(messages, tokenizer, locate)
