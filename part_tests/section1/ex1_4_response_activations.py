@@ -23,6 +23,7 @@ from part_tests._common import (
     tiny_variant,
     using,
 )
+from part_tests.properties import braces_text, for_all, sizes, st
 from part_tests.section1._shared import (
     _attempt,
     _gemma_like_tokenizer,
@@ -328,7 +329,40 @@ def test_extract_response_activations(extract_response_activations, model=None, 
         finally:
             handle.remove()
         no_hooks_left(m, f"extract_response_activations on {mname}, after an exception in the forward pass,", clean=owned)
+    # property: counts that do and don't divide the batch size, one example, bf16 and float32, replies with braces
+    # (batch size 0 stands for n itself: a batch size that divides n)
+    for_all(st.tuples(sizes(7), st.sampled_from([0, 2, 3, 4]), st.sampled_from(["float32", "bfloat16"]),
+                      st.lists(st.one_of(st.none(), braces_text()), min_size=7, max_size=7)),
+            lambda case: _one_batching(fn, *case), name="extract_response_activations", examples=5)
     passed("test_extract_response_activations", ", ".join(x[0] for x in configs))
+
+
+def _one_batching(fn, n, batch_size, dtype, awkward) -> None:
+    """n examples in batches of batch_size on tiny-qwen2 (float32 or bf16); some replies hold braces and placeholders."""
+    batch_size = batch_size or n
+    m, tok = tiny("tiny-qwen2", getattr(torch, dtype))
+    systems, questions = _EXTRACT_SYSTEMS[:n], _EXTRACT_QUESTIONS[:n]
+    responses = [r if a is None else a for r, a in zip(_EXTRACT_RESPONSES[:n], awkward)]
+    label = f"extract_response_activations on tiny-qwen2 ({dtype}) with {n} examples and batch_size={batch_size}"
+    hint = (f" -- {n} examples in batches of {batch_size}: loop over range(0, n, batch_size), so that the last batch "
+            "may be partial (or hold one example) and no batch is empty")
+    counter = _ForwardCounter(m)
+    try:
+        with using(fn, format_messages=_ref_format_messages):
+            got = _attempt(fn, m, tok, systems, questions, responses, 1, batch_size=batch_size, name=label)
+    except AssertionError as err:
+        raise AssertionError(f"{err}{hint}") from err
+    finally:
+        counter.remove()
+    no_hooks_left(m, label)
+    if isinstance(got, torch.Tensor) and got.ndim == 2 and got.shape[0] != n:
+        fail(f"{label} returned {got.shape[0]} rows for {n} examples{hint}")
+    got = _check_returned(got, label, n, m.config.hidden_size)
+    check(counter.rows <= batch_size, f"{label}: one forward pass held {counter.rows} conversations: use the batch_size "
+                                      "argument for the size of each batch")
+    expected = _ref_extract(m, tok, systems, questions, responses, 1).double()
+    bad = [i for i in range(n) if not _close(got[i], expected[i], _tol(m))]
+    check(not bad, f"{label}: rows {bad} differ from the mean of block 1's output over each response's tokens{hint}")
 
 
 @exercise("1.4", "extract_response_activations")
@@ -340,4 +374,13 @@ def test_extract_response_activations_input_checks(extract_response_activations,
         with using(fn, format_messages=_ref_format_messages):
             expect_value_error(fn, m, tok, *lists, 1, name="extract_response_activations",
                                what=f"lists of lengths {lens} (zip would silently drop an example): compare all three lengths")
+    # property: any three lengths that are not all equal
+    def one_mismatch(lens):
+        lists = [list(x) * 2 for x in EXTRACT_CASES]  # six of each
+        with using(fn, format_messages=_ref_format_messages):
+            expect_value_error(fn, m, tok, *(x[:k] for x, k in zip(lists, lens)), 1, name="extract_response_activations",
+                               what=f"lists of lengths {lens[0]}, {lens[1]} and {lens[2]}: compare all three lengths")
+
+    for_all(st.tuples(sizes(6), sizes(6), sizes(6)).filter(lambda t: len(set(t)) > 1), one_mismatch,
+            name="extract_response_activations", examples=6)
     passed("test_extract_response_activations_input_checks")

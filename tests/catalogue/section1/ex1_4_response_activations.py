@@ -32,6 +32,8 @@ def _extract(model, tokenizer, system_prompts, questions, responses, layer, *, s
         all_spans.append(sp)
     n = len(all_ids)
     starts = range(0, n - n % batch_size if batching == "drop_last" and n > batch_size else n, batch_size)
+    if batching == "extra_batch":  # n // batch_size + 1 batches: an empty one when batch_size divides n
+        starts = range(0, (n // batch_size + 1) * batch_size, batch_size)
     means = []
     for b0 in starts:
         ids = all_ids[b0:b0 + batch_size]
@@ -213,6 +215,7 @@ mistake("test_extract_response_activations", "expected float32")(_wrong_extract(
 mistake("test_extract_response_activations", "before the masked sum")(_wrong_extract(half_mean=True))
 mistake("test_extract_response_activations", "partial batch")(_wrong_extract(batching="drop_last"))
 mistake("test_extract_response_activations", "second batch")(_wrong_extract(batching="first_spans"))
+mistake("test_extract_response_activations", "no batch is empty")(_wrong_extract(batching="extra_batch"))
 mistake("test_extract_response_activations", "forward passes")(_wrong_extract(batch_size=1))
 mistake("test_extract_response_activations", "batch_size")(_wrong_extract(batch_size=64))
 mistake("test_extract_response_activations", "use the batch_size argument")(_wrong_extract(batch_size=8))
