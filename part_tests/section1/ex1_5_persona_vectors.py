@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from part_tests._common import call, check, exercise, fail, passed, tiny, using
+from part_tests.properties import for_all, st
 from part_tests.section1._shared import (
     PERSONAS_SMALL,
     QUESTIONS_SMALL,
@@ -191,6 +192,11 @@ def test_extract_persona_vectors(extract_persona_vectors, model=None, tokenizer=
           f"{label}: 'bard' is in `personas` but has no response in `responses` (its generations all failed): skipping it "
           "should raise a warning naming it -- loop over `personas`, not only over the names found in `responses`")
 
+    # property: any mix of missing responses, absent scores, None and 0-3 scores, any threshold, or no scores at all
+    status = st.sampled_from(["no response", "no score", None, 0, 1, 2, 3])
+    for_all(st.tuples(st.lists(status, min_size=12, max_size=12), st.sampled_from([0, 1, 2, 3, "scores=None"])),
+            lambda case: _one_filter(fn, *case), name="extract_persona_vectors", examples=8)
+
     # end to end on a tiny model, with the default persona's empty system prompt
     m, tok = (model, tokenizer) if model is not None else tiny("tiny-gemma2")
     small = {"default": "", "ghost": PERSONAS_SMALL["ghost"]}
@@ -209,3 +215,31 @@ def test_extract_persona_vectors(extract_persona_vectors, model=None, tokenizer=
               f"{label}: the vector of {name!r} is not the mean of its response activations: expected {_show(want)}, "
               f"got {_show(got)}")
     passed("test_extract_persona_vectors")
+
+
+def _one_filter(fn, statuses, threshold) -> None:
+    """Each (persona, question) of the small set gets a status: its response missing, its score absent, None or 0-3."""
+    personas, questions = PERSONAS_SMALL, QUESTIONS_SMALL
+    keys = [(n, q) for n in personas for q in range(len(questions))]
+    responses = {k: f"response of {k[0]} to question {k[1]}" for k, st_ in zip(keys, statuses) if st_ != "no response"}
+    scores = {k: st_ for k, st_ in zip(keys, statuses) if st_ not in ("no response", "no score")}
+    unfiltered = threshold == "scores=None"
+    kept = {n: [k for k in keys if k[0] == n and k in responses
+                and (unfiltered or (scores.get(k) is not None and scores[k] >= threshold))] for n in personas}
+    fake = _TableExtractor(personas, questions, responses)
+    kwargs = {} if unfiltered else {"scores": scores, "score_threshold": threshold}
+    label = f"extract_persona_vectors(..., {'scores=None' if unfiltered else f'scores=..., score_threshold={threshold}'})"
+    got, warned = _run_persona_vectors(fn, fake, object(), object(), personas, questions, responses, 7, label=label, **kwargs)
+    shown = {k: ("no response" if k not in responses else scores.get(k, "no score") if not unfiltered else "kept") for k in keys}
+    hint = (f" -- with these responses and scores {shown}: keep a response when it exists and its score is not None "
+            "and >= score_threshold (every response with scores=None); skip a persona with none left, with a warning")
+    want = sorted(n for n in personas if kept[n])
+    check(sorted(got) == want, f"{label}: expected vectors for {want}, got {sorted(got)}{hint}")
+    for name in personas:
+        if not kept[name]:
+            check(any(name in w for w in warned), f"{label}: {name!r} has no response left and should be skipped with "
+                                                  f"a warning naming it{hint}")
+    try:
+        _check_vectors(got, {n: ks for n, ks in kept.items() if ks}, label, fake, responses)
+    except AssertionError as err:
+        raise AssertionError(f"{err}{hint}") from err
