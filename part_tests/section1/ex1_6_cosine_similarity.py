@@ -10,7 +10,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from part_tests._common import check, exercise, expect_value_error, fail, passed, using
-from part_tests.section1._shared import _attempt, _geometry, _geometry_bf16, _show, _undirected
+from part_tests.properties import for_all, st
+from part_tests.section1._shared import _NAMES, _attempt, _geometry, _geometry_bf16, _show, _undirected
 from part_tests.shapes import expect_tensor
 
 
@@ -67,6 +68,32 @@ def _check_sim(out, vectors, expected_fn, label: str, centred: bool, atol: float
     fail(f"{label}: sim[i, j] should be the cosine similarity of the vectors of names[i] and names[j] ({numbers})")
 
 
+def _random_vectors(names, seed: int, dtype: str, d: int = 8) -> dict[str, torch.Tensor]:
+    """Vectors with a shared component (like persona means), in the order of `names`."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randn(d, generator=g, dtype=torch.float64) * 5
+    return {n: (common + torch.randn(d, generator=g, dtype=torch.float64)).to(getattr(torch, dtype)) for n in names}
+
+
+def _vector_sets(min_size: int):
+    """(names in a non-alphabetical order, seed, dtype): min_size to 6 vectors, float32 or bf16."""
+    return st.tuples(st.permutations(_NAMES).flatmap(lambda p: st.integers(min_size, 6).map(lambda k: p[:k])),
+                     st.integers(0, 2**16), st.sampled_from(["float32", "bfloat16"]))
+
+
+def _one_sim(fn, case, expected_fn, label, centred) -> None:
+    names, seed, dtype = case
+    vectors = _random_vectors(names, seed, dtype)
+    what = f"{len(names)} {dtype} vector{'s' if len(names) > 1 else ''}"
+    try:
+        out = _attempt(fn, dict(vectors), name=label)
+        _check_sim(out, vectors, expected_fn, f"{label} on {what}", centred=centred, atol=1e-3 if centred else 1e-4)
+    except AssertionError as err:
+        hint = (" -- a single vector has a 1x1 matrix [[1.0]]: keep X two-dimensional, [1, d_model] (no .squeeze())"
+                if len(names) == 1 else "")
+        raise AssertionError(f"{err}{hint}") from err
+
+
 def _ref_cosine_matrix(vectors):
     names = list(vectors)
     X = torch.stack([vectors[k].double() for k in names])
@@ -85,6 +112,9 @@ def test_compute_cosine_similarity_matrix(compute_cosine_similarity_matrix) -> N
     low, _ = _geometry_bf16()
     out = _attempt(compute_cosine_similarity_matrix, low, name=label)
     _check_sim(out, low, _cos_matrix, label + " (bf16 vectors)", centred=False, atol=2e-5)
+    # property: one to six vectors, in any order of names, float32 or bf16
+    for_all(_vector_sets(1), lambda case: _one_sim(compute_cosine_similarity_matrix, case, _cos_matrix, label, False),
+            name=label, examples=6)
     passed("test_compute_cosine_similarity_matrix", f"on the test's vectors, which share a big component like real persona means, raw cosines are all >= {float(sim.min()):.3f}")
 
 
@@ -101,6 +131,9 @@ def test_compute_cosine_similarity_matrix_centered(compute_cosine_similarity_mat
         _check_sim(out, vectors, centre, label, centred=True)
         out16 = _attempt(compute_cosine_similarity_matrix_centered, dict(low), name=label)
         _check_sim(out16, low, centre, label + " (bf16 vectors)", centred=True, atol=1e-3)
+        # property: two to six vectors, in any order of names, float32 or bf16
+        for_all(_vector_sets(2), lambda case: _one_sim(compute_cosine_similarity_matrix_centered, case, centre, label, True),
+                name=label, examples=6)
     sim, names = out
     sim = sim.detach().double()
     i, j = names.index("assistant"), names.index("oracle")
@@ -115,6 +148,16 @@ def test_compute_cosine_similarity_matrix_input_checks(compute_cosine_similarity
     for what, bad in _undirected():
         expect_value_error(compute_cosine_similarity_matrix, {"calm": torch.randn(16), "broken": bad}, name=label,
                            what=f"{what} (it has no direction, so no cosine: returning 0 or NaN hides the problem)")
+    # property: one undirected vector among zero to four good ones, at any position
+    def one_bad(case):
+        n_good, where, kind = case
+        what, bad = _undirected()[kind]
+        items = [(f"good{i}", torch.randn(16)) for i in range(n_good)]
+        items.insert(min(where, n_good), ("broken", bad))
+        expect_value_error(compute_cosine_similarity_matrix, dict(items), name=label,
+                           what=f"{what} at position {min(where, n_good)} of {n_good + 1} vectors: check every vector")
+
+    for_all(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 2)), one_bad, name=label, examples=6)
     passed("test_compute_cosine_similarity_matrix_input_checks")
 
 
@@ -132,6 +175,19 @@ def test_compute_cosine_similarity_matrix_centered_input_checks(compute_cosine_s
         expect_value_error(compute_cosine_similarity_matrix_centered, {"calm": twin, "twin": twin.clone()}, name=label,
                            what="two identical vectors (centred, both are zero: check the centred vectors for a zero "
                            "one, not only the vectors passed in)")
+        # property: one vector equal to the mean of the others (centred, it is exactly zero), at any position
+        def one_mean(case):
+            k, where, seed = case
+            g = torch.Generator().manual_seed(seed)
+            others = [torch.randint(-5, 6, (6,), generator=g).double() for _ in range(k)]
+            items = [(f"v{i}", v) for i, v in enumerate(others)]
+            items.insert(min(where, k), ("middle", torch.stack(others).sum(0) / k))
+            expect_value_error(compute_cosine_similarity_matrix_centered, dict(items), name=label,
+                               what=f"a vector equal to the mean of the {k} other{'s' if k > 1 else ''} (centred, it is "
+                               "zero): check the centred vectors for a zero one, not only for identical vectors")
+
+        for_all(st.tuples(st.sampled_from([1, 2, 4]), st.integers(0, 4), st.integers(0, 2**16)), one_mean, name=label,
+                examples=6)
     passed("test_compute_cosine_similarity_matrix_centered_input_checks")
 
 

@@ -221,3 +221,48 @@ def alt_cen_checked(vectors):
     names = list(vectors)
     X = torch.stack([vectors[n].double() for n in names])
     return compute_cosine_similarity_matrix(dict(zip(names, X - X.mean(0))))  # noqa: F821 (the notebook's, via `using`)
+
+
+@mistake("test_compute_cosine_similarity_matrix", "single vector")
+def cos_squeezed(vectors):
+    """Squeezes the stacked matrix (to drop a leftover dimension): one vector becomes [d_model]."""
+    names = list(vectors)
+    if not names:
+        raise ValueError("no vectors")
+    X = torch.stack([vectors[n].float() for n in names]).squeeze()
+    if not bool(torch.isfinite(X).all()) or not bool(X.any(dim=-1).all()):
+        raise ValueError("a vector has no direction")
+    Xn = X / X.norm(dim=1, keepdim=True)
+    return Xn @ Xn.T, names
+
+
+@mistake("test_compute_cosine_similarity_matrix_centered_input_checks", "not only for identical vectors")
+def cen_checks_duplicates(vectors):
+    """Refuses identical vectors (the case it thought of), not a vector that centres to zero in general."""
+    names = list(vectors)
+    if len(names) < 2:
+        raise ValueError("need two vectors")
+    X = torch.stack([vectors[n].double() for n in names])
+    if not torch.isfinite(X).all() or (X.norm(dim=1) == 0).any():
+        raise ValueError("a vector is zero or not finite")
+    if any(torch.equal(X[i], X[j]) for i in range(len(names)) for j in range(i)):
+        raise ValueError("identical vectors centre to zero")
+    Xc = X - X.mean(dim=0, keepdim=True)
+    Xn = Xc / Xc.norm(dim=1, keepdim=True)
+    return (Xn @ Xn.T).float(), names
+
+
+@correct("test_compute_cosine_similarity_matrix_centered", "test_compute_cosine_similarity_matrix_centered_input_checks")
+def alt_cen_tolerance(vectors):
+    """Refuses a centred vector whose norm is tiny next to the vectors' size (not only exactly zero)."""
+    names = list(vectors)
+    if len(names) < 2:
+        raise ValueError("need two vectors")
+    X = torch.stack([vectors[n].double() for n in names])
+    if not torch.isfinite(X).all():
+        raise ValueError("a vector is not finite")
+    Xc = X - X.mean(dim=0, keepdim=True)
+    if (Xc.norm(dim=1) <= 1e-9 * (1 + X.norm(dim=1).max())).any():
+        raise ValueError("a centred vector is zero: it has no direction")
+    Xn = Xc / Xc.norm(dim=1, keepdim=True)
+    return (Xn @ Xn.T).float(), names
