@@ -11,7 +11,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from part_tests._common import check, exercise, expect_value_error, fail, passed
-from part_tests.section1._shared import VECTOR, _attempt, _geometry, _show, _unit
+from part_tests.properties import for_all, st
+from part_tests.section1._shared import _NAMES, VECTOR, _attempt, _geometry, _show, _unit
 from part_tests.shapes import expect_tensor
 
 
@@ -60,6 +61,11 @@ def test_pca_decompose_persona_vectors(pca_decompose_persona_vectors) -> None:
             fail(f"{label}: the axis points the wrong way: it is mean(default) - mean(roles), pointing *toward* the Assistant")
         if torch.allclose(_unit(axis), want, atol=1e-4):
             fail(f"{label}: the axis has the right direction but norm {axis.norm().item():.3g}: normalise it to unit length")
+        first = torch.stack([vectors[k].double() for k in names[:len(defaults)]]).mean(0) - \
+            torch.stack([vectors[k].double() for k in names[len(defaults):]]).mean(0)
+        if torch.allclose(_unit(axis), _unit(first), atol=1e-4):
+            fail(f"{label}: you took the first {len(defaults)} vectors as the defaults; the defaults are the personas "
+                 f"*named* in default_personas ({defaults}), wherever they stand in `vectors` ({numbers})")
         if torch.allclose(_unit(axis).abs(), ref_pcs[0].abs(), atol=1e-4):
             fail(f"{label}: assistant_axis is PC1; the axis is the difference of means, mean(defaults) - mean(roles), "
                  f"normalised ({numbers})")
@@ -94,8 +100,42 @@ def test_pca_decompose_persona_vectors(pca_decompose_persona_vectors) -> None:
         fail(f"{label}: pca_coords are not the coordinates of the returned PCA (pca.transform(X)): a column's sign "
              "is flipped or the coordinates come from another fit -- the notebook orients each PC with "
              "pca.components_, so return the coordinates of that same fitted PCA (fit_transform)")
+    # property: three to seven personas in any order, any non-empty set of defaults with at least one role left
+    cases = st.permutations(_NAMES).flatmap(lambda p: st.integers(3, 7).flatmap(
+        lambda n: st.tuples(st.just(p[:n]), st.sets(st.sampled_from(p[:n]), min_size=1, max_size=n - 1),
+                            st.integers(0, 2**16))))
+    for_all(cases, lambda case: _one_pca(pca_decompose_persona_vectors, *case), name=label, examples=6)
     passed("test_pca_decompose_persona_vectors",
            f"on the test's vectors: PC1 explains {ratio[0]:.0%}, |cos(axis, PC1)| = {abs(float(_unit(pcs[0]) @ axis)):.2f}")
+
+
+def _one_pca(fn, names, default_set, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    d = 8
+    vectors = {n: (torch.randn(d, generator=g) * 2 + 3).float() for n in names}
+    defaults = [n for n in names if n in default_set][::-1]  # the caller's order need not be the dict's
+    roles = [n for n in names if n not in default_set]
+    label = f"pca_decompose_persona_vectors with personas {list(names)} and default_personas={defaults}"
+    hint = (" -- the defaults are the personas named in default_personas, wherever they stand in `vectors` (one "
+            "default or one role is enough); the roles are all the others")
+    out = _attempt(fn, dict(vectors), list(defaults), name=label)
+    check(isinstance(out, tuple) and len(out) == 3, f"{label} should return (assistant_axis, pca_coords, pca)")
+    axis, coords, pca = out
+    axis = expect_tensor(axis, VECTOR, f"{label}: assistant_axis", d_model=d).detach().double().cpu()
+    X = torch.stack([vectors[k].double() for k in names])
+    want = _unit(torch.stack([vectors[k].double() for k in defaults]).mean(0)
+                 - torch.stack([vectors[k].double() for k in roles]).mean(0))
+    check(torch.allclose(axis, want, atol=1e-4), f"{label}: assistant_axis expected {_show(want)}, got {_show(axis)}{hint}")
+    if isinstance(coords, np.ndarray):
+        coords = torch.from_numpy(np.ascontiguousarray(coords))
+    coords = expect_tensor(coords, PCA_COORDS, f"{label}: pca_coords", n_personas=len(names)).detach().double().cpu()
+    ref_coords, ref_var, _ = _pca_reference(X)
+    check(_same_up_to_sign(coords, ref_coords, atol=1e-3),
+          f"{label}: pca_coords should be the coordinates of every persona, row i for list(vectors)[i], on the first "
+          f"two principal components of all persona vectors{hint}")
+    ratio = np.asarray(pca.explained_variance_ratio_, dtype=float)
+    check(ratio.shape[0] >= 2 and np.allclose(ratio[:2], ref_var.numpy(), atol=1e-4),
+          f"{label}: explained_variance_ratio_ {ratio[:2]} does not match a PCA of all persona vectors {ref_var.numpy()}")
 
 
 @exercise("1.7", "pca_decompose_persona_vectors")
@@ -104,4 +144,15 @@ def test_pca_decompose_persona_vectors_input_checks(pca_decompose_persona_vector
     expect_value_error(pca_decompose_persona_vectors, vectors, ["assistant", "not_a_persona"],
                        name="pca_decompose_persona_vectors",
                        what="an unknown default persona name (it has no vector: a typo would silently shift the axis)")
+    # property: one misspelt name among any of the personas, at any position of default_personas
+    def one_unknown(case):
+        picked, where = case
+        names, pos = list(picked), min(where, len(picked))
+        names.insert(pos, names[0][:-1] + "_")  # a near miss: "assistan_"
+        expect_value_error(pca_decompose_persona_vectors, vectors, names, name="pca_decompose_persona_vectors",
+                           what=f"default_personas={names}, where {names[pos]!r} has no vector: "
+                           "check every name")
+
+    for_all(st.tuples(st.lists(st.sampled_from(list(vectors)), min_size=1, max_size=3, unique=True), st.integers(0, 3)),
+            one_unknown, name="pca_decompose_persona_vectors", examples=6)
     passed("test_pca_decompose_persona_vectors_input_checks")

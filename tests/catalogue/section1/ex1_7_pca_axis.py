@@ -121,3 +121,21 @@ mistake("test_pca_decompose_persona_vectors_input_checks", "unknown default")(_w
 correct("test_pca_decompose_persona_vectors")(_wrong_pca(check_names=False))
 # mean(defaults) - mean(all personas) is parallel to mean(defaults) - mean(roles): the same unit axis
 correct("test_pca_decompose_persona_vectors")(_wrong_pca(roles_include_defaults=True))
+
+
+@mistake("test_pca_decompose_persona_vectors", "first")
+def pca_first_k_are_defaults(vectors, default_personas):
+    """Takes the first len(default_personas) vectors as the defaults (the course's dict happens to start with them)."""
+    if any(n not in vectors for n in default_personas):
+        raise ValueError("unknown default persona")
+    names = list(vectors)
+    k = len(default_personas)
+    return _pca({n: vectors[n] for n in names}, names[:k])
+
+
+@mistake("test_pca_decompose_persona_vectors_input_checks", "typo")
+def pca_checks_first_name(vectors, default_personas):
+    """Checks only the first name of default_personas (and drops the unknown others silently)."""
+    if default_personas and default_personas[0] not in vectors:
+        raise ValueError(f"unknown default persona {default_personas[0]!r}")
+    return _pca(vectors, default_personas, check_names=False)
