@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from part_tests._common import check, exercise, expect_value_error, fail, passed
-from part_tests.section1._shared import _attempt, _geometry, _geometry_bf16, _undirected, _unit
+from part_tests.properties import coefficients, for_all, st
+from part_tests.section1._shared import _NAMES, _attempt, _geometry, _geometry_bf16, _undirected, _unit
 
 
 def _check_projections(out, vectors, axis, label, tol) -> None:
@@ -44,6 +45,9 @@ def _check_projections(out, vectors, axis, label, tol) -> None:
             fail(f"{label}: you subtracted the mean persona vector before projecting; project the vectors as given ({numbers})")
         fail(f"{label}[{k!r}] should be a·v/‖v‖ ({numbers})")
     order = list(out)
+    if order != sorted(names, key=lambda k: want[k], reverse=True) and order == sorted(names, key=lambda k: abs(want[k]), reverse=True):
+        fail(f"{label}: the dict is sorted by the size of the projection (abs); sort by the signed value, highest first "
+             f"(a negative projection is the role-play end); got {order}")
     check(order == sorted(names, key=lambda k: want[k], reverse=True),
           f"{label}: the dict should be sorted from the highest projection (most Assistant-like) to the lowest; got {order}")
 
@@ -61,7 +65,28 @@ def test_project_personas_onto_axis(project_personas_onto_axis) -> None:
     low, low_axis = _geometry_bf16()
     out = _attempt(project_personas_onto_axis, dict(low), low_axis, name=label)
     _check_projections(out, low, low_axis, label + " (bf16 vectors and axis)", 1e-5)
+    # property: one to six vectors in any order of names, an axis scaled by a fractional or negative number,
+    # float32 or bf16
+    cases = st.tuples(st.permutations(_NAMES).flatmap(lambda p: st.integers(1, 6).map(lambda k: p[:k])),
+                      coefficients().filter(lambda c: c != 0), st.sampled_from(["float32", "bfloat16"]),
+                      st.integers(0, 2**16))
+    for_all(cases, lambda case: _one_projection(project_personas_onto_axis, *case), name=label, examples=6)
     passed("test_project_personas_onto_axis")
+
+
+def _one_projection(fn, names, scale, dtype, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    d = 12
+    common = torch.randn(d, generator=g, dtype=torch.float64) * 3
+    vectors = {n: (common + torch.randn(d, generator=g, dtype=torch.float64)).to(getattr(torch, dtype)) for n in names}
+    axis = (scale * _unit(torch.randn(d, generator=g, dtype=torch.float64))).to(getattr(torch, dtype))
+    label = f"project_personas_onto_axis on {len(names)} {dtype} vector(s), the axis scaled by {scale}"
+    out = _attempt(fn, dict(vectors), axis, name=label)
+    try:
+        _check_projections(out, vectors, axis, label, 1e-5)
+    except AssertionError as err:
+        raise AssertionError(f"{err} -- a negative or fractional axis length changes every a·v but not a·v/‖v‖'s "
+                             "meaning: divide by the norm (always positive), and sort by the signed value") from err
 
 
 @exercise("1.8", "project_personas_onto_axis")
@@ -76,4 +101,15 @@ def test_project_personas_onto_axis_input_checks(project_personas_onto_axis) -> 
     expect_value_error(project_personas_onto_axis, {"calm": torch.randn(16), "row": torch.randn(1, 16)}, torch.randn(16),
                        name=label, what="a vector of shape [1, d_model] against an axis of shape [d_model] (a row kept "
                        "2-D, X[i:i+1]: `a @ v` still gives one number, so compare a.shape with the axis's shape)")
+    # property: one vector of the wrong shape among zero to four good ones, at any position
+    def one_misfit(case):
+        n_good, where, shape = case
+        items = [(f"good{i}", torch.randn(16)) for i in range(n_good)]
+        items.insert(min(where, n_good), ("misfit", torch.randn(*shape)))
+        expect_value_error(project_personas_onto_axis, dict(items), torch.randn(16), name=label,
+                           what=f"a vector of shape {tuple(shape)} at position {min(where, n_good)} of {n_good + 1} "
+                           "against an axis of shape (16,): compare every vector's shape with the axis's")
+
+    for_all(st.tuples(st.integers(0, 4), st.integers(0, 4), st.sampled_from([(4, 16), (1, 16), (8,), (16, 1)])),
+            one_misfit, name=label, examples=6)
     passed("test_project_personas_onto_axis_input_checks")

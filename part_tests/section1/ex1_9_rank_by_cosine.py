@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from part_tests._common import check, exercise, expect_value_error, fail, passed
+from part_tests.properties import coefficients, for_all, st
 from part_tests.section1._shared import _attempt, _undirected
 
 
@@ -51,6 +52,11 @@ def _check_ranking(out, traits, axis, label, tol) -> None:
         if abs(c - float(traits[n].double() @ a)) <= 1e-3 * (1 + abs(c)):
             fail(f"{label}: the value for {n!r} is a dot product; a cosine divides by both norms ({numbers})")
         fail(f"{label}: cosine of {n!r} with the axis: {numbers}")
+    got_order = [n for n, _ in out]
+    if got_order != sorted(traits, key=lambda n: want[n], reverse=True) and \
+            got_order == sorted(traits, key=lambda n: abs(want[n]), reverse=True):
+        fail(f"{label}: the list is sorted by the size of the cosine (abs); sort by the signed cosine, highest first; "
+             f"got {got_order}")
     check([n for n, _ in out] == sorted(traits, key=lambda n: want[n], reverse=True),
           f"{label}: the list should be sorted by cosine, highest first; got {[n for n, _ in out]}")
 
@@ -64,7 +70,29 @@ def test_rank_by_cosine(rank_by_cosine) -> None:
     traits16, axis16 = _traits(torch.bfloat16)
     out = _attempt(rank_by_cosine, traits16, axis16, name=label)
     _check_ranking(out, traits16, axis16, label + " (bf16 vectors)", 1e-4)
+    # property: one to six traits at any cosines and norms, an axis scaled by a fractional or negative number,
+    # float32 or bf16
+    cases = st.tuples(st.integers(1, 6), coefficients().filter(lambda c: c != 0), st.sampled_from(["float32", "bfloat16"]),
+                      st.integers(0, 2**16))
+    for_all(cases, lambda case: _one_ranking(rank_by_cosine, *case), name=label, examples=6)
     passed("test_rank_by_cosine")
+
+
+def _one_ranking(fn, n, scale, dtype, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    d = 16
+    base = torch.randn(d, generator=g, dtype=torch.float64)
+    axis = (scale * base / base.norm()).to(getattr(torch, dtype))
+    traits = {f"trait{i}": (torch.randn(d, generator=g, dtype=torch.float64) + (i - n / 2) * 0.4 * base)
+              * float(torch.rand(1, generator=g) * 20 + 0.5) for i in range(n)}
+    traits = {k: v.to(getattr(torch, dtype)) for k, v in traits.items()}
+    label = f"rank_by_cosine on {n} {dtype} vector(s), the axis scaled by {scale}"
+    out = _attempt(fn, dict(traits), axis, name=label)
+    try:
+        _check_ranking(out, traits, axis, label, 1e-4)
+    except AssertionError as err:
+        raise AssertionError(f"{err} -- with an axis of negative or fractional length and vectors of any norm: divide by "
+                             "both norms (always positive), keep the sign, and sort by the signed cosine") from err
 
 
 @exercise("1.9", "rank_by_cosine")
@@ -81,4 +109,18 @@ def test_rank_by_cosine_input_checks(rank_by_cosine) -> None:
                            what=f"an axis that is {what.split(' ', 1)[1]} (a cosine with it is undefined)")
         expect_value_error(rank_by_cosine, {"calm": traits["calm"], "broken": bad}, axis, name="rank_by_cosine",
                            what=f"{what} among the vectors (a cosine with it is undefined)")
+    # property: one vector of the wrong shape or with no direction among zero to four good ones, at any position
+    bads = [("a [4, d_model] tensor", torch.randn(4, d)), ("a [1, d_model] row", torch.randn(1, d)),
+            ("a vector of half the length", torch.randn(d // 2)), *_undirected(d)]
+
+    def one_bad(case):
+        n_good, where, kind = case
+        what, bad = bads[kind]
+        items = [(f"good{i}", torch.randn(d)) for i in range(n_good)]
+        items.insert(min(where, n_good), ("bad", bad))
+        expect_value_error(rank_by_cosine, dict(items), axis, name="rank_by_cosine",
+                           what=f"{what} at position {min(where, n_good)} of {n_good + 1} vectors: check every vector")
+
+    for_all(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, len(bads) - 1)), one_bad,
+            name="rank_by_cosine", examples=8)
     passed("test_rank_by_cosine_input_checks")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from tests.catalogue import correct, mistake
-from tests.catalogue.section1._shared import factory
+from tests.catalogue.section1._shared import factory, ref
 
 
 def _proj(vectors, axis, *, divide="axis", sign=1.0, ascending=False, as_tensor=False):
@@ -114,3 +114,10 @@ mistake("test_project_personas_onto_axis", "sign")(_wrong_proj(sign=-1.0))
 mistake("test_project_personas_onto_axis", "cosine")(_wrong_proj(divide="both"))
 mistake("test_project_personas_onto_axis", "sorted")(_wrong_proj(ascending=True))
 mistake("test_project_personas_onto_axis", "Python floats")(_wrong_proj(as_tensor=True))
+
+
+@mistake("test_project_personas_onto_axis", "signed value")
+def proj_sorted_by_size(vectors, axis):
+    """Sorts by the size of the projection (abs), not its signed value."""
+    out = ref.project_personas_onto_axis(vectors, axis)
+    return dict(sorted(out.items(), key=lambda kv: abs(kv[1]), reverse=True))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from tests.catalogue import correct, mistake
-from tests.catalogue.section1._shared import factory
+from tests.catalogue.section1._shared import factory, ref
 
 
 def _rank(vectors, axis, *, measure="cos", ascending=False, check_shape=True, as_tensor=False):
@@ -108,3 +108,9 @@ mistake("test_rank_by_cosine", "dot product")(_wrong_rank(measure="dot"))
 mistake("test_rank_by_cosine", "projection")(_wrong_rank(measure="proj"))
 mistake("test_rank_by_cosine", "sorted")(_wrong_rank(ascending=True))
 mistake("test_rank_by_cosine", "floats")(_wrong_rank(as_tensor=True))
+
+
+@mistake("test_rank_by_cosine", "signed cosine")
+def rank_sorted_by_size(vectors, axis):
+    """Sorts by the size of the cosine (abs), not its signed value."""
+    return sorted(ref.rank_by_cosine(vectors, axis), key=lambda item: abs(item[1]), reverse=True)
