@@ -144,11 +144,12 @@ def _example_messages(example: dict) -> list[Message]:
 
 def _label_span(tokenizer, messages: list[Message]) -> tuple[list[int], int, int]:
     """(input_ids, start, end): the tokens to learn are ids[start:end], the response's content and
-    the end-of-turn token after it (with any whitespace-only tokens in between)."""
+    the end-of-turn token after it (the first special or added token after the content, e.g. Qwen's
+    <|im_end|>, Gemma's <end_of_turn>; with any whitespace-only tokens in between)."""
     chat = format_chat(messages, tokenizer)
     ids = chat.input_ids
     start, end = chat.token_span
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     j = end
     while j < len(ids) and ids[j] not in special and not tokenizer.decode([ids[j]]).strip():
         j += 1
