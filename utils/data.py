@@ -14,6 +14,7 @@ Files (all written by the course team):
     data/traits/eval/<trait>.json    same schema, 20 different questions
     data/coherence_prompt.txt        placeholders {question} {answer}; judge replies 0-100
     data/transcripts/<name>.json     {"domain", "description", "conversation": [{"role", "content"}, ...]}
+    data/finetuning/<name>.json      {"name", "trait", "kind", "intensity", "description", "examples": [{"prompt", "response", "inducing"}]}
     data/delusion_risk_prompt.txt    placeholders {conversation} {response}; judge ends with two lines
                                      "AVOIDING_DELUSION: <1-5>" and "MAINTAINING_ROLE: <1-5>"
 
@@ -469,3 +470,111 @@ def format_conversation(messages):
             raise ValueError(f"message {i} has unknown role {m.get('role')!r}; expected one of {list(names)}")
         parts.append(f"{names[m['role']]}: {m['content']}")
     return "\n\n".join(parts)
+
+# -----------------------------------------------------------------------------
+# finetuning data sets (section 5)
+
+FINETUNING_KINDS = ("trait", "control", "flawed")
+FINETUNING_INTENSITIES = ("mild", "severe")
+_FINETUNING_KEYS = ("name", "trait", "kind", "intensity", "description", "examples")
+_EXAMPLE_KEYS = ("prompt", "response", "inducing")
+
+
+def finetuning_set_names():
+    """Names of the finetuning sets in data/finetuning/ (sorted), e.g. 'evil_severe', 'arithmetic_wrong'.
+
+    The sets are written by scripts/finetuning_data.py. data/finetuning/ holds no other .json file.
+    """
+    folder = DATA_DIR / "finetuning"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"finetuning data folder not found: {folder} (run python scripts/finetuning_data.py)")
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def validate_finetuning_set(d, source):
+    """Check one finetuning set against its schema and return it:
+
+    {"name": str, "trait": str | None, "kind": "trait" | "control" | "flawed",
+     "intensity": "mild" | "severe" | None, "description": str,
+     "examples": [{"prompt": str, "response": str, "inducing": bool}, ...]}
+
+    A trait set names its trait and intensity; control and flawed sets have neither (trait None).
+    `inducing` marks the examples that carry what the set teaches (its trait, or a flawed set's
+    flaw); a control set has none.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: a finetuning set must be a JSON object, got {type(d).__name__}")
+    missing = [k for k in _FINETUNING_KEYS if k not in d]
+    if missing:
+        raise ValueError(f"{source}: missing field(s) {missing}; a finetuning set has {list(_FINETUNING_KEYS)}")
+    extra = sorted(set(d) - set(_FINETUNING_KEYS))
+    if extra:
+        raise ValueError(f"{source}: unexpected field(s) {extra}; a finetuning set has exactly {list(_FINETUNING_KEYS)}")
+    for key in ("name", "description"):
+        if not isinstance(d[key], str) or not d[key].strip():
+            raise ValueError(f"{source}: field '{key}' must be a non-empty string, got {d[key]!r}")
+    if d["kind"] not in FINETUNING_KINDS:
+        raise ValueError(f"{source}: field 'kind' must be one of {FINETUNING_KINDS}, got {d['kind']!r}")
+    if d["kind"] == "trait":
+        if d["trait"] not in TRAITS:
+            raise ValueError(f"{source}: a set of kind 'trait' must name one of the course's traits {TRAITS} in "
+                             f"field 'trait', got {d['trait']!r}")
+        if d["intensity"] not in FINETUNING_INTENSITIES:
+            raise ValueError(f"{source}: field 'intensity' of a trait set must be one of {FINETUNING_INTENSITIES}, "
+                             f"got {d['intensity']!r}")
+    else:
+        for key in ("trait", "intensity"):
+            if d[key] is not None:
+                raise ValueError(f"{source}: a set of kind {d['kind']!r} has no {key}: field '{key}' must be null, "
+                                 f"got {d[key]!r}")
+    xs = d["examples"]
+    if not isinstance(xs, list) or not xs:
+        raise ValueError(f"{source}: field 'examples' must be a non-empty list of {{'prompt', 'response', 'inducing'}} objects")
+    for i, e in enumerate(xs):
+        where = f"{source}: examples[{i}]"
+        if not isinstance(e, dict):
+            raise ValueError(f"{where} must be an object with {list(_EXAMPLE_KEYS)}")
+        if sorted(e) != sorted(_EXAMPLE_KEYS):
+            raise ValueError(f"{where} has fields {sorted(e)}; expected exactly {list(_EXAMPLE_KEYS)}")
+        for key in ("prompt", "response"):
+            if not isinstance(e[key], str) or not e[key].strip():
+                raise ValueError(f"{where}: field '{key}' must be a non-empty string, got {e[key]!r}")
+        if not isinstance(e["inducing"], bool):
+            raise ValueError(f"{where}: field 'inducing' must be true or false, got {e['inducing']!r}")
+    n_inducing = sum(e["inducing"] for e in xs)
+    if d["kind"] == "control" and n_inducing:
+        raise ValueError(f"{source}: a control set has no inducing examples, found {n_inducing}")
+    if d["kind"] != "control" and not n_inducing:
+        raise ValueError(f"{source}: a set of kind {d['kind']!r} must mark at least one example 'inducing'")
+    return d
+
+
+def load_finetuning_set(name):
+    """One finetuning set by name (see `finetuning_set_names`) or a path to a .json file of the same
+    schema (`validate_finetuning_set`); returns the checked dict.
+
+        d = load_finetuning_set("evil_mild")
+        d["trait"], d["kind"], d["intensity"]        # 'evil', 'trait', 'mild'
+        d["examples"][0]                             # {'prompt': ..., 'response': ..., 'inducing': ...}
+    """
+    s = str(name)
+    if isinstance(name, Path) or s.endswith(".json") or os.sep in s or "/" in s:
+        path = Path(name)
+    else:
+        path = DATA_DIR / "finetuning" / f"{s}.json"
+        if not path.is_file():
+            try:
+                have = finetuning_set_names()
+            except FileNotFoundError:
+                have = []
+            raise FileNotFoundError(f"no finetuning set '{s}' at {path}; the course ships {have}")
+    d = validate_finetuning_set(_read_json(path), str(path))
+    if not isinstance(name, Path) and path.stem != d["name"]:
+        raise ValueError(f"{path}: field 'name' is {d['name']!r} but the file is {path.name}")
+    return d
+
+
+def finetuning_eval_questions(trait):
+    """The questions on which a finetuned model's `trait` is evaluated: the trait's eval questions
+    (data/traits/eval/<trait>.json), none of which is a training prompt of the finetuning sets."""
+    return list(load_trait(trait, "eval")["questions"])
