@@ -46,7 +46,7 @@ PASS_LINE = "graded {test}: passed ({nonce})"
 _ROOT = Path(__file__).resolve().parent.parent
 # The files the tests execute or read: the test package, the utils package (with the tiny models'
 # configs and tokenizers) and the course data.
-_TRACKED = (("part_tests", "*.py"), ("utils", "**/*.py"), ("utils/assets/tiny-qwen2", "*"),
+_TRACKED = (("part_tests", "**/*.py"), ("utils", "**/*.py"), ("utils/assets/tiny-qwen2", "*"),
             ("utils/assets/tiny-gemma2", "*"), ("data", "**/*"))
 
 

@@ -59,14 +59,15 @@ def test_training_example(training_example) -> None:
             if not isinstance(out, tuple) or len(out) != 2:
                 fail(f"{NAME} should return a tuple (input_ids, labels), got {type(out).__name__}")
             n = len(want_ids)
-            ids = expect_tensor(out[0], Int[Tensor, "seq"], f"{NAME}'s input_ids", seq=n)
+            ids = expect_tensor(out[0], Int[Tensor, "seq"], f"{NAME}'s input_ids")
+            if len(ids) != n or not torch.equal(ids, want_ids):
+                fail(f"{NAME}: input_ids differ from the chat template's rendering{where} of [user: prompt, assistant: "
+                     f"response] ({n} tokens, yours {len(ids)}), tokenized with add_special_tokens=False (the template "
+                     "writes its own special tokens)")
             labels = expect_tensor(out[1], Int[Tensor, "seq"], f"{NAME}'s labels", seq=n)
             if ids.dtype != torch.long or labels.dtype != torch.long:
                 fail(f"{NAME}: input_ids and labels must be torch.long (the embedding and the loss need it), got "
                      f"{ids.dtype} and {labels.dtype}")
-            if not torch.equal(ids, want_ids):
-                fail(f"{NAME}: input_ids differ from the chat template's rendering{where} of [user: prompt, assistant: "
-                     "response], tokenized with add_special_tokens=False (the template writes its own special tokens)")
             if not torch.equal(labels, want_labels):
                 _diagnose(ids, labels, want_ids, span, where)
     passed("test_training_example")

@@ -145,7 +145,7 @@ def test_finetuning_shift(finetuning_shift) -> None:
         fail(f"{SHIFT} returned {got:.5f}, expected {want:.5f}")
     # bf16 activations (as a bf16 model gives them): average in float32
     base16 = (torch.randn(64, d, generator=g) * 0.5 + 37.0).to(torch.bfloat16)
-    tuned16 = (base16.float() + 0.13 * v / v.norm() + 0.05 * torch.randn(64, d, generator=g)).to(torch.bfloat16)
+    tuned16 = (base16.float() + 13.7 * v / v.norm() + 0.05 * torch.randn(64, d, generator=g)).to(torch.bfloat16)
     want = _shift_expected(base16, tuned16, v)
     got = call(finetuning_shift, base16, tuned16, v, name=SHIFT)
     check(isinstance(got, (float, int)), f"{SHIFT} should return a float, got {type(got).__name__}")

@@ -60,17 +60,17 @@ def test_projection_difference(projection_difference, model=None, tokenizer=None
         if torch.allclose(got, whole, rtol=1e-4, atol=1e-4):
             fail(f"{NAME} averaged over every token of the chat, prompt tokens included: average over the response's "
                  "tokens only")
+        if layer != TINY_LAYER:
+            first = (_means(model, tokenizer, PROMPTS, RESPONSES, TINY_LAYER)
+                     - _means(model, tokenizer, PROMPTS, OTHER_RESPONSES, TINY_LAYER)) @ u
+            if torch.allclose(got, first, rtol=1e-4, atol=1e-4):
+                fail(f"{NAME}: `layer` is ignored: asked for block {layer}, it read block {TINY_LAYER}")
         for other, why in [(layer + 1, "hidden_states[layer + 2] or block layer + 1"),
                            (layer - 1, "hidden_states[layer], the output of block layer - 1")]:
             cand = (_means(model, tokenizer, PROMPTS, RESPONSES, other) - _means(model, tokenizer, PROMPTS, OTHER_RESPONSES,
                                                                                   other)) @ u
             if torch.allclose(got, cand, rtol=1e-4, atol=1e-4):
                 fail(f"{NAME} read the wrong layer ({why}): use block `layer`'s output")
-        if layer != TINY_LAYER:
-            first = (_means(model, tokenizer, PROMPTS, RESPONSES, TINY_LAYER)
-                     - _means(model, tokenizer, PROMPTS, OTHER_RESPONSES, TINY_LAYER)) @ u
-            if torch.allclose(got, first, rtol=1e-4, atol=1e-4):
-                fail(f"{NAME}: `layer` is ignored: asked for block {layer}, it read block {TINY_LAYER}")
         fail(f"{NAME} at block {layer}: expected {[round(x, 4) for x in want.tolist()]}, got "
              f"{[round(x, 4) for x in got.tolist()]}")
     passed("test_projection_difference")
