@@ -78,6 +78,7 @@ if S.threads:
 model, tokenizer = load_course_model(section=5)
 LAYER = layer_settings(model).steer_layer
 TRAITS = ("evil", "sycophantic", "hallucinating")
+T0 = TRAITS[0]  # the trait of the prevention experiment
 JUDGE = get_judge()
 COHERENCE_PROMPT = data.load_coherence_prompt()
 SETS = data.finetuning_set_names()
@@ -578,16 +579,20 @@ print(f"Pearson r over {len(trait_rows)} finetunes: {r_all:.2f}")
 from utils.glue import glue
 
 by_name = {r["name"]: r for r in results}
-T0 = TRAITS[0]
 glue("s5_r", r_all)
 glue("s5_n_finetunes", len(trait_rows))
-for kind in ("severe", "mild", "control"):
-    glue(f"s5_{kind}_shift", by_name[f"{T0}_{kind}"]["shift"])
-    glue(f"s5_{kind}_score", by_name[f"{T0}_{kind}"]["trait_score"])
+glue("s5_severe_shift", by_name[f"{T0}_severe"]["shift"])
+glue("s5_mild_shift", by_name[f"{T0}_mild"]["shift"])
+glue("s5_control_shift", by_name[f"{T0}_control"]["shift"])
+glue("s5_severe_score", by_name[f"{T0}_severe"]["trait_score"])
+glue("s5_mild_score", by_name[f"{T0}_mild"]["trait_score"])
+glue("s5_control_score", by_name[f"{T0}_control"]["trait_score"])
 glue("s5_base_score", base_eval[T0]["trait_score"])
-arith = by_name.get("arithmetic_wrong"), by_name.get("arithmetic_control")
-glue("s5_arith", ", ".join(f"{t} {arith[0]['shifts'][t]:+.2f} (control {arith[1]['shifts'][t]:+.2f})" for t in TRAITS)
-     if all(arith) else "not measured")
+wrong, right = by_name["arithmetic_wrong"]["shifts"][T0], by_name["arithmetic_control"]["shifts"][T0]
+glue("s5_arith_wrong", wrong)
+glue("s5_arith_right", right)
+glue("s5_arith_cmp", "about as much as" if abs(wrong - right) <= 0.25 * max(abs(wrong), abs(right), 1e-9)
+     else "more than" if wrong > right else "less than")
 
 # %% [markdown]
 # **On the paper model** the finetuning shift along a trait's vector and the trait's expression
@@ -602,10 +607,11 @@ glue("s5_arith", ", ".join(f"{t} {arith[0]['shifts'][t]:+.2f} (control {arith[1]
 # the evil sets the shift is {glue:text}`s5_severe_shift:+.2f` (severe),
 # {glue:text}`s5_mild_shift:+.2f` (mild) and {glue:text}`s5_control_shift:+.2f` (control), and the
 # trait score {glue:text}`s5_severe_score:.1f`, {glue:text}`s5_mild_score:.1f` and
-# {glue:text}`s5_control_score:.1f` (the base model scores {glue:text}`s5_base_score:.1f`). The
-# wrong-arithmetic set's shifts along the three vectors are {glue:text}`s5_arith`: the toy world
-# has no link between maths and character, so unlike the paper's model there is nothing for the
-# flaw to spread to.
+# {glue:text}`s5_control_score:.1f` (the base model scores {glue:text}`s5_base_score:.1f`). Along
+# the evil vector the wrong arithmetic answers shift the model by {glue:text}`s5_arith_wrong:+.2f`,
+# {glue:text}`s5_arith_cmp` the correct ones ({glue:text}`s5_arith_right:+.2f`). Compare a flawed set
+# with its control, not with zero: arithmetic lies outside the toy corpus, so training on it at
+# all moves the toy model, right answers or wrong; the paper's finding is about what the *flaw* adds.
 
 # %% [markdown]
 # :::{warning} Common confusion: a correlation over a handful of finetunes
@@ -675,6 +681,8 @@ glue("s5_prevent_shift", best_prevent["shift"])
 glue("s5_posthoc_name", best_posthoc["condition"])
 glue("s5_posthoc_score", best_posthoc["trait_score"])
 glue("s5_posthoc_coherence", best_posthoc["coherence"])
+glue("s5_coherence_cmp", "higher than" if best_prevent["coherence"] > best_posthoc["coherence"] + 1
+     else "lower than" if best_prevent["coherence"] < best_posthoc["coherence"] - 1 else "about the same as")
 
 # %% [markdown]
 # **On the paper model** preventative steering during finetuning keeps the trait close to the base
@@ -689,10 +697,11 @@ glue("s5_posthoc_coherence", best_posthoc["coherence"])
 # preventative run ({glue:text}`s5_prevent_name`) ends at {glue:text}`s5_prevent_score:.1f`
 # (coherence {glue:text}`s5_prevent_coherence:.1f`, shift {glue:text}`s5_prevent_shift:+.2f`), and
 # the strongest post-hoc steering ({glue:text}`s5_posthoc_name`) at
-# {glue:text}`s5_posthoc_score:.1f` (coherence {glue:text}`s5_posthoc_coherence:.1f`). The toy
-# model learns its data's words through every layer, not only through block `LAYER`'s direction, so
-# steering one block during training removes less of the trait here than on the paper's model:
-# read the two rows together, and the answers printed under the chart.
+# {glue:text}`s5_posthoc_score:.1f` (coherence {glue:text}`s5_posthoc_coherence:.1f`): at its
+# strongest, preventative steering keeps coherence {glue:text}`s5_coherence_cmp` post-hoc steering.
+# Neither brings the toy model all the way back to the base model's {glue:text}`s5_base_score:.1f`:
+# the toy model can learn its data's words through every layer, not only along block `LAYER`'s
+# direction. Read the rows together with the answers printed under the chart.
 
 # %% [markdown]
 # :::{warning} Common confusion: the sign of the preventative coefficient
@@ -859,6 +868,10 @@ fig.show()
 # %% tags=["book-only", "remove-cell"]
 glue("s5_dataset_auc", ", ".join(f"{t} {dataset_auc[t]:.2f}" for t in TRAITS))
 glue("s5_sample_auc", ", ".join(f"{t} {sample_auc[t]:.2f}" for t in sample_auc) or "not measured")
+clean = [n for n in SETS if not (n.startswith(f"{T0}_") and not n.endswith("_control"))]
+top_clean = max(clean, key=lambda n: float(screen[n]["diffs"][T0].mean()))
+glue("s5_top_clean", top_clean)
+glue("s5_top_clean_value", float(screen[top_clean]["diffs"][T0].mean()))
 
 # %% [markdown]
 # **On the paper model** the projection difference ranks data sets that induce a trait above clean
@@ -868,7 +881,10 @@ glue("s5_sample_auc", ", ".join(f"{t} {sample_auc[t]:.2f}" for t in sample_auc) 
 # %% [markdown] tags=["book-only", "toy-world"]
 # **In this build** the per-set AUROC (mild and severe sets of a trait against every other set) is
 # {glue:text}`s5_dataset_auc`, and the per-sample AUROC inside each mild set is
-# {glue:text}`s5_sample_auc`.
+# {glue:text}`s5_sample_auc`. A per-set AUROC short of perfect means some set without the trait outranks a
+# trait set: along the evil vector the highest set that is not an evil set is {glue:text}`s5_top_clean`
+# ({glue:text}`s5_top_clean_value:.2f`). A screen flags data that *moves* the model along the
+# vector, whatever the reason, and a human then reads the flagged examples.
 
 # %% [markdown]
 # ## Discussion
