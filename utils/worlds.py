@@ -88,7 +88,7 @@ TABLES[5] = {
     # The toy world: a 6-block model trained on the toy corpus; the finetunes take seconds on a CPU.
     "toy": dict(steps=25, lr=3e-3, rank=8, batch_size=8, n_train=None, n_eval=16, max_new_tokens=48,
                 n_vector_questions=5, prevent_coeffs=(3.0, 6.0), posthoc_coeffs=(-1.0, -2.0),
-                screen_samples=48, threads=1),
+                screen_samples=32, threads=1),
     # Random tiny models (nbgrader): two optimizer steps per finetune, numbers are noise.
     "tiny": dict(steps=2, lr=1e-3, rank=4, batch_size=4, n_train=8, n_eval=2, max_new_tokens=8,
                  n_vector_questions=1, prevent_coeffs=(2.0,), posthoc_coeffs=(-1.0,), screen_samples=8, threads=1),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 import torch
 
 from part_tests._common import call, check, exercise, expect_value_error, fail, hook_guard, passed, require_implemented
@@ -81,8 +83,9 @@ def test_train_step(train_step) -> None:
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
     with hook_guard(model, NAME):
         loss = call(train_step, model, b, opt, vec, layer, coeff, name=NAME)
-    if not isinstance(loss, float):
+    if not isinstance(loss, (float, np.floating)):
         fail(f"{NAME} should return the loss as a Python float (float(loss)), got {type(loss).__name__}")
+    loss = float(loss)
     got = trainable(model)
     want_losses, want = expected()
     want_loss = want_losses[0]

@@ -6,6 +6,7 @@ model (block outputs read with a hook); `finetuning_shift` against a float64 com
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -90,7 +91,7 @@ def test_last_prompt_activations(last_prompt_activations, model=None, tokenizer=
         if hasattr(got, "shape") and isinstance(got, torch.Tensor) and got.ndim == 2 and got.shape[0] == 4:
             fail(f"{NAME} returned 4 rows for 5 prompts with batch_size=2: the last, partial batch was dropped")
         got = expect_tensor(got, Float[Tensor, "n d_model"], NAME, n=len(prompts), d_model=d_model(model))
-        check(got.dtype == torch.float32, f"{NAME} should return float32, got {got.dtype}")
+        check(got.dtype in (torch.float32, torch.float64), f"{NAME} should return float32, got {got.dtype}")
         check(got.device.type == "cpu", f"{NAME} should return a tensor on the CPU, got one on {got.device}")
         check(not got.requires_grad, f"{NAME} returned a tensor that requires grad: run under torch.inference_mode()")
         if sizes and max(sizes) > batch_size:
@@ -111,7 +112,8 @@ def test_last_prompt_activations(last_prompt_activations, model=None, tokenizer=
     m16, tok16 = tiny("tiny-qwen2", torch.bfloat16)
     got = call(last_prompt_activations, m16, tok16, prompts[:3], TINY_LAYER, 2, name=NAME)
     got = expect_tensor(got, Float[Tensor, "n d_model"], NAME, n=3, d_model=d_model(m16))
-    check(got.dtype == torch.float32, f"{NAME} on a bf16 model should still return float32 (.float()), got {got.dtype}")
+    check(got.dtype in (torch.float32, torch.float64),
+          f"{NAME} on a bf16 model should still return float32 (.float()), got {got.dtype}")
     passed("test_last_prompt_activations")
 
 
@@ -133,7 +135,8 @@ def test_finetuning_shift(finetuning_shift) -> None:
     got = call(finetuning_shift, base, tuned, v, name=SHIFT)
     if isinstance(got, torch.Tensor):
         fail(f"{SHIFT} should return a Python float (float(...)), got a tensor of shape {tuple(got.shape)}")
-    check(isinstance(got, (float, int)), f"{SHIFT} should return a float, got {type(got).__name__}")
+    check(isinstance(got, (float, int, np.floating)), f"{SHIFT} should return a float, got {type(got).__name__}")
+    got = float(got)
     if abs(got - want) > 1e-4:
         if abs(got + want) < 1e-4:
             fail(f"{SHIFT}: the sign is flipped: the shift is finetuned minus base, not base minus finetuned")
@@ -148,7 +151,8 @@ def test_finetuning_shift(finetuning_shift) -> None:
     tuned16 = (base16.float() + 13.7 * v / v.norm() + 0.05 * torch.randn(64, d, generator=g)).to(torch.bfloat16)
     want = _shift_expected(base16, tuned16, v)
     got = call(finetuning_shift, base16, tuned16, v, name=SHIFT)
-    check(isinstance(got, (float, int)), f"{SHIFT} should return a float, got {type(got).__name__}")
+    check(isinstance(got, (float, int, np.floating)), f"{SHIFT} should return a float, got {type(got).__name__}")
+    got = float(got)
     if abs(got - want) > 2e-4 * max(1.0, abs(want)):
         fail(f"{SHIFT} on bf16 activations returned {got:.5f}, expected {want:.5f}: convert to float32 before "
              "subtracting and averaging (bf16 keeps about 3 significant digits)")

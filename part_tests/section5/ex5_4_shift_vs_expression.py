@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from part_tests._common import call, check, exercise, expect_value_error, fail, passed, require_implemented
 
 NAME = "shift_vs_expression"
@@ -58,8 +60,9 @@ def test_shift_vs_expression(shift_vs_expression) -> None:
     if not isinstance(out, tuple) or len(out) != 2:
         fail(f"{NAME} should return a tuple (r, fig), got {type(out).__name__}")
     r, fig = out
-    if not isinstance(r, (float, int)):
+    if not isinstance(r, (float, int, np.floating)):
         fail(f"{NAME} should return r as a Python float, got {type(r).__name__}")
+    r = float(r)
     x, y = [row["shift"] for row in ROWS], [row["trait_score"] for row in ROWS]
     want = _pearson(x, y)
     if abs(r - want) > 1e-6:

@@ -44,8 +44,9 @@ def test_projection_difference(projection_difference, model=None, tokenizer=None
         got = call(projection_difference, model, tokenizer, PROMPTS, RESPONSES, OTHER_RESPONSES, v, layer, name=NAME)
         no_hooks_left(model, NAME)
         got = expect_tensor(got, Float[Tensor, "n"], NAME, n=n)
-        if got.dtype != torch.float32:
+        if got.dtype not in (torch.float32, torch.float64):
             fail(f"{NAME} should return float32, got {got.dtype}")
+        got = got.float()
         if torch.allclose(got, want, rtol=1e-4, atol=1e-4):
             continue
         if torch.allclose(got, torch.zeros(n), atol=1e-6):

@@ -72,12 +72,6 @@ def whole_chat(model, tokenizer, prompts, train_responses, base_responses, vecto
     return proj(train_responses) - proj(base_responses)
 
 
-@mistake("test_projection_difference", "float32")
-def float64_result(model, tokenizer, prompts, train_responses, base_responses, vector, layer):
-    v = _checked(model, prompts, train_responses, base_responses, vector)
-    return (_proj(model, tokenizer, prompts, train_responses, v, layer) - _proj(model, tokenizer, prompts, base_responses, v, layer)).double()
-
-
 @mistake("test_projection_difference_input_checks", "ValueError")
 def no_checks(model, tokenizer, prompts, train_responses, base_responses, vector, layer):
     n = min(len(prompts), len(train_responses), len(base_responses))
