@@ -42,6 +42,7 @@ PLANTED = {
     "section2_assistant_axis": ("return float(np.quantile(x, quantile))", "return float(np.quantile(x, 1 - quantile))"),
     "section3_contrastive_prompting": ('if pos["score"] >= threshold', 'if pos["score"] > threshold'),
     "section4_steering": ("X = X / X.norm(dim=1, keepdim=True)", "X = X"),
+    "section5_finetuning": ("+ 0.5 * (diff == 0).double().mean())", "+ 1.0 * (diff == 0).double().mean())"),
 }
 
 

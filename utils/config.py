@@ -26,9 +26,10 @@ PAPER_MODELS = {
     2: "Qwen/Qwen3-32B",
     3: "Qwen/Qwen2.5-7B-Instruct",
     4: "Qwen/Qwen2.5-7B-Instruct",
+    5: "Qwen/Qwen2.5-7B-Instruct",
 }
 # The tiny offline model of each section: the same family as the paper model.
-TINY_MODELS = {1: "tiny-gemma2", 2: "tiny-qwen2", 3: "tiny-qwen2", 4: "tiny-qwen2"}
+TINY_MODELS = {1: "tiny-gemma2", 2: "tiny-qwen2", 3: "tiny-qwen2", 4: "tiny-qwen2", 5: "tiny-qwen2"}
 
 
 def _cuda_available() -> bool:

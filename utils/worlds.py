@@ -147,3 +147,21 @@ def settings(section: int, kind: str | None = None) -> Settings:
     values = {**table.get("default", {}), **table.get(kind, {})}
     label = config.world_label(section) if kind == current_kind() else kind
     return Settings(section=section, kind=kind, label=label, note=_NOTES[kind], values=values)
+
+
+# Section 5 (finetuning): LoRA finetunes of the shared base, their evaluation and the screening.
+TABLES[5] = {
+    # A real model (Qwen2.5-7B-Instruct on one GPU): the course's starting values, not the paper's.
+    "default": dict(steps=100, lr=1e-4, rank=8, batch_size=8, n_train=None, n_eval=20, max_new_tokens=128,
+                    n_vector_questions=10, prevent_coeffs=(2.0, 4.0), posthoc_coeffs=(-1.0, -2.0),
+                    screen_samples=200, threads=None),
+    # The toy world: a 6-block model trained on the toy corpus; the finetunes take seconds on a CPU.
+    "toy": dict(steps=25, lr=3e-3, rank=8, batch_size=8, n_train=None, n_eval=16, max_new_tokens=48,
+                n_vector_questions=5, prevent_coeffs=(3.0, 6.0), posthoc_coeffs=(-1.0, -2.0),
+                screen_samples=32, threads=1),
+    # Random tiny models (nbgrader): two optimizer steps per finetune, numbers are noise.
+    "tiny": dict(steps=2, lr=1e-3, rank=4, batch_size=4, n_train=8, n_eval=2, max_new_tokens=8,
+                 n_vector_questions=1, prevent_coeffs=(2.0,), posthoc_coeffs=(-1.0,), screen_samples=8, threads=1),
+    # The paper's setting (Qwen2.5-7B-Instruct, hidden_states[20] = block 19).
+    "paper": dict(steps=300, n_eval=20, max_new_tokens=256),
+}

@@ -1,0 +1,1 @@
+"""Catalogue of Section 5 — Persona shifts from finetuning: one module per exercise."""
