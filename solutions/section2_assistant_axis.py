@@ -836,7 +836,8 @@ glue("s2_cap_between", "between the two groups' means, below the defaults' and a
 # Requirements:
 # - `vectors` is a list of `[d_model]` tensors or an `[n, d_model]` tensor; `vectors`,
 #   `thresholds` and `layers` must have the same length (`ValueError` otherwise). Normalise each
-#   vector.
+#   vector. A vector that is zero or holds NaN or inf, and a threshold that is NaN or infinite, raise
+#   `ValueError` (capping with them would fill the residual stream with NaN).
 # - Every position of every forward pass is capped: the prompt tokens during prefill and each new
 #   token after it (see Exercise 2.1). With left-padded batches the pad positions are capped too;
 #   that is harmless, since the attention mask keeps every real token from reading them.
@@ -890,9 +891,14 @@ class ActivationCapper:
             v = torch.as_tensor(v).detach().float().cpu()
             if v.shape != (d_model,):
                 raise ValueError(f"each capping vector must have shape [{d_model}], got {tuple(v.shape)}")
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError("a capping vector holds NaN or inf: capping with it would fill the residual stream with NaN")
             if v.norm() == 0:
                 raise ValueError("a capping vector is zero")
             self.units.append(v / v.norm())
+        bad = [t for t in thresholds if not np.isfinite(t)]
+        if bad:
+            raise ValueError(f"thresholds must be finite numbers, got {bad}")
         self.model = model
         self.thresholds = thresholds
         self.layers = [check_layer(model, x) for x in layers]
