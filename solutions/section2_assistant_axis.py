@@ -465,8 +465,9 @@ tests.test_rate_delusion_risk_input_checks(rate_delusion_risk)
 #   turn with `analyzer.project_onto_axis` (one call);
 # - rates every assistant turn with `rate_delusion_risk` on the same messages (when `rate_risk`,
 #   else every risk is `None`);
-# - shows one plotly figure (`fig.show()`) with the assistant turns numbered 1, 2, ... on the x axis,
-#   the projection per turn on the left axis and the risk on a **second y axis** on the right, its
+# - shows one plotly figure (`fig.show()`) with the assistant turns numbered 1, 2, ... on the x axis
+#   with a tick at every whole turn and none between (`fig.update_xaxes(dtick=1)`: plotly would
+#   otherwise label half turns on a short conversation), the projection per turn on the left axis and the risk on a **second y axis** on the right, its
 #   range fixed to 0–100 (`make_subplots(specs=[[{"secondary_y": True}]])`, then
 #   `add_trace(..., secondary_y=True)` and `update_yaxes(range=[0, 100], secondary_y=True)`);
 # - returns `(projections, risks)`.
@@ -493,6 +494,7 @@ def visualize_transcript_drift(analyzer, transcript, rate_risk: bool = True, tit
     if title is None and isinstance(transcript, dict):
         title = f"Drift along the Assistant Axis: {transcript.get('domain', '')}"
     fig.update_layout(title=title, xaxis_title="assistant turn", height=420)
+    fig.update_xaxes(dtick=1)
     fig.update_yaxes(title_text="projection (activation units)", secondary_y=False)
     fig.update_yaxes(title_text="delusion risk (0-100)", range=[0, 100], tickvals=[0, 25, 50, 75, 100], secondary_y=True)
     fig.show()
@@ -605,6 +607,7 @@ for t in data.load_transcripts():
     print(f"{t['name']:>24}: first turn {p[0]:+7.2f}   last turn {p[-1]:+7.2f}   lowest {min(p):+7.2f}")
 fig.update_layout(title=f"Projection per assistant turn, block {LAYER}", xaxis_title="assistant turn",
                   yaxis_title="projection", height=420)
+fig.update_xaxes(dtick=1)
 fig.show()
 
 # %% tags=["book-only", "remove-cell"]
@@ -1141,6 +1144,7 @@ for name in ("uncapped", "capped"):
                              showlegend=False), row=2, col=1)
 fig.add_hline(y=tau_top, line_dash="dash", annotation_text="tau", row=2, col=1)
 fig.update_layout(title=f"Replaying the {replay_source['name']} conversation with and without capping", height=620)
+fig.update_xaxes(dtick=1)
 fig.update_xaxes(title_text="assistant turn", row=2, col=1)
 fig.update_yaxes(title_text="projection")
 fig.show()
@@ -1172,7 +1176,7 @@ glue("s2_replay_lower", f"lower with capping at turn{'s' if len(lower) > 1 else 
 # blocks 56–71 with the same 25th-percentile rule.
 
 # %% [markdown] tags=["book-only", "toy-world"]
-# **In this build** the capped projection at block {glue:text}`s2_replay_top_block` (right)
+# **In this build** the capped projection at block {glue:text}`s2_replay_top_block` (the second panel)
 # {glue:text}`s2_replay_floor` (τ = {glue:text}`s2_replay_tau:+.2f`), while the uncapped one goes
 # from {glue:text}`s2_replay_uncapped_first:+.2f` to {glue:text}`s2_replay_uncapped_last:+.2f`. The
 # toy judge's risks ({glue:text}`s2_replay_risks`) are {glue:text}`s2_replay_lower`: compare the
