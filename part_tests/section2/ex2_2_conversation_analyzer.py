@@ -39,6 +39,7 @@ from part_tests.section2._fakes import (
     _rounded,
     _tuple_outputs,
 )
+from part_tests.properties import braces_text, for_all, st
 from part_tests.shapes import expect_tensor
 from utils.activations import turn_mean_activations
 from utils.chat import assistant_turn_spans, format_chat, normalize_messages, render
@@ -414,6 +415,28 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
         fail(f"project_onto_axis returned {_rounded(proj)}, expected {_rounded(expected)} (a . v / ||v||)")
     no_hooks_left(model, "ConversationAnalyzer")
     _check_messages_kept(messages, "ConversationAnalyzer")
+
+    # --- property: conversations of 1 to 3 turns whose text holds braces, placeholders and template words, with or
+    # without a system prompt: the spans of utils.chat and the projections of the means over them
+    def check_conversation(case) -> None:
+        turns, with_system = case
+        msgs = [{"role": "system", "content": "Be {kind}."}] if with_system else []
+        for user, reply in turns:
+            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        kept = copy.deepcopy(msgs)
+        _check_spans(call(analyzer.turn_spans, msgs, name="ConversationAnalyzer.turn_spans"), msgs, tokenizer,
+                     where=f" (a conversation of {len(turns)} turn(s) with the texts {[t[1] for t in turns]})")
+        got_p = call(analyzer.project_onto_axis, msgs, name="ConversationAnalyzer.project_onto_axis")
+        no_hooks_left(model, "ConversationAnalyzer")
+        v = axis / axis.norm()
+        want_p = [float(a @ v) for a in turn_mean_activations(model, tokenizer, msgs, layer)]
+        check(msgs == kept, "ConversationAnalyzer changed the list of messages it was given: work on a copy")
+        check(isinstance(got_p, (list, tuple)) and _floats_close(got_p, want_p, 1e-3),
+              f"project_onto_axis returned {got_p!r:.100} for a conversation of {len(turns)} turn(s), expected "
+              f"{_rounded(want_p)}: one mean per assistant span, projected on v / ||v||")
+
+    for_all(st.tuples(st.lists(st.tuples(braces_text(), braces_text()), min_size=1, max_size=3), st.booleans()),
+            check_conversation, name="ConversationAnalyzer", examples=6)
     passed("test_conversation_analyzer", f"{n_turns} turns, blocks {layer}, {other_layer} and {last}, 5 chat set-ups, bfloat16")
 
 
