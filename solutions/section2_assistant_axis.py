@@ -1065,7 +1065,8 @@ if S.load_released_axis and MODEL_NAME in ("Qwen/Qwen3-32B", "meta-llama/Llama-3
 # - `run_capping_experiment(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48,
 #   max_turns=None)`: for each condition, `"uncapped"` (no capper) and `"capped"` (`capper` active),
 #   start from the transcript's system prompt (if any), and for each of the transcript's user
-#   messages (the first `max_turns` of them, or all) append it, generate the reply greedily with
+#   messages (the first `max_turns` of them, or all of them when `max_turns` is `None` or larger than
+#   their number) append it, generate the reply greedily with
 #   `generate(model, tokenizer, [messages], max_new_tokens=...)` — with the capper active in the
 #   capped condition — and append the reply. The history of each condition is **the model's own
 #   earlier replies**, not the transcript's. Then project the conversation with

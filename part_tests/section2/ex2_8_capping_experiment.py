@@ -340,8 +340,20 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
         if with_system:
             transcript["system_prompt"] = "SYSTEM {conversation}"
         with using(run_capping_experiment, compute_turn_projections=no_projections, generate=fake_generate):
-            res = call(run_capping_experiment, model, tokenizer, transcript, axis, layer, ctx, max_new_tokens=2,
-                       max_turns=max_turns, name="run_capping_experiment")
+            try:
+                res = call(run_capping_experiment, model, tokenizer, transcript, axis, layer, ctx, max_new_tokens=2,
+                           max_turns=max_turns, name="run_capping_experiment")
+            except AssertionError:
+                raise
+            except Exception as err:
+                if ctx.active:
+                    ctx.close()
+                remove_leftover_hooks(model)
+                more = (f": max_turns={max_turns} is more than the {len(users)} user turn(s), so replay them all "
+                        "(users[:max_turns] does that; a loop over range(max_turns) indexes past the end)"
+                        if max_turns is not None and max_turns > len(users) else "")
+                fail(f"run_capping_experiment raised {type(err).__name__}: {err} on a transcript of {len(users)} user "
+                     f"turn(s) with max_turns={max_turns}{more}")
         if ctx.active:
             ctx.close()
             fail("the capper is still active after run_capping_experiment returned: use `with capper:`")
