@@ -367,7 +367,7 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
                                "conversation so far in that condition")
 
     for_all(st.tuples(st.lists(braces_text(), min_size=1, max_size=4), st.sampled_from([None, 1, 2, 3, 5]), st.booleans()),
-            check_replay, name="run_capping_experiment", examples=6)
+            check_replay, name="run_capping_experiment", examples=5)
     passed("test_run_capping_experiment")
 
 
