@@ -52,10 +52,9 @@ def test_record_hidden_shapes(record_hidden_shapes, model=None, tokenizer=None) 
     model, tokenizer = model_or_tiny(model, tokenizer)
     d = _d_model(model)
     n_blocks = len(get_blocks(model))
-    prompt = "Tell me a short story about the sea."
     default_new = 5
     runs = [(min(1, n_blocks - 1), default_new), (n_blocks - 1, 3)]  # every argument changes the result
-    for layer, max_new in runs:
+    for (layer, max_new), prompt in zip(runs, ["Tell me a short story about the sea.", "  Tell me {one} story.\n"]):
         T, n_forwards = _greedy_forwards(model, tokenizer, prompt, max_new)
         with _spy_hook_registrations(model) as seen:
             shapes = call(record_hidden_shapes, model, tokenizer, prompt, layer, max_new, name="record_hidden_shapes")
@@ -67,6 +66,10 @@ def test_record_hidden_shapes(record_hidden_shapes, model=None, tokenizer=None) 
             fail(f"the recorded shapes have 2 dimensions ({shapes[0]}): `output[0]` on a tensor output takes batch row 0; "
                  "use hidden_of(output), which handles tensor and tuple outputs")
         check(len(shapes[0]) == 3, f"expected 3-D hidden states [batch, seq, d_model], got {shapes[0]}")
+        if shapes[0][1] != T and shapes[0][1] == _greedy_forwards(model, tokenizer, prompt.strip(), 1)[0]:
+            fail(f"for the prompt {prompt!r} the prefill saw {shapes[0][1]} tokens, as for the stripped prompt, but the "
+                 f"formatted prompt has {T}: pass the prompt to build_messages exactly as given (no .strip(), no other "
+                 "edits); the chat template takes it as it is")
         if shapes[0][1] != T:
             fail(f"the first (prefill) forward pass saw {shapes[0][1]} tokens, but the formatted prompt has {T}: "
                  "format the prompt with the chat template, format_prompt(build_messages(None, prompt), tokenizer), and "

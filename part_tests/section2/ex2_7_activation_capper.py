@@ -208,6 +208,10 @@ def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None
     if not close(y1, _simulate(zeros, x1, {1: [(v, tau)]})):
         fail("a forward pass with one token (a decode step with the KV cache) was not capped correctly: cap every "
              "forward, whatever its length")
+    xd = torch.tensor([[[-5.0, 1.0, 1.0, 1.0]], [[3.0, 0.0, 2.0, 0.0]], [[0.5, 2.0, 0.0, 1.0]]])  # a batch of decode steps
+    yd = _run_capper(ActivationCapper, _FakeLM(zeros), [v], [tau], [1], xd)
+    check(close(yd, _simulate(zeros, xd, {1: [(v, tau)]})), "a batch of 3 one-token forwards (decode steps of a batch) "
+                                                            "was not capped correctly: cap every position of every sequence")
     xb = torch.tensor([[[-1.0, 0, 0, 0], [3.0, 0, 0, 0], [0.0, 2, 2, 2]], [[0.9, 1, 1, 1], [-4.0, 0, 1, 0], [1.5, 0, 0, 0]]])
     yb = _run_capper(ActivationCapper, _FakeLM(zeros), [v], [tau], [1], xb)
     check(close(yb, _simulate(zeros, xb, {1: [(v, tau)]})), "a batch of 2 sequences was not capped correctly: cap every position of every sequence")
