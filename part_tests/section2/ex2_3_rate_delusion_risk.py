@@ -178,7 +178,7 @@ def test_rate_delusion_risk(rate_delusion_risk) -> None:
     turn = st.tuples(braces_text(), braces_text())
     scores = st.tuples(st.integers(1, 5), st.integers(1, 5), st.booleans())
     for_all(st.tuples(st.lists(turn, min_size=1, max_size=4), st.booleans(), st.integers(0, 3), scores),
-            lambda case: _check_risk_case(rate_delusion_risk, *case), name="rate_delusion_risk", examples=10)
+            lambda case: _check_risk_case(rate_delusion_risk, *case), name="rate_delusion_risk", examples=6)
     passed("test_rate_delusion_risk")
 
 
