@@ -16,7 +16,8 @@ its own process with `--mode exec`). Nothing here is part of the course.
   points, as the union of the intervals over threads (nested and concurrent calls count once):
   `generation` (utils.generation.generate / generate_conversations, transformers' `generate`),
   `extraction` (utils.activations.span_means, and any other forward pass of the decoder outside
-  generation: the exercises' own extraction loops), `judging` (every utils.api.ChatClient call),
+  generation: the exercises' own extraction loops), `training` (Section 5: forward passes with
+  gradients, backward passes and AdamW steps), `judging` (every utils.api.ChatClient call),
   `model_load`. After every cell the totals, the peak GPU memory and the cell count are written to
   `REHEARSAL_STATS` (JSON), so a section that fails or is stopped still leaves its figures.
 """
@@ -45,7 +46,7 @@ def _sync():
         torch.cuda.synchronize()
 
 
-GPU_CATEGORIES = ("generation", "extraction", "model_load")
+GPU_CATEGORIES = ("generation", "extraction", "training", "model_load")
 
 
 def enter(category: str) -> bool:
@@ -192,13 +193,14 @@ def _time_decoder_forwards(model) -> None:
     original = decoder.forward
 
     def forward(*args, **kwargs):
-        if active("generation") or active("extraction"):
+        if active("generation") or active("extraction") or active("training"):
             return original(*args, **kwargs)
-        enter("extraction")
+        category = "training" if torch.is_grad_enabled() else "extraction"  # Section 5's finetuning forwards
+        enter(category)
         try:
             return original(*args, **kwargs)
         finally:
-            leave("extraction")
+            leave(category)
 
     decoder.forward = forward
 
@@ -253,6 +255,8 @@ def install(ipython=None) -> None:
     _patch(generation, "generate_conversations", "generation")
     _patch(GenerationMixin, "generate", "generation")
     _patch(activations, "span_means", "extraction")
+    _patch(torch.Tensor, "backward", "training")  # Section 5: backward passes and optimiser steps
+    _patch(torch.optim.AdamW, "step", "training")
     _patch(api.ChatClient, "chat", "judging")
     _patch(api.ChatClient, "chat_many", "judging")
     del transformers

@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 ASSETS = REPO / "utils" / "assets"
 SECTIONS = {1: "section1_persona_space", 2: "section2_assistant_axis", 3: "section3_contrastive_prompting",
-            4: "section4_steering"}
+            4: "section4_steering", 5: "section5_finetuning"}
 REVISION = "0" * 40  # the stand-in hub-cache snapshots' revision
 
 # Real architectures, written out (nothing downloaded). Token ids come from the stand-in tokenizer.
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=sorted(CHOSEN), default="7b", help="the chosen-model run's size (default 7b)")
     ap.add_argument("--paper", action="store_true", help="PERSONA_COURSE_MODEL=paper: Gemma 2 27B (S1), Qwen3-32B (S2); "
                                                         "with --size tiny, their depths at a tiny width")
-    ap.add_argument("--sections", default="1,2,3,4")
+    ap.add_argument("--sections", default="1,2,3,4,5")
     ap.add_argument("--memory-cap-gib", type=float, default=0.0, help="cap the section's GPU memory (0: none)")
     ap.add_argument("--mode", choices=("auto", "nbclient", "exec"), default="auto")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell (nbclient) or per section (exec)")
@@ -455,12 +455,12 @@ def table(record: dict) -> str:
     """A markdown table of one run."""
     lines = [f"{record['label']}: {record['model_setting']}; {record['gpu'] or 'no GPU'}; "
              f"cap {record['memory_cap_gib'] or 'none'} GiB; {record['date']}",
-             "| section | ran | wall s | generation s | extraction s | judging s | model load s | peak GiB (alloc / reserved) | judge requests |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| section | ran | wall s | generation s | extraction s | training s | judging s | model load s | peak GiB (alloc / reserved) | judge requests |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in record["sections"]:
         st = s["steps_s"]
         lines.append(f"| {s['section']} | {'yes' if s['ok'] else 'FAILED'} | {s['wall_s']:.0f} | {st.get('generation', 0):.0f} | "
-                     f"{st.get('extraction', 0):.0f} | {st.get('judging', 0):.1f} | {st.get('model_load', 0):.0f} | "
+                     f"{st.get('extraction', 0):.0f} | {st.get('training', 0):.0f} | {st.get('judging', 0):.1f} | {st.get('model_load', 0):.0f} | "
                      f"{s['peak_allocated_gib']} / {s['peak_reserved_gib']} | {s['judge_requests']} |")
     return "\n".join(lines)
 

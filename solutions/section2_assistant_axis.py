@@ -465,8 +465,9 @@ tests.test_rate_delusion_risk_input_checks(rate_delusion_risk)
 #   turn with `analyzer.project_onto_axis` (one call);
 # - rates every assistant turn with `rate_delusion_risk` on the same messages (when `rate_risk`,
 #   else every risk is `None`);
-# - shows one plotly figure (`fig.show()`) with the assistant turns numbered 1, 2, ... on the x axis,
-#   the projection per turn on the left axis and the risk on a **second y axis** on the right, its
+# - shows one plotly figure (`fig.show()`) with the assistant turns numbered 1, 2, ... on the x axis
+#   with a tick at every whole turn and none between (`fig.update_xaxes(dtick=1)`: plotly would
+#   otherwise label half turns on a short conversation), the projection per turn on the left axis and the risk on a **second y axis** on the right, its
 #   range fixed to 0–100 (`make_subplots(specs=[[{"secondary_y": True}]])`, then
 #   `add_trace(..., secondary_y=True)` and `update_yaxes(range=[0, 100], secondary_y=True)`);
 # - returns `(projections, risks)`.
@@ -493,6 +494,7 @@ def visualize_transcript_drift(analyzer, transcript, rate_risk: bool = True, tit
     if title is None and isinstance(transcript, dict):
         title = f"Drift along the Assistant Axis: {transcript.get('domain', '')}"
     fig.update_layout(title=title, xaxis_title="assistant turn", height=420)
+    fig.update_xaxes(dtick=1)
     fig.update_yaxes(title_text="projection (activation units)", secondary_y=False)
     fig.update_yaxes(title_text="delusion risk (0-100)", range=[0, 100], tickvals=[0, 25, 50, 75, 100], secondary_y=True)
     fig.show()
@@ -605,6 +607,7 @@ for t in data.load_transcripts():
     print(f"{t['name']:>24}: first turn {p[0]:+7.2f}   last turn {p[-1]:+7.2f}   lowest {min(p):+7.2f}")
 fig.update_layout(title=f"Projection per assistant turn, block {LAYER}", xaxis_title="assistant turn",
                   yaxis_title="projection", height=420)
+fig.update_xaxes(dtick=1)
 fig.show()
 
 # %% tags=["book-only", "remove-cell"]
@@ -836,7 +839,8 @@ glue("s2_cap_between", "between the two groups' means, below the defaults' and a
 # Requirements:
 # - `vectors` is a list of `[d_model]` tensors or an `[n, d_model]` tensor; `vectors`,
 #   `thresholds` and `layers` must have the same length (`ValueError` otherwise). Normalise each
-#   vector.
+#   vector. A vector that is zero or holds NaN or inf, and a threshold that is NaN or infinite, raise
+#   `ValueError` (capping with them would fill the residual stream with NaN).
 # - Every position of every forward pass is capped: the prompt tokens during prefill and each new
 #   token after it (see Exercise 2.1). With left-padded batches the pad positions are capped too;
 #   that is harmless, since the attention mask keeps every real token from reading them.
@@ -890,9 +894,14 @@ class ActivationCapper:
             v = torch.as_tensor(v).detach().float().cpu()
             if v.shape != (d_model,):
                 raise ValueError(f"each capping vector must have shape [{d_model}], got {tuple(v.shape)}")
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError("a capping vector holds NaN or inf: capping with it would fill the residual stream with NaN")
             if v.norm() == 0:
                 raise ValueError("a capping vector is zero")
             self.units.append(v / v.norm())
+        bad = [t for t in thresholds if not np.isfinite(t)]
+        if bad:
+            raise ValueError(f"thresholds must be finite numbers, got {bad}")
         self.model = model
         self.thresholds = thresholds
         self.layers = [check_layer(model, x) for x in layers]
@@ -1056,7 +1065,8 @@ if S.load_released_axis and MODEL_NAME in ("Qwen/Qwen3-32B", "meta-llama/Llama-3
 # - `run_capping_experiment(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48,
 #   max_turns=None)`: for each condition, `"uncapped"` (no capper) and `"capped"` (`capper` active),
 #   start from the transcript's system prompt (if any), and for each of the transcript's user
-#   messages (the first `max_turns` of them, or all) append it, generate the reply greedily with
+#   messages (the first `max_turns` of them, or all of them when `max_turns` is `None` or larger than
+#   their number) append it, generate the reply greedily with
 #   `generate(model, tokenizer, [messages], max_new_tokens=...)` — with the capper active in the
 #   capped condition — and append the reply. The history of each condition is **the model's own
 #   earlier replies**, not the transcript's. Then project the conversation with
@@ -1135,6 +1145,7 @@ for name in ("uncapped", "capped"):
                              showlegend=False), row=2, col=1)
 fig.add_hline(y=tau_top, line_dash="dash", annotation_text="tau", row=2, col=1)
 fig.update_layout(title=f"Replaying the {replay_source['name']} conversation with and without capping", height=620)
+fig.update_xaxes(dtick=1)
 fig.update_xaxes(title_text="assistant turn", row=2, col=1)
 fig.update_yaxes(title_text="projection")
 fig.show()
@@ -1166,7 +1177,7 @@ glue("s2_replay_lower", f"lower with capping at turn{'s' if len(lower) > 1 else 
 # blocks 56–71 with the same 25th-percentile rule.
 
 # %% [markdown] tags=["book-only", "toy-world"]
-# **In this build** the capped projection at block {glue:text}`s2_replay_top_block` (right)
+# **In this build** the capped projection at block {glue:text}`s2_replay_top_block` (the second panel)
 # {glue:text}`s2_replay_floor` (τ = {glue:text}`s2_replay_tau:+.2f`), while the uncapped one goes
 # from {glue:text}`s2_replay_uncapped_first:+.2f` to {glue:text}`s2_replay_uncapped_last:+.2f`. The
 # toy judge's risks ({glue:text}`s2_replay_risks`) are {glue:text}`s2_replay_lower`: compare the

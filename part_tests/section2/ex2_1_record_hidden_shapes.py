@@ -26,6 +26,7 @@ from part_tests.section2._fakes import (
     _d_model,
     _spy_hook_registrations,
 )
+from part_tests.properties import braces_text, for_all, st
 from utils.chat import build_messages, format_prompt
 from utils.hooks import get_blocks
 from utils.models import input_device
@@ -51,10 +52,9 @@ def test_record_hidden_shapes(record_hidden_shapes, model=None, tokenizer=None) 
     model, tokenizer = model_or_tiny(model, tokenizer)
     d = _d_model(model)
     n_blocks = len(get_blocks(model))
-    prompt = "Tell me a short story about the sea."
     default_new = 5
     runs = [(min(1, n_blocks - 1), default_new), (n_blocks - 1, 3)]  # every argument changes the result
-    for layer, max_new in runs:
+    for (layer, max_new), prompt in zip(runs, ["Tell me a short story about the sea.", "  Tell me {one} story.\n"]):
         T, n_forwards = _greedy_forwards(model, tokenizer, prompt, max_new)
         with _spy_hook_registrations(model) as seen:
             shapes = call(record_hidden_shapes, model, tokenizer, prompt, layer, max_new, name="record_hidden_shapes")
@@ -66,6 +66,10 @@ def test_record_hidden_shapes(record_hidden_shapes, model=None, tokenizer=None) 
             fail(f"the recorded shapes have 2 dimensions ({shapes[0]}): `output[0]` on a tensor output takes batch row 0; "
                  "use hidden_of(output), which handles tensor and tuple outputs")
         check(len(shapes[0]) == 3, f"expected 3-D hidden states [batch, seq, d_model], got {shapes[0]}")
+        if shapes[0][1] != T and shapes[0][1] == _greedy_forwards(model, tokenizer, prompt.strip(), 1)[0]:
+            fail(f"for the prompt {prompt!r} the prefill saw {shapes[0][1]} tokens, as for the stripped prompt, but the "
+                 f"formatted prompt has {T}: pass the prompt to build_messages exactly as given (no .strip(), no other "
+                 "edits); the chat template takes it as it is")
         if shapes[0][1] != T:
             fail(f"the first (prefill) forward pass saw {shapes[0][1]} tokens, but the formatted prompt has {T}: "
                  "format the prompt with the chat template, format_prompt(build_messages(None, prompt), tokenizer), and "
@@ -100,6 +104,24 @@ def test_record_hidden_shapes(record_hidden_shapes, model=None, tokenizer=None) 
                                                    f"(1, {T_g}, d_model)")
     _check_hooks_after_exception(model, lambda: record_hidden_shapes(model, tokenizer, prompt, runs[0][0], 3),
                                  "record_hidden_shapes")
+
+    # --- property: prompts with braces and with spaces or line breaks around them, 1 to 3 new tokens
+    def check_prompt(case) -> None:
+        pre, text, post, max_new = case
+        p = pre + text + post
+        T_p, n_p = _greedy_forwards(model, tokenizer, p, max_new)
+        got = call(record_hidden_shapes, model, tokenizer, p, runs[0][0], max_new, name="record_hidden_shapes")
+        no_hooks_left(model, "record_hidden_shapes")
+        got = [tuple(int(x) for x in s) for s in got]
+        want = [(1, T_p, d)] + [(1, 1, d)] * (n_p - 1)
+        if got and len(got[0]) == 3 and got[0][1] != T_p:
+            fail(f"for the prompt {p!r} the prefill saw {got[0][1]} tokens, but the formatted prompt has {T_p}: pass the "
+                 "prompt to build_messages exactly as given (no .strip(), no other edits); the chat template takes it "
+                 "as it is")
+        check(got == want, f"for the prompt {p!r} and max_new_tokens={max_new} expected the shapes {want}, got {got}")
+
+    space = st.sampled_from(["", " ", "\n", "  \n"])
+    for_all(st.tuples(space, braces_text(), space, st.integers(1, 3)), check_prompt, name="record_hidden_shapes", examples=5)
     passed("test_record_hidden_shapes", f"prefill {shapes[0]}, then {len(shapes) - 1} x {(1, 1, d)}")
 
 

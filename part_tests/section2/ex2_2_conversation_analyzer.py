@@ -39,6 +39,7 @@ from part_tests.section2._fakes import (
     _rounded,
     _tuple_outputs,
 )
+from part_tests.properties import braces_text, for_all, st
 from part_tests.shapes import expect_tensor
 from utils.activations import turn_mean_activations
 from utils.chat import assistant_turn_spans, format_chat, normalize_messages, render
@@ -95,6 +96,30 @@ def _first_occurrence_spans(messages, tokenizer, cursor: bool) -> list[tuple[int
     return out
 
 
+def _after_user_text_spans(messages, tokenizer) -> list[tuple[int, int]] | None:
+    """Token spans found by searching each reply after the first occurrence of the user message before it: the
+    wrong occurrence when that user text (or the reply's) appears earlier in the conversation."""
+    from utils.chat import char_span_to_token_span
+
+    msgs = normalize_messages(messages, tokenizer)
+    text = render(tokenizer, msgs)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    out, user = [], None
+    for m in msgs:
+        if m["role"] == "user":
+            user = m["content"]
+        elif m["role"] == "assistant":
+            u = text.find(user) if user else -1
+            start = text.find(m["content"], u + len(user) if u >= 0 else 0)
+            if start < 0:
+                return None
+            try:
+                out.append(char_span_to_token_span(offsets, (start, start + len(m["content"]))))
+            except ValueError:
+                return None
+    return out
+
+
 def _per_prefix_spans(messages, tokenizer) -> list[tuple[int, int]] | None:
     """Spans from rendering each prefix that ends with an assistant message (wrong where a template
     renders a turn differently once it is no longer the last)."""
@@ -121,8 +146,10 @@ def _check_spans(spans, messages, tokenizer, where: str = "") -> None:
     if spans == _char_spans(messages, tokenizer):
         fail(f"turn_spans{where} returned character offsets {spans}, not token indices {want}: turn each character span "
              "into tokens with char_span_to_token_span(offsets, (c0, c1))")
-    for cursor in (False, True):
-        if spans == _first_occurrence_spans(messages, tokenizer, cursor):
+    for cursor in (False, True, None):
+        found = _after_user_text_spans(messages, tokenizer) if cursor is None else _first_occurrence_spans(
+            messages, tokenizer, cursor)
+        if spans == found:
             fail(f"turn_spans{where} returned {spans}, expected {want}: the same words occur earlier in this conversation "
                  "(a user quotes the reply) and your search found that earlier occurrence. Search for each reply's text "
                  "after the rendering of the messages before it (text.find(content, len(prefix)))")
@@ -414,6 +441,30 @@ def test_conversation_analyzer(ConversationAnalyzer, model=None, tokenizer=None)
         fail(f"project_onto_axis returned {_rounded(proj)}, expected {_rounded(expected)} (a . v / ||v||)")
     no_hooks_left(model, "ConversationAnalyzer")
     _check_messages_kept(messages, "ConversationAnalyzer")
+
+    # --- property: conversations of 1 to 3 turns whose text holds braces, placeholders and template words, with or
+    # without a system prompt, the first turn asked and answered again at the end or not: the spans of utils.chat and
+    # the projections of the means over them
+    def check_conversation(case) -> None:
+        turns, again, with_system = case
+        turns = turns + turns[:1] if again else turns
+        msgs = [{"role": "system", "content": "Be {kind}."}] if with_system else []
+        for user, reply in turns:
+            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        kept = copy.deepcopy(msgs)
+        _check_spans(call(analyzer.turn_spans, msgs, name="ConversationAnalyzer.turn_spans"), msgs, tokenizer,
+                     where=f" (a conversation of {len(turns)} turn(s) with the texts {[t[1] for t in turns]})")
+        got_p = call(analyzer.project_onto_axis, msgs, name="ConversationAnalyzer.project_onto_axis")
+        no_hooks_left(model, "ConversationAnalyzer")
+        v = axis / axis.norm()
+        want_p = [float(a @ v) for a in turn_mean_activations(model, tokenizer, msgs, layer)]
+        check(msgs == kept, "ConversationAnalyzer changed the list of messages it was given: work on a copy")
+        check(isinstance(got_p, (list, tuple)) and _floats_close(got_p, want_p, 1e-3),
+              f"project_onto_axis returned {got_p!r:.100} for a conversation of {len(turns)} turn(s), expected "
+              f"{_rounded(want_p)}: one mean per assistant span, projected on v / ||v||")
+
+    for_all(st.tuples(st.lists(st.tuples(braces_text(), braces_text()), min_size=1, max_size=2), st.booleans(), st.booleans()),
+            check_conversation, name="ConversationAnalyzer", examples=5)
     passed("test_conversation_analyzer", f"{n_turns} turns, blocks {layer}, {other_layer} and {last}, 5 chat set-ups, bfloat16")
 
 

@@ -16,6 +16,7 @@ from part_tests._common import (
     require_implemented,
     using,
 )
+from part_tests.properties import braces_text, for_all, st
 from utils import data
 
 
@@ -72,7 +73,15 @@ BRACES_CONVERSATION = [
 def _judge_prompt_for(rate_delusion_risk, conv, idx, reply="AVOIDING_DELUSION: 2\nMAINTAINING_ROLE: 1"):
     judge = _FakeJudge(reply)
     with using(rate_delusion_risk, judge_reply=judge):
-        risk = call(rate_delusion_risk, conv, idx, name="rate_delusion_risk")
+        try:
+            risk = call(rate_delusion_risk, conv, idx, name="rate_delusion_risk")
+        except (KeyError, IndexError, ValueError) as err:
+            if not any("{" in m["content"] for m in conv):
+                raise
+            fail(f"on messages whose text holds braces ({_braces_in(conv)}) rate_delusion_risk raised "
+                 f"{type(err).__name__}: {err}: the text went through str.format a second time (one slot filled, then "
+                 "the other), which reads its braces as placeholders. Fill both slots in ONE call: "
+                 "template.format(conversation=..., response=...)")
     check(len(judge.prompts) == 1, f"rate_delusion_risk should call judge_reply once per rating, called it {len(judge.prompts)} times")
     prompt = judge.prompts[0]
     check(isinstance(prompt, str), "judge_reply should receive the filled-in prompt as a string")
@@ -163,7 +172,46 @@ def test_rate_delusion_risk(rate_delusion_risk) -> None:
                      "None (a failed call, a missing line or a score outside 1-5)")
         if got is not None:
             fail(f"for the unusable judge reply {reply!r} ({why}) rate_delusion_risk returned {got!r}; it should return None")
+
+    # --- property: 1 to 4 turns whose text holds braces and template words, with or without a system prompt,
+    # any turn rated, judge replies that may restate the format first
+    turn = st.tuples(braces_text(), braces_text())
+    scores = st.tuples(st.integers(1, 5), st.integers(1, 5), st.booleans())
+    for_all(st.tuples(st.lists(turn, min_size=1, max_size=4), st.booleans(), st.integers(0, 3), scores),
+            lambda case: _check_risk_case(rate_delusion_risk, *case), name="rate_delusion_risk", examples=6)
     passed("test_rate_delusion_risk")
+
+
+def _braces_in(conv) -> str:
+    return ", ".join(repr(m["content"]) for m in conv if "{" in m["content"])[:120]
+
+
+def _check_risk_case(rate_delusion_risk, turns, with_system: bool, k: int, scores) -> None:
+    conv = [{"role": "system", "content": "SYSTEM {response}"}] if with_system else []
+    for user, reply in turns:  # replies of two paragraphs
+        conv += [{"role": "user", "content": user}, {"role": "assistant", "content": reply + "\n\n" + user}]
+    k = k % len(turns)
+    a, b, restated = scores
+    reply = ("Answer with AVOIDING_DELUSION: <n> and MAINTAINING_ROLE: <n>.\n" if restated else "") + \
+        f"AVOIDING_DELUSION: {a}\nMAINTAINING_ROLE: {b}"
+    i = [j for j, m in enumerate(conv) if m["role"] == "assistant"][k]
+    want_prompt = data.load_delusion_risk_prompt().format(conversation=data.format_conversation(conv[:i]),
+                                                          response=conv[i]["content"])
+    risk, prompt, conv_part, response_part = _judge_prompt_for(rate_delusion_risk, conv, k, reply)
+    where = f" (rating assistant turn {k} of {len(turns)}; messages {_braces_in(conv) or 'without braces'})"
+    pos = 0
+    for m in conv[:i]:
+        found = conv_part.find(m["content"], pos)
+        if found < 0:
+            break
+        pos = found + len(m["content"])
+    if response_part != _between(want_prompt, "<response>", "</response>") or found < 0:
+        fail(f"the judge prompt does not hold the rated reply and the messages before it as they were written{where}: "
+             "text in the messages (braces, placeholders such as {response}, template words, line breaks) must reach "
+             "the judge unchanged. Fill the template once: .format(conversation=data.format_conversation("
+             "conversation[:i]), response=conversation[i]['content'])")
+    check(risk == data.delusion_risk_from_scores(a, b),
+          f"for the judge reply {reply!r} expected risk {data.delusion_risk_from_scores(a, b)}, got {risk!r}{where}")
 
 
 @exercise("2.3", "rate_delusion_risk")

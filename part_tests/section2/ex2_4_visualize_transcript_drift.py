@@ -9,6 +9,7 @@ import copy
 from contextlib import contextmanager
 
 from part_tests._common import call, check, exercise, fail, friendly_tests, passed, require_implemented, using
+from part_tests.properties import braces_text, for_all, st
 from part_tests.section2._fakes import CONVERSATION
 
 
@@ -135,7 +136,48 @@ def test_visualize_transcript_drift(visualize_transcript_drift) -> None:
         fail(f"the risk axis shows {'an automatic range' if lo is None else f'the range [{lo:g}, {hi:g}]'}: fix it to the "
              "risk's full scale, 0 to 100 (fig.update_yaxes(range=[0, 100], secondary_y=True)), so that a low risk looks "
              "low and plots of different transcripts compare")
+    x_axis = fig.layout[(t_proj.xaxis or "x").replace("x", "xaxis", 1)]
+    dtick, tickvals = x_axis.dtick, x_axis.tickvals
+    whole = (dtick is not None and float(dtick) == 1.0) or (
+        tickvals is not None and len(tickvals) > 0 and all(float(t) == int(float(t)) for t in tickvals))
+    if not whole:
+        fail("the turn axis has automatic ticks, which label half turns (1.5, 2.5) on a short conversation: put a tick at "
+             "every whole turn and none between (fig.update_xaxes(dtick=1))")
+
+    # --- property: conversations of 1 to 6 turns with braces in their text, fractional and negative projections,
+    # risks with gaps; the expected values are the fakes' own
+    turn = st.tuples(braces_text(), braces_text(), st.floats(-4, 4, allow_nan=False).map(lambda f: round(f, 3)),
+                     st.one_of(st.none(), st.integers(0, 100)))
+    for_all(st.tuples(st.lists(turn, min_size=1, max_size=6), st.booleans()),
+            lambda case: _check_drift_case(visualize_transcript_drift, *case), name="visualize_transcript_drift", examples=5)
     passed("test_visualize_transcript_drift")
+
+
+def _check_drift_case(visualize_transcript_drift, turns, with_system: bool) -> None:
+    conversation = []
+    for user, reply, _, _ in turns:
+        conversation += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    transcript = {"domain": "d", "name": "n", "description": "", "conversation": copy.deepcopy(conversation)}
+    if with_system:
+        transcript["system_prompt"] = "SYSTEM {answer}"
+    sent_want = ([{"role": "system", "content": "SYSTEM {answer}"}] if with_system else []) + conversation
+    proj_values, risk_values = [t[2] for t in turns], [t[3] for t in turns]
+    n = len(turns)
+    analyzer = _FakeAnalyzer(proj_values)
+    with using(visualize_transcript_drift, rate_delusion_risk=lambda conv, k: risk_values[k]), _capture_figures() as figs:
+        out = call(visualize_transcript_drift, analyzer, transcript, name="visualize_transcript_drift")
+    where = f" (a transcript of {n} assistant turn{'s' if n > 1 else ''}{', with a system prompt' if with_system else ''})"
+    check(isinstance(out, tuple) and len(out) == 2, f"visualize_transcript_drift should return (projections, risks){where}")
+    check(analyzer.calls and analyzer.calls[0] == sent_want,
+          f"the analyzer should get the system prompt (when there is one) and then the conversation, unchanged{where}")
+    check(list(out[0]) == proj_values and list(out[1]) == risk_values,
+          f"return the analyzer's projections and the risks of turns 0..{n - 1} in order, unchanged{where}: got {out!r:.120}")
+    check(figs, f"no figure was shown{where}: call fig.show()")
+    for trace in figs[-1].data:
+        xs = None if trace.x is None else [float(x) for x in trace.x]
+        if xs is not None and xs != [float(k) for k in range(1, n + 1)]:
+            fail(f"a trace has x = {xs}{where}: number the assistant turns 1, 2, ..., {n} (x=list(range(1, n + 1))), "
+                 "not by their positions in the message list")
 
 
 friendly_tests(globals())

@@ -32,6 +32,7 @@ from part_tests.section2._fakes import (
     _spy_hook_registrations,
     _tuple_outputs,
 )
+from part_tests.properties import braces_text, coefficients, for_all, st
 from utils.chat import build_messages
 from utils.generation import generate
 from utils.hooks import count_hooks, get_blocks
@@ -176,6 +177,27 @@ def test_generate_with_steering(generate_with_steering, model=None, tokenizer=No
                  "(vec.to(device=h.device, dtype=h.dtype))")
         _check_steering_deltas(obs_b, (alpha * vec).float(), vec, alpha, layer, atol=0.15)
 
+    # --- property: fractional and negative alphas, prompts with braces; one forward pass each (the prefill)
+    def check_alpha(case) -> None:
+        a, text = case
+        with _observe_block(model, layer) as obs_a:
+            _steer_or_explain(generate_with_steering, model, tokenizer, text, vec, layer, a, max_new_tokens=1)
+        no_hooks_left(model, "generate_with_steering")
+        check(obs_a["after"], "could not observe the forward passes of generation")
+        delta = obs_a["after"][0].float() - obs_a["before"][0].float()
+        want = (a * vec).float().expand_as(delta)
+        if close(delta, want, rtol=1e-2, atol=1e-3):
+            return
+        if close(delta, (float(int(a)) * vec).float().expand_as(delta), rtol=1e-2, atol=1e-3):
+            fail(f"with alpha = {a} the hook added {int(a)} * vector: alpha was rounded to a whole number (int(alpha)); "
+                 "keep it a float, fractional and negative values included")
+        if a < 0 and close(delta, (abs(a) * vec).float().expand_as(delta), rtol=1e-2, atol=1e-3):
+            fail(f"with alpha = {a} the hook added {abs(a)} * vector: a negative alpha steers AGAINST the vector; do not "
+                 "take its absolute value")
+        fail(f"with alpha = {a} the change to block {layer}'s output is not alpha * vector at every position (max "
+             f"deviation {float((delta - want).abs().max()):.3g})")
+
+    for_all(st.tuples(coefficients(), braces_text()), check_alpha, name="generate_with_steering", examples=5)
     passed("test_generate_with_steering")
 
 

@@ -19,6 +19,7 @@ from part_tests._common import (
     passed,
     require_implemented,
 )
+from part_tests.properties import for_all, st
 
 
 THRESHOLD_X = [-1.0, 3.0, 0.5, 2.0, -2.0, 1.0, 4.0, 0.0, 1.5]  # sorted: -2 -1 0 .5 1 1.5 2 3 4
@@ -74,7 +75,38 @@ def test_compute_capping_threshold(compute_capping_threshold) -> None:
         if not same:
             fail(f"compute_capping_threshold changed the projections it was given ({what}; sorted in place?): sort a copy "
                  "(np.sort(x), torch.sort(x).values) and leave the caller's data as it was")
+
+    # --- property: 1 to 11 projections (a single one too), any quantile in [0, 1], four containers
+    values = st.lists(st.floats(-50, 50, allow_nan=False).map(lambda f: round(f, 2)), min_size=1, max_size=11)
+    kinds = st.sampled_from(["list", "numpy", "float32", "bfloat16"])
+    for_all(st.tuples(values, st.floats(0.0, 1.0), kinds), lambda case: _check_threshold_case(compute_capping_threshold, *case),
+            name="compute_capping_threshold", examples=10)
     passed("test_compute_capping_threshold")
+
+
+def _check_threshold_case(compute_capping_threshold, values: list[float], q: float, kind: str) -> None:
+    if kind == "list":
+        given, exact = list(values), np.array(values, dtype=np.float64)
+    elif kind == "numpy":
+        given, exact = np.array(values), np.array(values, dtype=np.float64)
+    else:
+        given = torch.tensor(values, dtype=torch.float32 if kind == "float32" else torch.bfloat16)
+        exact = given.double().numpy()
+    want = float(np.quantile(exact, q))
+    what = f"{len(values)} projection{'s' if len(values) > 1 else ''} ({kind}) and quantile {q!r}"
+    try:
+        got = compute_capping_threshold(given, q)
+    except NotImplementedError as err:
+        raise NotImplementedYet("compute_capping_threshold: not implemented yet") from err
+    except Exception as err:
+        one = (" With one projection (or quantile 1.0) the position q * (n - 1) is the last index: there is no next "
+               "value to interpolate towards, so clamp the upper index (min(lo + 1, n - 1))") if isinstance(err, IndexError) else ""
+        fail(f"compute_capping_threshold raised {type(err).__name__}: {err} for {what}.{one}")
+    check(isinstance(got, float) and not isinstance(got, bool),
+          f"compute_capping_threshold should return a Python float, got {type(got).__name__} for {what}")
+    if abs(got - want) > 1e-5 * max(1.0, float(np.abs(exact).max())):
+        fail(f"compute_capping_threshold = {got} for {what}, expected {want}: the {q!r} quantile with linear "
+             "interpolation (np.quantile's default), of the values as given")
 
 
 @exercise("2.6", "compute_capping_threshold")

@@ -24,6 +24,7 @@ from part_tests._common import (
     remove_leftover_hooks,
     require_implemented,
 )
+from part_tests.properties import coefficients, for_all, st
 from part_tests.section2._fakes import (
     _Boom,
     _check_hooked_blocks,
@@ -130,6 +131,14 @@ def _run_capper(ActivationCapper, fake, vectors, thresholds, layers, x):
     if not torch.equal(x, x_before):
         fail("ActivationCapper edited the hidden state in place: build a new tensor (h - v_hat * min(<h, v_hat> - tau, 0))")
     _check_vectors_kept(vectors, v_before)
+    if isinstance(y, torch.Tensor) and y.dtype != x.dtype:
+        fail(f"the capped hidden state came back as {y.dtype} for a {x.dtype} block output: cast the capped result back to "
+             "the block's own dtype (capped.to(h.dtype)), not to a fixed dtype; a float32 tensor fed into the next "
+             "bfloat16 block fails or silently changes the model's precision")
+    if isinstance(y, torch.Tensor) and y.ndim == x.ndim and y.shape != x.shape:
+        fail(f"the capped forward returned shape {tuple(y.shape)} for a hidden state of shape {tuple(x.shape)}: keep the "
+             "[B, T, d] shape of the projection's result ([B, T], no .squeeze(): with one sequence or one token it drops "
+             "a dimension, and the update then broadcasts to the wrong shape)")
     expect_tensor(y, Float[Tensor, "batch seq d_model"], "the capped forward", batch=x.shape[0], seq=x.shape[1], d_model=x.shape[2])
     return y
 
@@ -199,6 +208,10 @@ def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None
     if not close(y1, _simulate(zeros, x1, {1: [(v, tau)]})):
         fail("a forward pass with one token (a decode step with the KV cache) was not capped correctly: cap every "
              "forward, whatever its length")
+    xd = torch.tensor([[[-5.0, 1.0, 1.0, 1.0]], [[3.0, 0.0, 2.0, 0.0]], [[0.5, 2.0, 0.0, 1.0]]])  # a batch of decode steps
+    yd = _run_capper(ActivationCapper, _FakeLM(zeros), [v], [tau], [1], xd)
+    check(close(yd, _simulate(zeros, xd, {1: [(v, tau)]})), "a batch of 3 one-token forwards (decode steps of a batch) "
+                                                            "was not capped correctly: cap every position of every sequence")
     xb = torch.tensor([[[-1.0, 0, 0, 0], [3.0, 0, 0, 0], [0.0, 2, 2, 2]], [[0.9, 1, 1, 1], [-4.0, 0, 1, 0], [1.5, 0, 0, 0]]])
     yb = _run_capper(ActivationCapper, _FakeLM(zeros), [v], [tau], [1], xb)
     check(close(yb, _simulate(zeros, xb, {1: [(v, tau)]})), "a batch of 2 sequences was not capped correctly: cap every position of every sequence")
@@ -231,6 +244,8 @@ def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None
                      "tau (self._make_hook(v_hat, tau)), or bind them as default arguments")
             if close(ym, _simulate(biases, xm, {1: [(v2, t2)], 3: [(v1, t1)]}), rtol=1e-4, atol=1e-4):
                 fail("vectors[i] and thresholds[i] belong to layers[i]; they were applied to the wrong layers")
+            if close(ym, _simulate(biases, xm, {1: [(v1, float(int(t1)))], 3: [(v2, float(int(t2)))]}), rtol=1e-4, atol=1e-4):
+                fail(_ROUNDED_THRESHOLD.format(tau=f"{t1:g}"))
             fail("with two capped layers the output differs from capping block 1 along vectors[0] at thresholds[0] and "
                  "block 3 along vectors[1] at thresholds[1]")
     # the same caps listed with the layers in decreasing order: entry i is (vectors[i], thresholds[i], layers[i])
@@ -305,7 +320,46 @@ def test_activation_capper(ActivationCapper, model=None, tokenizer=None) -> None
     capped = obs["after"][0].float()
     check(close(capped, _floor(base, vr, tau_r), rtol=1e-4, atol=1e-4),
           "on the tiny model the capped block output differs from h - v_hat * min(<h, v_hat> - tau, 0)")
+
+    # --- property: fractional and negative thresholds, float32 and bfloat16, one or several sequences and tokens
+    shapes = st.sampled_from([(1, 1), (2, 1), (3, 1), (1, 3), (2, 4), (3, 2)])  # [B, T]: decode steps of a batch too
+    for_all(st.tuples(coefficients(), st.sampled_from([torch.float32, torch.bfloat16]), shapes, st.integers(0, 10_000)),
+            lambda case: _check_capper_case(ActivationCapper, case[0], case[1], *case[2], case[3]), name="ActivationCapper",
+            examples=10)
     passed("test_activation_capper")
+
+
+_ROUNDED_THRESHOLD = ("the thresholds were rounded to whole numbers (int(t)): tau = {tau} is a fraction, and the floor "
+                      "must end exactly at it. Keep each threshold as a float (float(t)), not int(t) as for the layers")
+
+
+def _check_capper_case(ActivationCapper, tau: float, dtype: torch.dtype, batch: int, seq: int, seed: int) -> None:
+    """One capped forward on an identity model: expected from the floor formula, computed here in float64."""
+    d = 4
+    g = torch.Generator().manual_seed(seed)
+    v = (0.5 + 3 * torch.rand(1, generator=g)) * torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    v_hat = (v / v.norm()).double()
+    n = batch * seq
+    heights = torch.tensor([-2.0]) if n == 1 else torch.linspace(-2.0, 1.0, n)  # the first far below tau
+    heights = heights[torch.randperm(n, generator=g)].double() + tau
+    orth = torch.randn(n, d, generator=g).double()
+    orth = orth - (orth @ v_hat)[:, None] * v_hat
+    x = (orth + heights[:, None] * v_hat).reshape(batch, seq, d).to(dtype)
+    zeros = [torch.zeros(d, dtype=dtype)] * 2
+    y = _run_capper(ActivationCapper, _FakeLM(zeros), [v], [tau], [1], x)
+    where = f" (a {dtype} hidden state of shape {tuple(x.shape)}, tau = {tau:g})"
+    if y.dtype != x.dtype:
+        fail(f"the capped hidden state came back as {y.dtype}{where}: cast the capped result back to the block's own "
+             "dtype (capped.to(h.dtype)), not to a fixed dtype")
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
+    want = _floor(x.double(), v.double(), tau)
+    if close(y.double(), want, **tol):
+        return
+    if tau != int(tau) and close(y.double(), _floor(x.double(), v.double(), float(int(tau))), **tol):
+        fail(_ROUNDED_THRESHOLD.format(tau=f"{tau:g}") + where)
+    fail(f"the capped output differs from h - v_hat * min(<h, v_hat> - tau, 0){where}: max difference "
+         f"{float((y.double() - want).abs().max()):.3g}; check that every position of every sequence is capped, with "
+         "the threshold as given")
 
 
 @exercise("2.7", "ActivationCapper")
@@ -321,6 +375,37 @@ def test_activation_capper_input_checks(ActivationCapper) -> None:
                            what=f"{len(args[0])} vectors, {len(args[1])} thresholds and {len(args[2])} layers (the lengths "
                                 "differ: one vector and one threshold per capped layer)")
         remove_leftover_hooks(fake)
+    # vectors and thresholds that are not finite numbers, and a zero vector: refused when built
+    fake = _FakeLM(biases)
+    bad_cases = [
+        ([v1, torch.full((d,), float("nan"))], [0.5, 0.2], "a vector holding NaN (capping with it would fill the residual "
+         "stream with NaN; check torch.isfinite(v).all())"),
+        ([v1, torch.zeros(d)], [0.5, 0.2], "a zero vector (it has no direction to normalise)"),
+        ([v1, v2], [0.5, float("nan")], "a NaN threshold (every projection compared with NaN gives NaN hidden states; "
+         "check math.isfinite(tau))"),
+    ]
+    for vectors, thresholds, what in bad_cases:
+        expect_value_error(ActivationCapper, fake, vectors, thresholds, [1, 3], name="ActivationCapper", what=what)
+        remove_leftover_hooks(fake)
+
+    def _check_not_finite(case) -> None:
+        value, where, entry, pos = case
+        vectors, thresholds = [v1.clone(), v2.clone()], [0.5, 0.2]
+        if where == "vector":
+            vectors[entry][pos] = value
+            what = (f"vectors[{entry}] holding {value} at one coordinate (not only NaN: inf and -inf also fill the "
+                    "residual stream with NaN or inf; check torch.isfinite(v).all())")
+        else:
+            thresholds[entry] = value
+            what = (f"thresholds[{entry}] = {value} (not only NaN: an infinite threshold also fills the residual stream "
+                    "with NaN or inf; check math.isfinite(tau))")
+        expect_value_error(ActivationCapper, fake, vectors, thresholds, [1, 3], name="ActivationCapper", what=what)
+        remove_leftover_hooks(fake)
+
+    for_all(st.tuples(st.sampled_from([float("nan"), float("inf"), float("-inf")]), st.sampled_from(["vector", "threshold"]),
+                      st.integers(0, 1), st.integers(0, d - 1)),
+            _check_not_finite, name="ActivationCapper", examples=8)
+
     # a layer the model does not have: refused (when built or when entered) without leaving a hook behind
     fake = _FakeLM(biases)
     try:

@@ -6,6 +6,7 @@ Tests of `compute_turn_projections`: `test_compute_turn_projections`, `test_run_
 from __future__ import annotations
 
 import copy
+import zlib
 from contextlib import nullcontext
 
 import torch
@@ -34,8 +35,9 @@ from part_tests.section2._fakes import (
     _random_vector,
     _rounded,
 )
+from part_tests.properties import braces_text, for_all, st
 from utils.activations import turn_mean_activations
-from utils.chat import assistant_turn_spans
+from utils.chat import assistant_turn_spans, format_prompt
 from utils.generation import generate
 from utils.hooks import get_blocks
 
@@ -104,6 +106,26 @@ def test_compute_turn_projections(compute_turn_projections, model=None, tokenize
         check(_floats_close(got_c, want_c, 1e-3), f"with the capper active, expected {_rounded(want_c)}, got {got_c!r}")
         _check_capper_exits_on_error(model, ctx, lambda: compute_turn_projections(model, tokenizer, messages, axis, layer,
                                                                                   capper=ctx), "compute_turn_projections")
+
+        # property: conversations of 1 to 3 turns with braces in their text, with and without the capper
+        def check_projections(case) -> None:
+            turns, capped = case
+            msgs = []
+            for user, reply in turns:
+                msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+            c = ctx if capped else None
+            got_p = call(compute_turn_projections, model, tokenizer, msgs, axis, layer, capper=c,
+                         name="compute_turn_projections")
+            if ctx.active:
+                ctx.close()
+                fail("the capper was still active after compute_turn_projections returned: use `with capper:`")
+            want_p = _reference_turn_projections(model, tokenizer, msgs, axis, layer, capper=c)
+            check(isinstance(got_p, (list, tuple)) and _floats_close(got_p, want_p, 1e-3),
+                  f"compute_turn_projections {'with' if capped else 'without'} the capper returned {got_p!r:.100} for a "
+                  f"conversation of {len(turns)} turn(s), expected {_rounded(want_p)}")
+
+        for_all(st.tuples(st.lists(st.tuples(braces_text(), braces_text()), min_size=1, max_size=3), st.booleans()),
+                check_projections, name="compute_turn_projections", examples=5)
     no_hooks_left(model, "compute_turn_projections")
     passed("test_compute_turn_projections")
 
@@ -297,6 +319,55 @@ def test_run_capping_experiment(run_capping_experiment, model=None, tokenizer=No
         _check_capper_exits_on_error(model, ctx, lambda: run_capping_experiment(
             model, tokenizer, with_system, axis, layer, ctx, max_new_tokens=2, max_turns=1), "run_capping_experiment")
     no_hooks_left(model, "run_capping_experiment")
+
+    # property: 1 to 4 user turns with braces in their text, any max_turns, with or without a system prompt; a
+    # stand-in generate whose reply depends on the whole prompt and on whether the capper is active
+    def fake_generate(model_, tokenizer_, prompts, *args, **kwargs):
+        out = []
+        for p in prompts:
+            key = p if isinstance(p, str) else format_prompt(p, tokenizer)
+            out.append(f"{'capped' if ctx.active else 'plain'} {{answer}} #{zlib.crc32(key.encode()) % 997}")
+        return out
+
+    def no_projections(model_, tokenizer_, messages, *args, **kwargs):
+        return [0.0] * sum(m["role"] == "assistant" for m in messages)
+
+    def check_replay(case) -> None:
+        users, max_turns, with_system = case
+        transcript = {"domain": "d", "name": "p", "description": "",
+                      "conversation": [m for u in users for m in ({"role": "user", "content": u},
+                                                                  {"role": "assistant", "content": "OLD {response}"})]}
+        if with_system:
+            transcript["system_prompt"] = "SYSTEM {conversation}"
+        with using(run_capping_experiment, compute_turn_projections=no_projections, generate=fake_generate):
+            try:
+                res = call(run_capping_experiment, model, tokenizer, transcript, axis, layer, ctx, max_new_tokens=2,
+                           max_turns=max_turns, name="run_capping_experiment")
+            except AssertionError:
+                raise
+            except Exception as err:
+                if ctx.active:
+                    ctx.close()
+                remove_leftover_hooks(model)
+                more = (f": max_turns={max_turns} is more than the {len(users)} user turn(s), so replay them all "
+                        "(users[:max_turns] does that; a loop over range(max_turns) indexes past the end)"
+                        if max_turns is not None and max_turns > len(users) else "")
+                fail(f"run_capping_experiment raised {type(err).__name__}: {err} on a transcript of {len(users)} user "
+                     f"turn(s) with max_turns={max_turns}{more}")
+        if ctx.active:
+            ctx.close()
+            fail("the capper is still active after run_capping_experiment returned: use `with capper:`")
+        kept = users[:max_turns]
+        for name, c in (("uncapped", None), ("capped", ctx)):
+            want = _replay(model, tokenizer, "SYSTEM {conversation}" if with_system else None, kept, c, 2, gen=fake_generate)[0]
+            got = res[name]["conversation"] if isinstance(res, dict) and isinstance(res.get(name), dict) else None
+            check(got == want, f"res[{name!r}]['conversation'] for {len(users)} user turn(s) with braces in their text and "
+                               f"max_turns={max_turns} is {got!r:.160}, expected {want!r:.160}: replay the first max_turns "
+                               "user messages (all with None) unchanged, each followed by the model's reply to the "
+                               "conversation so far in that condition")
+
+    for_all(st.tuples(st.lists(braces_text(), min_size=1, max_size=4), st.sampled_from([None, 1, 2, 3, 5]), st.booleans()),
+            check_replay, name="run_capping_experiment", examples=5)
     passed("test_run_capping_experiment")
 
 

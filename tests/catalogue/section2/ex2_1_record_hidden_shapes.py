@@ -116,3 +116,12 @@ def shapes_manual_kv_loop(model, tokenizer, prompt, layer, max_new_tokens=5):
             if int(step) == tokenizer.eos_token_id:
                 break
     return shapes
+
+
+# wrong ones found by the property-based inputs
+
+
+@mistake("test_record_hidden_shapes", "no .strip()")
+def shapes_strips_prompt(model, tokenizer, prompt, layer, max_new_tokens=5):
+    """Tidies the prompt first (prompt.strip()): the same for every prompt without spaces around it."""
+    return ref.record_hidden_shapes(model, tokenizer, prompt.strip(), layer, max_new_tokens)

@@ -131,6 +131,24 @@ class SpansFirstOccurrence(R.ConversationAnalyzer):
 
 
 @mistake("test_conversation_analyzer", "earlier occurrence")
+class SpansAfterUserText(R.ConversationAnalyzer):
+    """Finds the user message before each reply (its first occurrence in the text), then the reply after it: right
+    unless that user text, or the reply's, also appears earlier in the conversation."""
+
+    def turn_spans(self, messages):
+        msgs, text, offsets = _rendered(self.tokenizer, messages)
+        out, user = [], ""
+        for m in msgs:
+            if m["role"] == "user":
+                user = m["content"]
+            elif m["role"] == "assistant":
+                u = text.find(user)
+                start = text.find(m["content"], u + len(user))
+                out.append(char_span_to_token_span(offsets, (start, start + len(m["content"]))))
+        return out
+
+
+@mistake("test_conversation_analyzer", "earlier occurrence")
 class SpansAfterPreviousReply(R.ConversationAnalyzer):
     """Searches each reply's text from the end of the previous reply (user turns in between are not skipped)."""
 

@@ -229,3 +229,24 @@ def risk_alt_no_index_check(conversation, assistant_idx):
 
 # each wrong function looks up `judge_reply` in this module's globals, which the test patches
 judge_reply = None
+
+
+@mistake("test_rate_delusion_risk", "ONE call")
+def risk_format_twice(conversation, assistant_idx):
+    """Fills one slot at a time with .format, keeping the other placeholder for the second call."""
+    i = _positions(conversation)[assistant_idx]
+    half = data.load_delusion_risk_prompt().format(conversation=data.format_conversation(conversation[:i]),
+                                                   response="{response}")
+    prompt = half.format(response=conversation[i]["content"])
+    scores = _parse(judge_reply(prompt))  # noqa: F821
+    return None if scores is None else data.delusion_risk_from_scores(*scores)
+
+
+@mistake("test_rate_delusion_risk", "must reach the judge unchanged")
+def risk_strips_reply(conversation, assistant_idx):
+    """Tidies the texts before filling the template: strips each message and collapses runs of spaces."""
+    i = _positions(conversation)[assistant_idx]
+    tidy = [{"role": m["role"], "content": " ".join(m["content"].split())} for m in conversation]
+    prompt = _prompt(tidy, i)
+    scores = _parse(judge_reply(prompt))  # noqa: F821
+    return None if scores is None else data.delusion_risk_from_scores(*scores)

@@ -19,16 +19,19 @@ def _messages(transcript, keep_system=True):
     return ([{"role": "system", "content": system}] if system and keep_system else []) + list(conv)
 
 
-def _plot(projections, risks, secondary=True, show=True, title=None, first_turn=1, risk_range=(0, 100)):
+def _plot(projections, risks, secondary=True, show=True, title=None, first_turn=1, risk_range=(0, 100),
+          integer_ticks=True, turns=None):
     from plotly.subplots import make_subplots
 
-    turns = list(range(first_turn, len(projections) + first_turn))
+    turns = turns or list(range(first_turn, len(projections) + first_turn))
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(go.Scatter(x=turns, y=projections), secondary_y=False)
     fig.add_trace(go.Scatter(x=turns, y=risks), secondary_y=secondary)
     fig.update_layout(title=title)
     if secondary and risk_range is not None:
         fig.update_yaxes(range=list(risk_range), secondary_y=True)
+    if integer_ticks:
+        fig.update_xaxes(dtick=1)
     if show:
         fig.show()
 
@@ -162,6 +165,27 @@ def drift_swapped_axes(analyzer, transcript, rate_risk=True, title=None):
     return p, r
 
 
+@mistake("test_visualize_transcript_drift", "dtick=1")
+def drift_automatic_ticks(analyzer, transcript, rate_risk=True, title=None):
+    msgs = _messages(transcript)
+    p = analyzer.project_onto_axis(msgs)
+    r = [rate_delusion_risk(msgs, k) for k in range(len(p))] if rate_risk else [None] * len(p)  # noqa: F821
+    _plot(p, r, title=title, integer_ticks=False)
+    return p, r
+
+
+@mistake("test_visualize_transcript_drift", "not by their positions in the message list")
+def drift_message_positions(analyzer, transcript, rate_risk=True, title=None):
+    """x = each assistant message's position in the conversation (1-based), not its turn number."""
+    msgs = _messages(transcript)
+    p = analyzer.project_onto_axis(msgs)
+    r = [rate_delusion_risk(msgs, k) for k in range(len(p))] if rate_risk else [None] * len(p)  # noqa: F821
+    conv = transcript["conversation"] if isinstance(transcript, dict) else list(transcript)
+    xs = [i for i, m in enumerate(conv, start=1) if m["role"] == "assistant"]
+    _plot(p, r, title=title, turns=xs)
+    return p, r
+
+
 # correct alternative
 
 
@@ -177,7 +201,8 @@ def drift_alt_overlay(analyzer, transcript, rate_risk=True, title=None):
         r.append(rate_delusion_risk(msgs, k) if rate_risk else None)  # noqa: F821
     fig = go.Figure([go.Scatter(x=list(range(1, len(p) + 1)), y=p, name="projection"),
                      go.Scatter(x=list(range(1, len(p) + 1)), y=r, name="risk", yaxis="y2")])
-    fig.update_layout(title=title or "drift", yaxis2=dict(overlaying="y", side="right", range=[0, 100]))
+    fig.update_layout(title=title or "drift", yaxis2=dict(overlaying="y", side="right", range=[0, 100]),
+                      xaxis=dict(tickmode="array", tickvals=list(range(1, len(p) + 1))))
     fig.show()
     return list(p), r
 

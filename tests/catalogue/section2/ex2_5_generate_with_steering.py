@@ -11,6 +11,7 @@ from contextlib import ExitStack
 import torch
 
 from tests.catalogue import correct, mistake
+from tests.catalogue.section2._shared import R
 from utils.chat import build_messages
 from utils.generation import generate
 from utils.hooks import get_blocks, hidden_of, hooks, with_hidden
@@ -165,3 +166,20 @@ def steer_alt_exit_stack(model, tokenizer, prompt, vector, layer, alpha, system_
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": prompt})
         return generate(model, tokenizer, [messages], max_new_tokens=max_new_tokens, temperature=temperature)[0]
+
+
+# wrong ones found by the property-based inputs
+
+
+@mistake("test_generate_with_steering", "int(alpha)")
+def steer_int_alpha(model, tokenizer, prompt, vector, layer, alpha, system_prompt=None, max_new_tokens=64, temperature=0.0):
+    """Rounds alpha to a whole number (as for the layer): every whole alpha in the examples still works."""
+    return R.generate_with_steering(model, tokenizer, prompt, vector, layer, int(alpha), system_prompt=system_prompt,
+                                    max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+@mistake("test_generate_with_steering", "absolute value")
+def steer_abs_alpha(model, tokenizer, prompt, vector, layer, alpha, system_prompt=None, max_new_tokens=64, temperature=0.0):
+    """Takes the size of alpha (abs), thinking of it as a strength."""
+    return R.generate_with_steering(model, tokenizer, prompt, vector, layer, abs(alpha), system_prompt=system_prompt,
+                                    max_new_tokens=max_new_tokens, temperature=temperature)

@@ -132,3 +132,26 @@ def tau_alt_by_hand(projections, quantile=0.25):
     lo = int(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (pos - lo) * (xs[hi] - xs[lo])
+
+
+# wrong ones found by the property-based inputs
+
+
+@mistake("test_compute_capping_threshold", "clamp the upper index")
+def tau_by_hand_unclamped(projections, quantile=0.25):
+    """Linear interpolation written out, with the upper neighbour taken as lo + 1 unconditionally."""
+    xs = sorted(float(p) for p in (projections.float().tolist() if isinstance(projections, torch.Tensor) else projections))
+    if not xs or not 0.0 <= quantile <= 1.0:
+        raise ValueError("need projections and a quantile in [0, 1]")
+    pos = quantile * (len(xs) - 1)
+    lo = int(pos)
+    return xs[lo] + (pos - lo) * (xs[lo + 1] - xs[lo])
+
+
+@mistake("test_compute_capping_threshold", "linear")
+def tau_rank_rounded(projections, quantile=0.25):
+    """The value at the rounded position round(q * (n - 1)): right whenever that position is whole."""
+    xs = sorted(float(p) for p in (projections.float().tolist() if isinstance(projections, torch.Tensor) else projections))
+    if not xs or not 0.0 <= quantile <= 1.0:
+        raise ValueError("need projections and a quantile in [0, 1]")
+    return xs[round(quantile * (len(xs) - 1))]

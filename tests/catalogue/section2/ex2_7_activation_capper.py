@@ -5,13 +5,14 @@ Wrong implementations of ActivationCapper that its tests must reject, and correc
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 
 import torch
 
 from tests.catalogue import correct, mistake
 from tests.catalogue.section2._shared import R
-from utils.hooks import get_blocks, hidden_of, with_hidden
+from utils.hooks import check_layer, get_blocks, hidden_of, with_hidden
 
 
 class _CapperBase(R.ActivationCapper):
@@ -299,3 +300,104 @@ class CapAltWhereExitStack(R.ActivationCapper):
         if self._stack is not None:
             self._stack.close()
             self._stack = None
+
+
+# wrong ones found by the property-based inputs and the finiteness checks
+
+
+class _CapperFromScratch(R.ActivationCapper):
+    """A capper whose __init__ is written out, with `finite` deciding what it refuses."""
+
+    def finite_vector(self, v):
+        return bool(torch.isfinite(v).all())
+
+    def finite_threshold(self, t):
+        return math.isfinite(t)
+
+    def __init__(self, model, vectors, thresholds, layers):
+        if isinstance(vectors, torch.Tensor):
+            vectors = [vectors] if vectors.ndim == 1 else list(vectors)
+        vectors, thresholds, layers = list(vectors), self.convert(thresholds), [int(x) for x in layers]
+        if not len(vectors) == len(thresholds) == len(layers):
+            raise ValueError("one vector and one threshold per layer")
+        self.units = []
+        for v in vectors:
+            v = torch.as_tensor(v).detach().float()
+            if not self.finite_vector(v):
+                raise ValueError("not finite")
+            if v.norm() == 0:
+                raise ValueError("zero vector")
+            self.units.append(v / v.norm())
+        if not all(self.finite_threshold(t) for t in thresholds):
+            raise ValueError("not finite")
+        self.model, self.thresholds = model, thresholds
+        self.layers = [check_layer(model, x) for x in layers]
+        self._handles = []
+
+    def convert(self, thresholds):
+        return [float(t) for t in thresholds]
+
+
+@mistake("test_activation_capper_input_checks", "NaN")
+class CapNoFiniteCheck(_CapperFromScratch):
+    """Checks the lengths and a zero vector, and nothing else: a NaN vector or threshold fills h with NaN."""
+
+    def finite_vector(self, v):
+        return True
+
+    def finite_threshold(self, t):
+        return True
+
+
+@mistake("test_activation_capper_input_checks", "NaN threshold")
+class CapChecksVectorsOnly(_CapperFromScratch):
+    def finite_threshold(self, t):
+        return True
+
+
+@mistake("test_activation_capper_input_checks", "inf")
+class CapNanOnly(_CapperFromScratch):
+    """Refuses NaN but not inf (torch.isnan / math.isnan)."""
+
+    def finite_vector(self, v):
+        return not bool(torch.isnan(v).any())
+
+    def finite_threshold(self, t):
+        return not math.isnan(t)
+
+
+@mistake("test_activation_capper", "rounded to whole numbers")
+class CapIntThresholds(_CapperFromScratch):
+    """Converted the thresholds as it converted the layers: int(t)."""
+
+    def convert(self, thresholds):
+        return [int(t) for t in thresholds]
+
+
+@mistake("test_activation_capper", "not to a fixed dtype")
+class CapFixedDtype(R.ActivationCapper):
+    """Casts the capped result to bfloat16 whatever the model's dtype."""
+
+    def _make_hook(self, v_hat, tau):
+        def hook(module, args, output):
+            h = hidden_of(output)
+            v = v_hat.to(h.device)
+            capped = h.float() - (h.float() @ v - tau).clamp(max=0).unsqueeze(-1) * v
+            return with_hidden(output, capped.to(torch.bfloat16))
+
+        return hook
+
+
+@mistake("test_activation_capper", "squeeze")
+class CapSqueezes(R.ActivationCapper):
+    """Squeezes the projection: a batch of one-token forwards ([B, 1, d]) broadcasts to [B, B, d]."""
+
+    def _make_hook(self, v_hat, tau):
+        def hook(module, args, output):
+            h = hidden_of(output)
+            v = v_hat.to(h.device)
+            proj = (h.float() @ v).squeeze()
+            capped = h.float() - (proj - tau).clamp(max=0).unsqueeze(-1) * v
+            return with_hidden(output, capped.to(h.dtype))
+
+        return hook

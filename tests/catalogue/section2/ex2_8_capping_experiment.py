@@ -323,3 +323,15 @@ EMPTY_REPLY = "[empty reply]"
 
 
 compute_turn_projections = None  # patched by the test
+
+
+# wrong ones found by the property-based inputs
+
+
+@mistake("test_run_capping_experiment", "more than the")
+def exp_range_max_turns(model, tokenizer, transcript, axis, layer, capper, max_new_tokens=48, max_turns=None):
+    """Picks the user turns with range(max_turns): right for None (all) and for max_turns up to their number."""
+    users = [m for m in transcript["conversation"] if m["role"] == "user"]
+    [users[k] for k in range(len(users) if max_turns is None else max_turns)]  # IndexError past the end
+    return _experiment(transcript, model, tokenizer, axis, layer, capper, max_new_tokens, max_turns)
+
