@@ -34,6 +34,7 @@ from part_tests.properties import coefficients, for_all, st
 from part_tests.section4._fakes import (
     TINY_LAYER,
     _clean_afterwards,
+    _coefficient_cause,
     _d_model,
     _layer_for,
     _not_implemented,
@@ -41,11 +42,7 @@ from part_tests.section4._fakes import (
 )
 
 
-class _Extra:
-    """A marker object standing in for the extra items of a tuple block output."""
-
-
-_EXTRA = _Extra()
+_EXTRA = type("_Extra", (), {"__doc__": "A marker standing in for the extra items of a tuple block output."})()
 
 
 class _ToyConfig:
@@ -302,31 +299,6 @@ def _check_steerer_lifecycle(ActivationSteerer, model, layer: int) -> None:
     check(entered.get("as") is steerer,
           "ActivationSteerer.__enter__ should return self, so that `with ActivationSteerer(...) as s:` gives the steerer;"
           f" it returned {type(entered.get('as')).__name__}")
-
-
-def _coefficient_cause(coeff: float, used: float) -> str | None:
-    """Why a steerer changed the hidden state by `used * vector` when asked for `coeff * vector` (None: no known cause)."""
-    same = lambda a, b: math.isclose(a, b, rel_tol=2e-2, abs_tol=2e-2)  # noqa: E731
-    if same(used, coeff):
-        return None
-    if coeff < 0 and same(used, -coeff):
-        return (f"coeff={coeff:g} steered by {used:+g} * vector: the sign of a negative coefficient was lost (abs(coeff),"
-                " or a flipped sign): a negative coefficient steers *away* from the trait, h + coeff * vector")
-    if coeff != 0 and same(used, -coeff):
-        return f"coeff={coeff:g} steered by {used:+g} * vector: the sign is flipped, add coeff * vector"
-    rounded = {math.trunc(coeff), math.floor(coeff), math.ceil(coeff), round(coeff)}
-    if coeff != int(coeff) and any(same(used, r) for r in rounded):
-        return (f"coeff={coeff:g} steered by {used:g} * vector: the coefficient was rounded to a whole number (int(coeff)?):"
-                " coefficients can be fractional; keep coeff a float")
-    if coeff < 0 and same(used, 0.0):
-        return (f"coeff={coeff:g} did not steer at all: a negative coefficient was clamped to 0 or skipped (max(coeff, 0),"
-                " `if coeff > 0`?); it steers away from the trait, h + coeff * vector")
-    if coeff == 0 and same(used, 1.0):
-        return ("coeff=0 steered by 1 * vector: 0 was taken for a missing coefficient (`coeff or 1.0`?); coefficient 0"
-                " means unsteered")
-    if same(used, 1.0):
-        return f"coeff={coeff:g} steered by 1 * vector: the coeff is ignored"
-    return None
 
 
 def _used_coefficient(delta: torch.Tensor, vector: torch.Tensor, tol: float) -> float | None:
@@ -698,16 +670,11 @@ def _check_valid_coefficients_accepted(ActivationSteerer, model, layer: int) -> 
     for_all(st.one_of(coefficients(), st.integers(-5, 5)), check_one, name="ActivationSteerer's input checks", examples=8)
 
 
-def _bad_vector(d: int, kind: str, k: int, at: int) -> tuple[torch.Tensor, str]:
-    at = at % d
-    if kind == "long":
-        return torch.ones(d + k), f"a vector of shape [{d + k}] (d_model is {d})"
-    if kind == "short":
-        return torch.ones(d - k), f"a vector of shape [{d - k}] (d_model is {d})"
-    if kind == "rows":
-        return torch.ones(k, d), f"a vector of shape [{k}, {d}] (it must be [d_model])"
-    bad = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}[kind]
-    return torch.ones(d).index_fill(0, torch.tensor([at]), bad), f"a vector holding {kind} (at index {at})"
+def _bad_vectors(d: int, k: int, at: int) -> list[tuple[torch.Tensor, str]]:
+    shapes = [(torch.ones(n), f"a vector of shape [{n}] (d_model is {d})") for n in (d + k, d - k)]
+    return shapes + [(torch.ones(k, d), f"a vector of shape [{k}, {d}] (it must be [d_model])")] + [
+        (torch.ones(d).index_fill(0, torch.tensor([at]), float(bad)), f"a vector holding {bad} (at index {at})")
+        for bad in ("nan", "inf", "-inf")]
 
 
 def _check_bad_vectors_rejected(ActivationSteerer, model, layer: int) -> None:
@@ -716,8 +683,7 @@ def _check_bad_vectors_rejected(ActivationSteerer, model, layer: int) -> None:
     d = _d_model(model)
 
     def check_one(example):
-        for kind in ("long", "short", "rows", "nan", "inf", "-inf"):
-            vector, what = _bad_vector(d, kind, *example)
+        for vector, what in _bad_vectors(d, *example):
             expect_value_error(_construct_and_enter, ActivationSteerer, model, vector, "all", layer, name="ActivationSteerer",
                                what=what)
             no_hooks_left(model, "ActivationSteerer (after a ValueError)")
