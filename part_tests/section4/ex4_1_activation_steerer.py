@@ -578,7 +578,7 @@ def _check_steerer_coefficients(ActivationSteerer, layer: int) -> None:
 
     try:
         for_all(st.tuples(coefficients(), st.sampled_from(["all", "prompt", "response"]), dtypes, dtypes), check_one,
-                name="ActivationSteerer over fractional, negative and zero coefficients", examples=10)
+                name="ActivationSteerer over fractional, negative and zero coefficients", examples=6)
     finally:
         for dtype in (torch.float32, torch.bfloat16):
             remove_leftover_hooks(tiny("tiny-qwen2", dtype)[0])
@@ -667,7 +667,7 @@ def _check_valid_coefficients_accepted(ActivationSteerer, model, layer: int) -> 
                  " int or float; refuse only NaN and inf")
         no_hooks_left(model, f"ActivationSteerer (coeff={coeff!r})")
 
-    for_all(st.one_of(coefficients(), st.integers(-5, 5)), check_one, name="ActivationSteerer's input checks", examples=8)
+    for_all(st.one_of(coefficients(), st.integers(-5, 5)), check_one, name="ActivationSteerer's input checks", examples=6)
 
 
 def _bad_vectors(d: int, k: int, at: int) -> list[tuple[torch.Tensor, str]]:
@@ -689,7 +689,7 @@ def _check_bad_vectors_rejected(ActivationSteerer, model, layer: int) -> None:
             no_hooks_left(model, "ActivationSteerer (after a ValueError)")
 
     for_all(st.tuples(st.integers(1, 3), st.integers(0, d - 1)), check_one, name="ActivationSteerer's input checks",
-            examples=5)
+            examples=3)
 
 
 from part_tests._common import friendly_tests  # noqa: E402

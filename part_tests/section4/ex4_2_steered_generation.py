@@ -186,7 +186,7 @@ def _check_gws_coefficients(generate_with_steerer, model, tokenizer, layer: int,
                                         " the prompts, with batch_size")
 
     for_all(st.tuples(coefficients(), st.integers(1, 5), st.integers(2, 4)), check_one,
-            name=f"{name} over fractional and negative coefficients and partial batches", examples=6)
+            name=f"{name} over fractional and negative coefficients and partial batches", examples=4)
 
 
 @exercise("4.2", "generate_with_steerer")
@@ -460,7 +460,7 @@ def _check_experiment_texts(run_steering_experiment, model, tokenizer, layer: in
 
     texts = st.lists(braces_text(), min_size=1, max_size=3, unique=True)
     for_all(st.tuples(texts, st.lists(coefficients(), min_size=1, max_size=3, unique=True), braces_text()), check_one,
-            name=f"{name} over questions and answers with braces, and fractional coefficients", examples=10)
+            name=f"{name} over questions and answers with braces, and fractional coefficients", examples=6)
 
 
 @exercise("4.2", "run_steering_experiment")

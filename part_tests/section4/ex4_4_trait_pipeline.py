@@ -565,7 +565,7 @@ def _check_coefficients_and_batches(run: _PipelineRuns) -> None:
               f"{run.name} {what}: result['steering'] does not cover every evaluation question x coefficient")
 
     for_all(st.tuples(st.lists(coefficients(), min_size=1, max_size=3, unique=True), st.integers(1, 3), st.integers(1, 7)),
-            check_one, name=f"{run.name} over fractional coefficients and partial batches", examples=6)
+            check_one, name=f"{run.name} over fractional coefficients and partial batches", examples=3)
 
 
 @exercise("4.4", "run_trait_pipeline")

@@ -476,14 +476,6 @@ class IntCoeff(Ref):
         self.coeff = int(coeff)
 
 
-@mistake("test_activation_steerer", "rounded to a whole number")
-class RoundedCoeff(Ref):
-    """Rounds the coefficient (round(2.5) == 2)."""
-
-    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
-        super().__init__(model, vector, round(coeff), layer, positions)
-
-
 @mistake("test_activation_steerer", "sign of a negative coefficient was lost")
 class AbsCoeff(Ref):
     """Takes the coefficient's size only (abs): a negative coefficient steers toward the trait."""
