@@ -119,7 +119,9 @@ print(f"judge: {JUDGE.label}")
 # - `__init__` checks its inputs: `positions` must be one of `"all"`, `"prompt"`, `"response"`
 #   and `vector` must have shape `[d_model]` (`model.config.get_text_config().hidden_size`) and
 #   hold finite numbers, and `coeff` must be finite; raise `ValueError` otherwise. It registers
-#   nothing yet.
+#   nothing yet. Any finite `coeff` is valid: negative (steer away from the trait), zero
+#   (unsteered), fractional, an int or a float; the vector may be float32 or bfloat16 (saved from
+#   a half-precision run).
 # - `__enter__` registers a forward hook on block `layer` (`get_blocks(model)[layer]`) and returns
 #   `self`; `__exit__` removes it (and only it: other hooks on the block, an outer steerer's
 #   included, stay), whether the block ended normally or with an exception, and does not swallow
@@ -427,7 +429,8 @@ print(f"vector at block {LAYER}: norm {syc_vector.norm():.2f}")
 # is None and `data.load_coherence_prompt()` when `coherence_template` is None. Return one record
 # per question × coefficient:
 # `{"question", "coeff", "response", "trait_score", "coherence_score"}`, the scores being numbers
-# (`JudgeScore.value`) or None.
+# (`JudgeScore.value`) or None, and `coeff` the coefficient as given (coefficients may be
+# fractional or negative).
 #
 # :::{dropdown} Hint 1
 # `generate_with_steerer` is three lines: build the prompts, open the steerer, call `generate`
@@ -615,7 +618,8 @@ glue("s4_top_coherence", coherence_by_coeff[max(coeffs)])
 # for each (system prompt, question, response), the mean activation over the **response tokens**
 # at block `layer`, projected onto the vector: `a·v/‖v‖`. `system_prompts` entries may be None or
 # "" (no system prompt). Check that the three lists have the same length and that `vector` has
-# shape `[d_model]` and is neither zero nor holds NaN or inf (`ValueError` otherwise).
+# shape `[d_model]` and is neither zero nor holds NaN or inf (`ValueError` otherwise). The vector
+# may be float32 or bfloat16 (saved from a half-precision run): compute the projections in float32.
 #
 # :::{dropdown} Hint
 # `utils.activations.conversations_from` builds the chats and `response_mean_activations(model,

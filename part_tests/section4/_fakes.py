@@ -1,12 +1,13 @@
 """Helpers shared by several of Section 4's exercise tests: the block to steer on a model, random
-vectors, the cleanup of the shared tiny model, and a fake judge with the two probe templates it
-recognises (Exercises 4.2 and 4.4).
+vectors, the cleanup of the shared tiny model, the likely cause of steering by the wrong coefficient,
+and a fake judge with the two probe templates it recognises (Exercises 4.2 and 4.4).
 
 Expected values come from the course's utils or from small computations here, never from the solutions.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 
@@ -52,6 +53,31 @@ def _clean_afterwards(model, own: bool):
     finally:
         if not own:
             remove_leftover_hooks(model)
+
+
+def _coefficient_cause(coeff: float, used: float) -> str | None:
+    """Why code asked for `coeff` used `used` instead (to steer, to generate or to label a record); None: no known cause."""
+    same = lambda a, b: math.isclose(a, b, rel_tol=2e-2, abs_tol=2e-2)  # noqa: E731
+    if same(used, coeff):
+        return None
+    became = f"coeff={coeff:g} became {used:+g}"
+    if coeff < 0 and same(used, -coeff):
+        return (f"{became}: the sign of a negative coefficient was lost (abs(coeff), or a flipped sign); a negative"
+                " coefficient steers *away* from the trait, h + coeff * vector")
+    if coeff != 0 and same(used, -coeff):
+        return f"{became}: the sign is flipped, add coeff * vector"
+    rounded = {math.trunc(coeff), math.floor(coeff), math.ceil(coeff), round(coeff)}
+    if coeff != int(coeff) and any(same(used, r) for r in rounded):
+        return (f"{became}: the coefficient was rounded to a whole number (int(coeff)?); coefficients can be fractional,"
+                " keep coeff a float")
+    if coeff < 0 and same(used, 0.0):
+        return (f"{became}: a negative coefficient was clamped to 0 or skipped (max(coeff, 0), `if coeff > 0`?); it"
+                " steers away from the trait, h + coeff * vector")
+    if coeff == 0 and same(used, 1.0):
+        return f"{became}: 0 was taken for a missing coefficient (`coeff or 1.0`?); coefficient 0 means unsteered"
+    if same(used, 1.0):
+        return f"{became}: the coeff is ignored"
+    return None
 
 
 PIRATE = "You are a pirate."

@@ -2,12 +2,15 @@
 
 Tests of ActivationSteerer: the three position modes on the tiny Qwen2 model (prefill, decoding, a
 second prompt), tuple block outputs on a toy model, a bfloat16 model, hooks registered in __enter__
-and removed (only the steerer's own) when the `with` block ends; its input checks.
+and removed (only the steerer's own) when the `with` block ends; then a property over fractional,
+negative and zero coefficients, every mode, float32 and bfloat16 models and vectors. Its input
+checks, with a property over valid coefficients (accepted) and malformed vectors (rejected).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from contextlib import contextmanager
 
 import torch
@@ -27,9 +30,11 @@ from part_tests._common import (
     require_implemented,
     tiny,
 )
+from part_tests.properties import coefficients, for_all, st
 from part_tests.section4._fakes import (
     TINY_LAYER,
     _clean_afterwards,
+    _coefficient_cause,
     _d_model,
     _layer_for,
     _not_implemented,
@@ -37,11 +42,7 @@ from part_tests.section4._fakes import (
 )
 
 
-class _Extra:
-    """A marker object standing in for the extra items of a tuple block output."""
-
-
-_EXTRA = _Extra()
+_EXTRA = type("_Extra", (), {"__doc__": "A marker standing in for the extra items of a tuple block output."})()
 
 
 class _ToyConfig:
@@ -300,10 +301,25 @@ def _check_steerer_lifecycle(ActivationSteerer, model, layer: int) -> None:
           f" it returned {type(entered.get('as')).__name__}")
 
 
-def _other_change(delta, target, vector, pre, tol) -> str | None:
+def _used_coefficient(delta: torch.Tensor, vector: torch.Tensor, tol: float) -> float | None:
+    """The k for which delta [N, d] is k * vector at every row (None where no single k fits)."""
+    v = vector.double().cpu()
+    d = delta.double().cpu().reshape(-1, v.shape[0])
+    if d.shape[0] == 0:
+        return None
+    ks = d @ v / (v @ v)
+    k = float(ks.mean())
+    return k if float((d - k * v).abs().max()) <= tol + 2 ** -7 * abs(k) * float(v.abs().max()) else None
+
+
+def _other_change(delta, target, vector, pre, tol, coeff: float | None = None) -> str | None:
     """Name the change a steerer made instead of coeff * vector, where it matches a likely mistake."""
     if (_classify(delta, target - pre, tol) == 1).any():
         return "the hidden state was replaced by coeff * vector (h[...] = add): add it, h[...] + coeff * vector"
+    if coeff is not None and coeff != int(coeff):
+        for k in sorted({math.trunc(coeff), math.floor(coeff), math.ceil(coeff), round(coeff)} - {0}):
+            if (_classify(delta, k * vector.float().cpu(), tol) == 1).any():
+                return _coefficient_cause(coeff, float(k))
     for wrong, why in [(-target, "the change is -coeff * vector: the sign is flipped, add coeff * vector"),
                        (vector.float().cpu(), "the change is vector, not coeff * vector: the coeff is ignored"),
                        (2 * target, "the change is 2 * coeff * vector: the hook runs twice (registered twice?)"),
@@ -365,7 +381,7 @@ def _check_steerer_modes(ActivationSteerer, model, layer: int) -> None:
             T = delta.shape[1]
             got = _classify(delta, target, tol)
             if (got == -1).any():
-                why = _other_change(delta, target, vector, s["pre_copy"].float().cpu(), tol)
+                why = _other_change(delta, target, vector, s["pre_copy"].float().cpu(), tol, coeff)
                 if why:
                     fail(f"ActivationSteerer (positions={mode!r}): {why}")
                 err = float((delta - target).abs().amax(-1)[got == -1].max())
@@ -424,9 +440,11 @@ def _check_steerer_tuple(ActivationSteerer) -> None:
         delta = raw[0].detach() - rec["pre_copy"]
         want = torch.zeros_like(delta)
         want[:, want_positions] = coeff * vector
-        check(close(delta, want, atol=1e-5),
-              f"ActivationSteerer (positions={mode!r}) on a tuple block output: the hidden state (output[0]) did not change"
-              " by coeff * vector at the right positions")
+        if not close(delta, want, atol=1e-5):
+            used = _used_coefficient(delta[:, want_positions], vector, 1e-4)
+            why = _coefficient_cause(coeff, used) if used is not None else None
+            fail(f"ActivationSteerer (positions={mode!r}) on a tuple block output: the hidden state (output[0]) did not change"
+                 " by coeff * vector at the right positions" + (f": {why}" if why else ""))
 
 
 def _check_steerer_half(ActivationSteerer, layer: int) -> None:
@@ -500,13 +518,80 @@ def _check_steerer_nesting(ActivationSteerer, model, layer: int) -> None:
              " attribute that every steerer shares")
 
 
+def _steer_once(ActivationSteerer, model, vector, coeff, layer: int, mode: str, ids: torch.Tensor, what: str) -> dict:
+    """One forward over `ids` with the student's steerer open: the record of block `layer` (an error becomes a failure)."""
+    def run(end_forward):
+        model(input_ids=ids)
+        end_forward()
+
+    try:
+        steerer = call(ActivationSteerer, model, vector, coeff=coeff, layer=layer, positions=mode, name="ActivationSteerer")
+        (rec,) = _record_forwards(model, run, layer, steerer, name=f"ActivationSteerer ({what})")
+    except (AssertionError, NotImplementedError):
+        raise
+    except Exception as err:
+        fail(f"ActivationSteerer raised {type(err).__name__} ({err}) with {what}: a coefficient may be fractional, negative"
+             " or zero (only NaN and inf are refused), and the vector may be float32 or bfloat16")
+    finally:
+        remove_leftover_hooks(model)
+    return rec
+
+
+def _check_steerer_coefficients(ActivationSteerer, layer: int) -> None:
+    """Property: for fractional, negative and zero coefficients, every position mode, a float32 or bfloat16 model and a
+    float32 or bfloat16 vector, one prefill changes block `layer`'s output by exactly coeff * vector (computed here in
+    float64) at the mode's positions and nowhere else, and the hidden state keeps the model's dtype."""
+    dtypes = st.sampled_from([torch.float32, torch.bfloat16])
+    name = lambda t: str(t).replace("torch.", "")  # noqa: E731
+
+    def check_one(example):
+        coeff, mode, model_dtype, vector_dtype = example
+        model, _ = tiny("tiny-qwen2", model_dtype)
+        remove_leftover_hooks(model)
+        ids = _tiny_ids(model, (2, 4), 13)
+        vector = _vector(_d_model(model), 7, 3.0).to(vector_dtype)
+        what = f"coeff={coeff:g}, positions={mode!r}, a {name(model_dtype)} model and a {name(vector_dtype)} vector"
+        rec = _steer_once(ActivationSteerer, model, vector, coeff, layer, mode, ids, what)
+        new = _copy_hidden(rec.get("post_raw"))
+        check(new is not None and new.dtype == model_dtype,
+              f"ActivationSteerer ({what}) returned a {getattr(new, 'dtype', None)} hidden state: keep the model's dtype,"
+              " (coeff * vector).to(h.dtype)")
+        pre = rec["pre_copy"].double().cpu()
+        delta = new.double().cpu() - pre
+        want = torch.zeros_like(delta)
+        steered = slice(None) if mode != "response" else slice(-1, None)
+        want[:, steered] = coeff * vector.double().cpu()
+        allowed = torch.full_like(delta, 1e-4 * max(1.0, float(pre.abs().max())) + 1e-4)
+        if model_dtype == torch.bfloat16 or vector_dtype == torch.bfloat16:  # one bfloat16 rounding of the change or the sum
+            allowed += 2 ** -7 * (want.abs() + (pre.abs() if model_dtype == torch.bfloat16 else 0)) + 1e-3
+        err = (delta - want).abs()
+        if bool((err <= allowed).all()):
+            return
+        off = torch.ones(delta.shape[1], dtype=torch.bool)
+        off[steered] = False
+        if bool((delta[:, off].abs() > allowed[:, off]).any()):
+            fail(f"ActivationSteerer ({what}) changed positions that mode {mode!r} leaves alone")
+        used = _used_coefficient(delta[:, steered], vector, float(allowed.max()))
+        why = _coefficient_cause(coeff, used) if used is not None else None
+        fail(f"ActivationSteerer ({what}): block {layer}'s output did not change by coeff * vector at the steered positions"
+             + (f": {why}" if why else f" (largest difference {float(err.max()):.3g})"))
+
+    try:
+        for_all(st.tuples(coefficients(), st.sampled_from(["all", "prompt", "response"]), dtypes, dtypes), check_one,
+                name="ActivationSteerer over fractional, negative and zero coefficients", examples=6)
+    finally:
+        for dtype in (torch.float32, torch.bfloat16):
+            remove_leftover_hooks(tiny("tiny-qwen2", dtype)[0])
+
+
 @exercise("4.1", "ActivationSteerer")
 def test_activation_steerer(ActivationSteerer, model=None, tokenizer=None) -> None:
     """The steerer's behaviour (its input checks are test_activation_steerer_input_checks): nothing
     registered before `with`; the three position modes on the tiny Qwen2 model (prefill, decoding,
     a second prompt); tuple block outputs on a toy model; in-place edits; a bfloat16 model; hooks
     removed when the block raises, and only the steerer's own (other hooks and an outer steerer
-    survive)."""
+    survive); then a property over fractional, negative and zero coefficients, every mode, and
+    float32 / bfloat16 models and vectors."""
     require_implemented(ActivationSteerer, "ActivationSteerer")
     own = model is not None
     model, tokenizer = model_or_tiny(model, tokenizer)
@@ -518,6 +603,7 @@ def test_activation_steerer(ActivationSteerer, model=None, tokenizer=None) -> No
             _check_steerer_tuple(ActivationSteerer)
             _check_steerer_half(ActivationSteerer, TINY_LAYER)
             _check_steerer_nesting(ActivationSteerer, model, layer)
+            _check_steerer_coefficients(ActivationSteerer, TINY_LAYER)
         except NotImplementedError as err:
             raise _not_implemented("ActivationSteerer", err) from err
     passed("test_activation_steerer")
@@ -536,8 +622,9 @@ def _enter_with_coeff(ActivationSteerer, model, vector, coeff, layer) -> None:
 
 @exercise("4.1", "ActivationSteerer")
 def test_activation_steerer_input_checks(ActivationSteerer, model=None, tokenizer=None) -> None:
-    """A vector that is not [d_model] and an unknown `positions` are rejected with ValueError, and
-    no hook is left behind."""
+    """A vector that is not [d_model] or not finite, an unknown `positions` and a coeff that is not
+    finite are rejected with ValueError, and no hook is left behind; properties: every finite coeff
+    (fractional, negative, zero, an int) is accepted, and malformed vectors drawn at random are refused."""
     require_implemented(ActivationSteerer, "ActivationSteerer")
     own = model is not None
     model, tokenizer = model_or_tiny(model, tokenizer)
@@ -559,7 +646,50 @@ def test_activation_steerer_input_checks(ActivationSteerer, model=None, tokenize
             expect_value_error(lambda: _enter_with_coeff(ActivationSteerer, model, torch.ones(d), coeff, layer),
                                name="ActivationSteerer", what=f"coeff={coeff} (a steering coefficient must be finite)")
             no_hooks_left(model, "ActivationSteerer (after a ValueError)")
+        _check_valid_coefficients_accepted(ActivationSteerer, model, layer)
+        _check_bad_vectors_rejected(ActivationSteerer, model, layer)
     passed("test_activation_steerer_input_checks")
+
+
+def _check_valid_coefficients_accepted(ActivationSteerer, model, layer: int) -> None:
+    """Property: every finite coefficient is accepted -- fractional, negative, zero, a Python int (the notebook's
+    coefficients are ints) -- and leaves no hook behind."""
+    d = _d_model(model)
+
+    def check_one(coeff):
+        try:
+            _enter_with_coeff(ActivationSteerer, model, _vector(d, 8, 2.0), coeff, layer)
+        except NotImplementedError:
+            raise
+        except Exception as err:
+            fail(f"ActivationSteerer raised {type(err).__name__} ({err}) for coeff={coeff!r} (a Python {type(coeff).__name__}):"
+                 " every finite coefficient is valid -- negative (steer away from the trait), 0 (unsteered), fractional,"
+                 " int or float; refuse only NaN and inf")
+        no_hooks_left(model, f"ActivationSteerer (coeff={coeff!r})")
+
+    for_all(st.one_of(coefficients(), st.integers(-5, 5)), check_one, name="ActivationSteerer's input checks", examples=6)
+
+
+def _bad_vectors(d: int, k: int, at: int) -> list[tuple[torch.Tensor, str]]:
+    shapes = [(torch.ones(n), f"a vector of shape [{n}] (d_model is {d})") for n in (d + k, d - k)]
+    return shapes + [(torch.ones(k, d), f"a vector of shape [{k}, {d}] (it must be [d_model])")] + [
+        (torch.ones(d).index_fill(0, torch.tensor([at]), float(bad)), f"a vector holding {bad} (at index {at})")
+        for bad in ("nan", "inf", "-inf")]
+
+
+def _check_bad_vectors_rejected(ActivationSteerer, model, layer: int) -> None:
+    """Property: vectors of other sizes and shapes, and vectors with NaN, inf or -inf anywhere, are refused with
+    ValueError and leave no hook."""
+    d = _d_model(model)
+
+    def check_one(example):
+        for vector, what in _bad_vectors(d, *example):
+            expect_value_error(_construct_and_enter, ActivationSteerer, model, vector, "all", layer, name="ActivationSteerer",
+                               what=what)
+            no_hooks_left(model, "ActivationSteerer (after a ValueError)")
+
+    for_all(st.tuples(st.integers(1, 3), st.integers(0, d - 1)), check_one, name="ActivationSteerer's input checks",
+            examples=3)
 
 
 from part_tests._common import friendly_tests  # noqa: E402

@@ -1,7 +1,9 @@
 """Exercise 4.2 — Steered generation and a coefficient sweep
 
 Tests of generate_with_steerer (greedy, batched, steered answers equal to the course's Steerer +
-generate) and run_steering_experiment (a coefficient sweep scored by a fake judge).
+generate; a property over fractional and negative coefficients and partial batches) and
+run_steering_experiment (a coefficient sweep scored by a fake judge; a property over questions and
+answers with braces and placeholders, and fractional and negative coefficients).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from part_tests._common import (
     tiny,
     using,
 )
+from part_tests.properties import braces_text, coefficients, for_all, st
 from part_tests.section4._fakes import (
     COHERENCE_TEMPLATE,
     PIRATE,
     TRAIT_TEMPLATE,
     FakeJudge,
     _clean_afterwards,
+    _coefficient_cause,
     _d_model,
     _layer_for,
     _vector,
@@ -94,7 +98,10 @@ def _failing_model(model, after: int = 2):
         handle.remove()
 
 
-def _texts(got, n: int, name: str) -> list[str]:
+def _texts(got, n: int, name: str, batch_size: int | None = None) -> list[str]:
+    if batch_size and n % batch_size and isinstance(got, (list, tuple)) and len(got) == n - n % batch_size:
+        fail(f"{name} returned {len(got)} answers for {n} questions with batch_size={batch_size}: the last, partial"
+             f" batch ({n % batch_size} question(s)) was dropped -- loop with range(0, len(questions), batch_size)")
     check(isinstance(got, (list, tuple)) and len(got) == n and all(isinstance(x, str) for x in got),
           f"{name} should return a list of {n} strings, one per question; got "
           f"{type(got).__name__}{f' of length {len(got)}' if hasattr(got, '__len__') else ''}")
@@ -111,6 +118,9 @@ def _diagnose_answers(got, want, candidates, name: str, what: str) -> None:
         answers = make()
         if answers is not None and _same_texts(got, answers):
             fail(f"{name}: {why}")
+    if sorted(x.strip() for x in got) == sorted(y.strip() for y in want):
+        fail(f"{name}: the right answers in the wrong order: return one answer per question, in the order of `questions`"
+             " (sorted by length for batching? put them back)")
     first = next(i for i, (x, y) in enumerate(zip(got, want)) if x.strip() != y.strip())
     fail(f"{name}: {what}; answer {first} is {got[first]!r}, expected {want[first]!r}")
 
@@ -146,11 +156,45 @@ def _check_gws_no_system_role(generate_with_steerer, name: str) -> None:
         remove_leftover_hooks(model)
 
 
+def _check_gws_coefficients(generate_with_steerer, model, tokenizer, layer: int, name: str) -> None:
+    """Property: fractional, negative and zero coefficients, 1 to 5 questions in batches of 2 to 4 (a single question,
+    full batches and a last, partial one): the answers are the course's steered greedy generation (Steerer around
+    utils.generation.generate, computed here) and there is one generate call per batch."""
+    vector = _vector(_d_model(model), 9, 16.0)
+    pool = MORE_QUESTIONS + QUESTIONS
+
+    def check_one(example):
+        coeff, n, batch_size = example
+        questions = pool[:n]
+        ref = lambda c: _course_generate_with_steerer(model, tokenizer, questions, vector, c, layer,  # noqa: E731
+                                                      max_new_tokens=3, batch_size=batch_size)
+        with _count_prefills(model) as prefills:
+            got = call(generate_with_steerer, model, tokenizer, questions, vector, coeff, layer, max_new_tokens=3,
+                       batch_size=batch_size, name=name)
+        no_hooks_left(model, name)
+        got = _texts(got, n, name, batch_size)
+        want = ref(coeff)
+        if not _same_texts(got, want):
+            used = sorted({float(math.trunc(coeff)), float(round(coeff)), abs(coeff), max(coeff, 0.0), 1.0} - {coeff})
+            _diagnose_answers(got, want, [(lambda c=c: ref(c), _coefficient_cause(coeff, c) or f"steered by {c:g}"
+                                           f" instead of coeff={coeff:g}") for c in used],
+                              name, f"with coeff={coeff:g} and batch_size={batch_size} the answers differ from the course's"
+                                    " steered greedy generation")
+        batches = math.ceil(n / batch_size)
+        check(prefills["n"] == batches, f"{name}(batch_size={batch_size}) ran {prefills['n']} generate call(s) for {n}"
+                                        f" question(s), expected {batches}: one utils.generation.generate call over all"
+                                        " the prompts, with batch_size")
+
+    for_all(st.tuples(coefficients(), st.integers(1, 5), st.integers(2, 4)), check_one,
+            name=f"{name} over fractional and negative coefficients and partial batches", examples=4)
+
+
 @exercise("4.2", "generate_with_steerer")
 def test_generate_with_steerer(generate_with_steerer, model=None, tokenizer=None) -> None:
     """Greedy, batched, steered answers must equal the course's Steerer + generate, for the
-    defaults, for every argument changed and with a system prompt on a template without a system
-    role (tiny-gemma2); hooks are removed even when the model raises."""
+    defaults, for every argument changed, over fractional and negative coefficients and partial
+    batches (a property), and with a system prompt on a template without a system role
+    (tiny-gemma2); hooks are removed even when the model raises."""
     from utils.generation import generate
     from utils.steering import Steerer
 
@@ -175,7 +219,7 @@ def test_generate_with_steerer(generate_with_steerer, model=None, tokenizer=None
         # -- the defaults ----------------------------------------------------------------
         with _count_prefills(model) as prefills:
             got = _texts(call(generate_with_steerer, model, tokenizer, QUESTIONS, vector, 4.0, layer, max_new_tokens=6,
-                              name=name), len(QUESTIONS), name)
+                              name=name), len(QUESTIONS), name, 32)
         no_hooks_left(model, name)
         want = ref()
         if not _same_texts(got, want):
@@ -202,7 +246,7 @@ def test_generate_with_steerer(generate_with_steerer, model=None, tokenizer=None
         with _count_prefills(model) as prefills:
             got = _texts(call(generate_with_steerer, model, tokenizer, MORE_QUESTIONS, vector, -3.0, other_layer,
                               positions="all", system_prompt=PIRATE, max_new_tokens=4, batch_size=2, name=name),
-                         len(MORE_QUESTIONS), name)
+                         len(MORE_QUESTIONS), name, 2)
         no_hooks_left(model, name)
         want = ref(MORE_QUESTIONS, **args)
         if not _same_texts(got, want):
@@ -224,6 +268,8 @@ def test_generate_with_steerer(generate_with_steerer, model=None, tokenizer=None
                      " the prompts to utils.generation.generate with batch_size")
             fail(f"{name}(batch_size=2) ran {prefills['n']} batch(es) for {len(MORE_QUESTIONS)} questions, expected"
                  f" {batches}: batch_size is ignored (pass it to utils.generation.generate)")
+
+        _check_gws_coefficients(generate_with_steerer, model, tokenizer, layer, name)
 
         # -- a template without a system role (tiny-gemma2): the course's formatting merges the system prompt --
         if not own:
@@ -324,13 +370,107 @@ def _check_experiment_records(records, questions, coefficients, expected, name: 
                  f" block {layer} (generate_with_steerer): got {r['response']!r}, expected {expected[r['coeff']][i]!r}")
 
 
+class _FakeSteeredGeneration(_RecordingSteeredGeneration):
+    """generate_with_steerer replaced by answers made of the question, the coefficient and `extra` (no model runs)."""
+
+    def __init__(self, extra: str):
+        super().__init__()
+        self.extra = extra
+
+    def answer(self, question: str, coeff) -> str:
+        return f"{self.extra} | {question} @ {float(coeff):+g}"
+
+    def __call__(self, *args, **kwargs):
+        bound = self.__signature__.bind(*args, **kwargs)
+        bound.apply_defaults()
+        self.calls.append({k: v for k, v in bound.arguments.items() if k not in ("model", "tokenizer")})
+        return [self.answer(q, bound.arguments["coeff"]) for q in bound.arguments["questions"]]
+
+
+def _text_judge() -> FakeJudge:
+    """A fake judge whose scores depend on the question and on the answer (a changed question changes them)."""
+    import zlib
+
+    code = lambda text: zlib.crc32(text.encode())  # noqa: E731
+    return FakeJudge(trait_fn=lambda q, a: float((7 * code(q) + code(a)) % 101),
+                     coherence_fn=lambda q, a: float((code(q) + 3 * code(a)) % 97))
+
+
+def _check_experiment_texts(run_steering_experiment, model, tokenizer, layer: int, name: str) -> None:
+    """Property: questions and answers holding braces, placeholders ('{answer}', '{question}', '{}') and template words,
+    fractional, negative and zero coefficients, one to three of each (generate_with_steerer replaced by a fake, the judge
+    a fake passed in): one record per question x coefficient, labelled with the coefficient exactly as given, holding
+    the answer generated at it and the judge's scores for that question and answer (computed here)."""
+    from utils.steering import Steerer
+
+    vector = _vector(_d_model(model), 1, 8.0)
+
+    def check_one(example):
+        questions, coeffs, extra = example
+        fake, judge = _FakeSteeredGeneration(extra), _text_judge()
+        with using(run_steering_experiment, generate_with_steerer=fake, get_judge=lambda *a, **k: judge,
+                   ActivationSteerer=Steerer), _course_get_judge(lambda *a, **k: judge):
+            try:
+                records = call(run_steering_experiment, model, tokenizer, questions, vector, TRAIT_TEMPLATE, layer,
+                               coefficients=coeffs, judge=judge, coherence_template=COHERENCE_TEMPLATE, max_new_tokens=2,
+                               name=name)
+            except (AssertionError, NotImplementedError):
+                raise
+            except Exception as err:
+                fail(f"{name} raised {type(err).__name__} ({err}) for questions or answers holding braces: never pass user"
+                     " text through str.format; let the judge fill its template (judge.score_trait(question, answer,"
+                     " template)) or use fill_template")
+        remove_leftover_hooks(model)
+        fractional_first = sorted(coeffs, key=lambda c: c == int(c))
+        cause = lambda used: next((w for c in fractional_first if (w := _coefficient_cause(c, used))), None)  # noqa: E731
+        used = sorted({float(c["coeff"]) for c in fake.calls} - {float(c) for c in coeffs})
+        if used:
+            fail(f"{name} called generate_with_steerer with coeff={used[0]:g}, not one of the coefficients {coeffs}: "
+                 + (cause(used[0]) or "pass each coefficient on as it is"))
+        check(isinstance(records, list) and all(isinstance(r, dict) for r in records), f"{name} should return a list of dicts")
+        check(len(records) == len(questions) * len(coeffs),
+              f"{name} returned {len(records)} records for {len(questions)} question(s) x {len(coeffs)} coefficient(s)")
+        for r in records:
+            c = r.get("coeff")
+            if c not in coeffs:
+                why = cause(float(c)) if isinstance(c, (int, float)) else None
+                fail(f"{name}: a record's coeff is {c!r}, not one of the coefficients {coeffs}" + (f": {why}" if why else ""))
+            q, a = r.get("question"), r.get("response")
+            check(q in questions, f"{name}: a record's question {q!r} is not one of the questions asked")
+            if fake.calls and a != fake.answer(q, c):
+                other = [x for x in coeffs if a == fake.answer(q, x)]
+                fail(f"{name}: the record for coeff {c:g} holds the answer generated at "
+                     + (f"coeff {other[0]:g}: label each batch with its coefficient" if other else
+                        f"another question or coefficient ({a!r}): keep each answer with its question and coefficient"))
+            want = (judge.expected("trait", q, a), judge.expected("coherence", q, a))
+            got = (r.get("trait_score"), r.get("coherence_score"))
+            if got != want:
+                for q_seen, a_seen, how in [(q.replace("{answer}", a), a, "question first: the answer went into the"
+                                                                           " question's own '{answer}'"),
+                                            (q, a.replace("{question}", q), "answer first: the question went into the"
+                                                                            " answer's own '{question}'")]:
+                    if (q_seen, a_seen) != (q, a) and got == (judge.expected("trait", q_seen, a_seen),
+                                                              judge.expected("coherence", q_seen, a_seen)):
+                        fail(f"{name} filled the judge prompt with str.replace, {how}. Let the judge fill its template"
+                             " (judge.score_trait(question, answer, template)) or use fill_template")
+                fail(f"{name}: the scores {got} are not the judge's for this question and answer {want}: with braces,"
+                     " placeholders or backslashes in the text, filling the template by hand (str.replace one field after"
+                     " another, re.sub, str.format twice) changes what the judge reads; let the judge fill it"
+                     " (judge.score_trait(question, answer, template)) or use fill_template")
+
+    texts = st.lists(braces_text(), min_size=1, max_size=3, unique=True)
+    for_all(st.tuples(texts, st.lists(coefficients(), min_size=1, max_size=3, unique=True), braces_text()), check_one,
+            name=f"{name} over questions and answers with braces, and fractional coefficients", examples=6)
+
+
 @exercise("4.2", "run_steering_experiment")
 def test_run_steering_experiment(run_steering_experiment, model=None, tokenizer=None) -> None:
     """A fake judge is patched into the notebook's globals (get_judge) and generate_with_steerer is
     the course's (recording its arguments): every coefficient is covered, coefficient 0 is the
     unsteered greedy answer, scores belong to their answers (None stays None), generation is batched
     per coefficient; then every argument is changed (a judge and a coherence template passed in,
-    positions, layer, max_new_tokens) and must be used."""
+    positions, layer, max_new_tokens) and must be used; then a property over questions and answers
+    holding braces and placeholders and over fractional and negative coefficients."""
     from utils import data
     from utils.chat import build_messages
     from utils.generation import generate
@@ -413,6 +553,7 @@ def test_run_steering_experiment(run_steering_experiment, model=None, tokenizer=
                                                  max_new_tokens=4)}
     _check_experiment_records(records, questions, coeffs, expected, name, other_layer)
     _check_scores(records, passed_judge, name)
+    _check_experiment_texts(run_steering_experiment, model, tokenizer, layer, name)
     passed("test_run_steering_experiment")
 
 

@@ -2,7 +2,8 @@
 
 Tests of compute_trait_projections: projections a·v/‖v‖ of the mean response activation, checked
 against a forward pass with a hook on several chat templates; `_Projector` computes what each
-candidate mistake would return, so that a failure names the one that matches. Its input checks.
+candidate mistake would return, so that a failure names the one that matches; a property over
+record counts and vector dtypes. Its input checks, with a property over lists of different lengths.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from part_tests._common import (
     tiny,
     tiny_variant,
 )
+from part_tests.properties import for_all, st
 from part_tests.section4._fakes import (
     PIRATE,
     _d_model,
@@ -206,6 +208,9 @@ class _Projector:
 
         n_blocks = len(get_blocks(self.model))
         want = self.values(layer)
+        if sorted(got) != got and _same_values(sorted(got), sorted(want)):
+            fail(f"{name}{context}: the right projections in the wrong order (sorted by length for batching?): return them"
+                 " in the order of the records")
         candidates = [
             (lambda: self.values(layer, denom="none"), "not divided by ‖v‖: the projection is a·v/‖v‖"),
             (lambda: self.values(layer, denom="norm2"), "divided by ‖v‖² instead of ‖v‖: the projection is a·v/‖v‖"),
@@ -247,12 +252,15 @@ class _Projector:
              f" (the mean over the response tokens of block {layer}'s output, projected as a·v/‖v‖)")
 
 
-def _same_values(a, b) -> bool:
-    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-3 * max(1.0, abs(y))) for x, y in zip(a, b))
+def _same_values(a, b, tol: float = 1e-3) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=tol, abs_tol=tol * max(1.0, abs(y))) for x, y in zip(a, b))
 
 
 def _projection_list(got, n: int, name: str) -> list[float]:
     check(not isinstance(got, torch.Tensor), f"{name} should return a list of floats, not a tensor (use .tolist())")
+    if isinstance(got, (list, tuple)) and len(got) < n:
+        fail(f"{name} returned {len(got)} projections for {n} records: records were lost (a last, partial batch"
+             " dropped?); return one projection per record")
     check(isinstance(got, (list, tuple)) and len(got) == n, f"{name} should return a list of {n} floats, one per response;"
                                                              f" got {type(got).__name__}"
                                                              f"{f' of length {len(got)}' if hasattr(got, '__len__') else ''}")
@@ -272,13 +280,52 @@ def _call_on_template(fn, name: str, where: str, *args):
              " response with utils.chat.format_chat (or response_mean_activations), which handle every template")
 
 
+def _check_projection_counts(compute_trait_projections, model, tokenizer, layer: int, name: str) -> None:
+    """Property: 1 to 9 records drawn from the hand-built ones (one record; counts that do and do not divide any batch
+    size; repeats), with the vector in float32 or bfloat16: one projection per record, in order, each the one computed
+    here for that record alone (a forward pass with a hook, the exact response span, float64 maths)."""
+    vector = _vector(_d_model(model), 11, 6.0).to(torch.bfloat16).float()  # the same numbers in either dtype
+    alone = _Projector(model, tokenizer, PROJ_SYSTEMS, PROJ_QUESTIONS, PROJ_RESPONSES, vector).values(layer)
+
+    def check_one(example):
+        idx, dtype = example
+        n, what = len(idx), f"{len(idx)} record(s) and a {str(dtype).replace('torch.', '')} vector"
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        try:
+            got = call(compute_trait_projections, model, tokenizer, pick(PROJ_SYSTEMS), pick(PROJ_QUESTIONS),
+                       pick(PROJ_RESPONSES), vector.to(dtype), layer, name=name)
+        except (AssertionError, NotImplementedError):
+            raise
+        except Exception as err:
+            fail(f"{name} raised {type(err).__name__} ({err}) with {what}: a vector saved from a bfloat16 run is"
+                 " bfloat16; do the maths in float32 (torch.as_tensor(vector, dtype=torch.float32))")
+        no_hooks_left(model, name)
+        got = _projection_list(got, n, name)
+        want = pick(alone)
+        if _same_values(got, want):
+            return
+        if _same_values(sorted(got), sorted(want)):
+            fail(f"{name} with {what}: the right projections in the wrong order (sorted by length for batching?): return"
+                 " them in the order of the records")
+        if dtype == torch.bfloat16 and _same_values(got, want, 3e-2):
+            fail(f"{name} with {what} computed the projections in bfloat16 (off by up to"
+                 f" {max(abs(x - y) for x, y in zip(got, want)):.3g}): convert the vector to float32 first")
+        fail(f"{name} with {what} returned {[round(x, 4) for x in got]}, expected {[round(x, 4) for x in want]} (each"
+             " record's projection does not depend on the other records: a batch that mixes them up?)")
+
+    for_all(st.tuples(st.lists(st.integers(0, len(PROJ_RESPONSES) - 1), min_size=1, max_size=9),
+                      st.sampled_from([torch.float32, torch.bfloat16])), check_one,
+            name=f"{name} over record counts and vector dtypes", examples=5)
+
+
 @exercise("4.3", "compute_trait_projections")
 def test_compute_trait_projections(compute_trait_projections, model=None, tokenizer=None) -> None:
     """Projections a·v/‖v‖ of the mean response activation at block `layer`, checked against a
     forward pass with a hook and the exact response span from the chat template: at two layers and
     at the last block (where HF's hidden_states[-1] is the final norm's output, not the block's), on
     templates with a BOS and a one-token end of turn (Llama 3 style), with a thinking block (Qwen 3
-    style) and without a system role (Gemma 2). Input checks: the next test."""
+    style) and without a system role (Gemma 2); a property over record counts (one record, counts
+    that do and do not divide a batch size) and float32 / bfloat16 vectors. Input checks: the next test."""
     require_implemented(compute_trait_projections, "compute_trait_projections")
     name = "compute_trait_projections"
     own = model is not None
@@ -313,6 +360,8 @@ def test_compute_trait_projections(compute_trait_projections, model=None, tokeni
         if not _same_values(got, proj.values(last)):
             proj.diagnose(got, last, name, f" (layer={last}, the last block)")
 
+    _check_projection_counts(compute_trait_projections, model, tokenizer, layer, name)
+
     if not own:  # other chat templates, on the same tiny weights (or Gemma 2's)
         cases = [("llama3", "a Llama-3-style template (a BOS token, a one-token end of turn)", tiny_variant("llama3")),
                  ("qwen3", "a Qwen-3-style template (an empty thinking block before the final answer)", tiny_variant("qwen3")),
@@ -336,7 +385,7 @@ def test_compute_trait_projections(compute_trait_projections, model=None, tokeni
 @exercise("4.3", "compute_trait_projections")
 def test_compute_trait_projections_input_checks(compute_trait_projections, model=None, tokenizer=None) -> None:
     """Lists of different lengths and a vector that is not [d_model], is zero or holds NaN or inf are rejected with
-    ValueError."""
+    ValueError; then a property over length triples (any list the odd one out) and malformed vectors."""
     require_implemented(compute_trait_projections, "compute_trait_projections")
     model, tokenizer = model_or_tiny(model, tokenizer)
     layer, d = _layer_for(model), _d_model(model)
@@ -351,6 +400,28 @@ def test_compute_trait_projections_input_checks(compute_trait_projections, model
                        ((s, q, r, torch.ones(d).index_fill(0, torch.tensor([0]), float("inf"))), "a vector holding inf")]:
         expect_value_error(compute_trait_projections, model, tokenizer, *args, layer, name="compute_trait_projections", what=what)
         no_hooks_left(model, "compute_trait_projections")
+
+    def check_one(example):
+        """Property: three lists whose lengths are not all equal (any one of them the odd one out), and malformed
+        vectors (other sizes, zero, NaN / inf / -inf anywhere) are refused."""
+        (ls, lq, lr), k, at = example
+        take = lambda xs, n: [xs[i % len(xs)] for i in range(n)]  # noqa: E731
+        expect_value_error(compute_trait_projections, model, tokenizer, take(PROJ_SYSTEMS, ls), take(PROJ_QUESTIONS, lq),
+                           take(PROJ_RESPONSES, lr), vector, layer, name="compute_trait_projections",
+                           what=f"lists of different lengths ({ls} system prompts, {lq} questions, {lr} responses)")
+        bad = [(torch.ones(d + k), f"a vector of shape [{d + k}] (d_model is {d})"),
+               (torch.ones(k, d), f"a vector of shape [{k}, {d}] (it must be [d_model])"),
+               (torch.zeros(d), "a zero vector (there is no direction to project onto)")]
+        bad += [(torch.ones(d).index_fill(0, torch.tensor([at]), float(x)), f"a vector holding {x} (at index {at})")
+                for x in ("nan", "inf", "-inf")]
+        for v, what in bad:
+            expect_value_error(compute_trait_projections, model, tokenizer, s[:1], q[:1], r[:1], v, layer,
+                               name="compute_trait_projections", what=what)
+        no_hooks_left(model, "compute_trait_projections")
+
+    lengths = st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)).filter(lambda t: len(set(t)) > 1)
+    for_all(st.tuples(lengths, st.integers(1, 3), st.integers(0, d - 1)), check_one,
+            name="compute_trait_projections's input checks", examples=4)
     passed("test_compute_trait_projections_input_checks")
 
 

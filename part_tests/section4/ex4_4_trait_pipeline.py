@@ -1,7 +1,8 @@
 """Exercise 4.4 — A pipeline that survives crashes
 
 Tests of run_trait_pipeline: the course's step functions replaced by recording fakes and a fake
-judge passed in; reruns, changed inputs, a crash half way then a resume, judge errors and refusals.
+judge passed in; reruns, changed inputs, a crash half way then a resume, judge errors and refusals;
+a property over fractional, negative and zero coefficients and partial batches.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from part_tests._common import (
     require_implemented,
     using,
 )
+from part_tests.properties import coefficients, for_all, st
 from part_tests.section4._fakes import (
     TRAIT_TEMPLATE,
     FakeJudge,
+    _coefficient_cause,
     _d_model,
     _layer_for,
 )
@@ -99,6 +102,7 @@ class _PipeFakes:
         self.steer_tokens: set[int] = set()
         self.extractions = 0
         self.extracted_pairs: list[list[tuple[int, int]]] = []
+        self.plan: tuple[int, int] | None = None
 
     def generate_responses(self, model, tokenizer, requests, max_new_tokens=64, temperature=0.7, batch_size=32):
         self.generated += len(requests)
@@ -117,6 +121,8 @@ class _PipeFakes:
         return [_steer_answer(q, coeff, max_new_tokens) for q in questions]
 
     def extract_trait_vectors(self, model, tokenizer, effective):
+        if not effective and self.plan:  # (requests, batch_size) of the run: requests lost before the judge?
+            _check_no_partial_batch_lost(self.generated, *self.plan, "run_trait_pipeline")
         check(len(effective) > 0,
               "run_trait_pipeline passed no effective pairs to extract_trait_vectors, although the test's judge makes"
               " several pairs effective: check that each record gets its own trait and coherence score (the judge"
@@ -188,7 +194,7 @@ class _PipelineRuns:
         self.name = "run_trait_pipeline"
         self.layer = _layer_for(model)
         self.n_layers, self.d = len(get_blocks(model)), _d_model(model)
-        self.coefficients = [-2, 0, 2]
+        self.coefficients = [-2, -0.5, 0, 2.5]  # a negative and a fractional one: int(coeff) mixes -0.5 with 0
         self.n_records = 5 * len(PIPE_QUESTIONS) * 2
         self.n_steered = len(PIPE_EVAL) * len(self.coefficients)
         self.n_judge = 2 * self.n_records + 2 * self.n_steered
@@ -198,9 +204,52 @@ class _PipelineRuns:
                     max_new_tokens=PIPE_TOKENS, temperature=0.0)
         args.update(kwargs)
         at_layer = self.layer if at_layer is None else at_layer
+        fakes.plan = (5 * 2 * len(PIPE_QUESTIONS[:args.get("n_questions")]), args.get("batch_size", 32))
         with using(self.run_trait_pipeline, **fakes.patches()):
             return call(self.run_trait_pipeline, self.model, self.tokenizer, PIPE_TRAIT, trait_data, at_layer, name=self.name,
                         **args)
+
+
+def _check_no_partial_batch_lost(generated: int, n: int, batch_size: int, name: str) -> None:
+    if n % batch_size and generated == n - n % batch_size:
+        fail(f"{name}: {generated} of the {n} contrastive requests were generated (batch_size={batch_size}): the last,"
+             " partial batch was dropped -- give runner.map every request, it makes the batches")
+
+
+def _coefficient_mistake(coefficients, used: float) -> str | None:
+    fractional_first = sorted(coefficients, key=lambda c: c == int(c))
+    return next((why for c in fractional_first if (why := _coefficient_cause(c, used))), None)
+
+
+def _check_steer_calls(fakes: _PipeFakes, coefficients, n_eval: int, name: str) -> None:
+    """Each call of generate_with_steerer is at one of the coefficients exactly, for one coefficient's questions."""
+    wanted = {float(c) for c in coefficients}
+    for c, n in fakes.steer_calls:
+        if c not in wanted:
+            fail(f"{name} called generate_with_steerer with coeff={c:g}, not one of the coefficients {list(coefficients)}: "
+                 + (_coefficient_mistake(coefficients, c) or "steer at each coefficient as given"))
+        if n > n_eval:
+            fail(f"{name} called generate_with_steerer with {n} questions at coeff={c:g}, more than the {n_eval} evaluation"
+                 " question(s): one batch held several coefficients and was steered at the first one's -- group_by=lambda"
+                 " item: item['coeff'] keeps each coefficient apart, exactly (not a rounded one)")
+
+
+def _check_steering_record(r: dict, coefficients, name: str) -> None:
+    """A steering record is labelled with one of the coefficients as given, holds the answer generated at it, and that
+    answer's scores."""
+    c, q = r.get("coeff"), r.get("question")
+    if not isinstance(c, (int, float)) or float(c) not in {float(x) for x in coefficients}:
+        why = _coefficient_mistake(coefficients, float(c)) if isinstance(c, (int, float)) else None
+        fail(f"{name}: a steering record's coeff is {c!r}, not one of the coefficients {list(coefficients)}"
+             + (f": {why}" if why else ""))
+    response = str(r.get("response", "")).strip()
+    if response != _steer_answer(q, c, PIPE_TOKENS):
+        other = [x for x in coefficients if response == _steer_answer(q, x, PIPE_TOKENS)]
+        fail(f"{name}: the steering record for coeff {float(c):g} holds the answer generated at"
+             + (f" coeff {other[0]:g}: each batch must hold one coefficient exactly (group_by=lambda item: item['coeff'],"
+                " not a rounded one)" if other else " another coefficient or question"))
+    check((r.get("trait_score"), r.get("coherence_score")) == _pipe_scores(response),
+          f"{name}: a steering record's scores do not belong to its response")
 
 
 def _check_full_run(run: _PipelineRuns, cache_a: str):
@@ -218,6 +267,7 @@ def _check_full_run(run: _PipelineRuns, cache_a: str):
         check(c["max_new_tokens"] == PIPE_TOKENS and c["temperature"] == 0.0,
               f"generate_responses was called with max_new_tokens={c['max_new_tokens']}, temperature={c['temperature']}:"
               f" pass {name}'s max_new_tokens ({PIPE_TOKENS}) and temperature (0.0) on to it")
+    _check_no_partial_batch_lost(fakes.generated, n_records, 32, name)
     check(fakes.generated == n_records,
           f"the generate step produced {fakes.generated} responses; expected {n_records} (5 pairs x {len(PIPE_QUESTIONS)}"
           " questions x pos/neg), each generated once")
@@ -256,6 +306,7 @@ def _check_full_run(run: _PipelineRuns, cache_a: str):
     check(fakes.steer_tokens == {PIPE_TOKENS},
           f"generate_with_steerer was called with max_new_tokens={sorted(fakes.steer_tokens)}: pass {name}'s"
           f" max_new_tokens ({PIPE_TOKENS}) on to it")
+    _check_steer_calls(fakes, coefficients, len(PIPE_EVAL), name)
     check(sorted(c for c, _ in fakes.steer_calls) == sorted(float(c) for c in coefficients)
           and all(n == len(PIPE_EVAL) for _, n in fakes.steer_calls),
           f"steered generation should run once per coefficient with all {len(PIPE_EVAL)} evaluation questions in one"
@@ -266,10 +317,7 @@ def _check_full_run(run: _PipelineRuns, cache_a: str):
     for r in steering:
         check({"question", "coeff", "response", "trait_score", "coherence_score"} <= set(r),
               "each steering record needs question, coeff, response, trait_score, coherence_score")
-        check(r["response"].strip() == _steer_answer(r["question"], r["coeff"], PIPE_TOKENS),
-              "a steering record's response was generated at another coefficient or question")
-        check((r["trait_score"], r["coherence_score"]) == _pipe_scores(r["response"].strip()),
-              "a steering record's scores do not belong to its response")
+        _check_steering_record(r, coefficients, name)
     check({(r["question"], float(r["coeff"])) for r in steering} == {(q, float(c)) for q in PIPE_EVAL for c in coefficients},
           "result['steering'] does not cover every evaluation question x coefficient")
     check(judge.calls == n_judge,
@@ -485,13 +533,49 @@ def _check_judge_errors(run: _PipelineRuns, cache_c: str, cache_d: str, judge: F
              " expected 1 (the failed one): cache only final results (cache_if=is_final)")
 
 
+def _check_coefficients_and_batches(run: _PipelineRuns) -> None:
+    """Property: fractional, negative and zero coefficients, one to three evaluation questions, batch sizes 1 to 7
+    (the 10 contrastive requests of one question in full and partial batches), a fresh cache each time: every request
+    generated once in batches of at most batch_size, every evaluation question x coefficient steered at exactly that
+    coefficient, its record labelled with it and scored (the fake answers and scores are known here)."""
+    questions = PIPE_EVAL + ["Was my speech the best one today?"]
+
+    def check_one(example):
+        coeffs, n_eval, batch_size = example
+        evals = questions[:n_eval]
+        fakes, judge = _PipeFakes(run.model, run.tokenizer), _pipe_judge()
+        with tempfile.TemporaryDirectory() as cache:
+            result = run(fakes, judge, cache, n_questions=1, coefficients=coeffs, eval_questions=evals, batch_size=batch_size)
+        no_hooks_left(run.model, run.name)
+        what = f"with coefficients={coeffs}, batch_size={batch_size} and {n_eval} evaluation question(s)"
+        n = 5 * 2
+        _check_no_partial_batch_lost(fakes.generated, n, batch_size, f"{run.name} {what}")
+        check(fakes.generated == n, f"{run.name} {what} generated {fakes.generated} responses for {n} requests")
+        check(all(c["n"] <= batch_size for c in fakes.gen_calls),
+              f"{run.name} {what}: generate_responses got {max(c['n'] for c in fakes.gen_calls)} requests in one call:"
+              " pass batch_size to runner.map")
+        _check_steer_calls(fakes, coeffs, n_eval, f"{run.name} {what}")
+        steering = result.get("steering")
+        check(isinstance(steering, list) and len(steering) == len(evals) * len(coeffs),
+              f"{run.name} {what}: result['steering'] should hold {len(evals) * len(coeffs)} records (one per evaluation"
+              f" question x coefficient), got {len(steering) if isinstance(steering, list) else steering!r}")
+        for r in steering:
+            _check_steering_record(r, coeffs, f"{run.name} {what}")
+        check({(r["question"], float(r["coeff"])) for r in steering} == {(q, float(c)) for q in evals for c in coeffs},
+              f"{run.name} {what}: result['steering'] does not cover every evaluation question x coefficient")
+
+    for_all(st.tuples(st.lists(coefficients(), min_size=1, max_size=3, unique=True), st.integers(1, 3), st.integers(1, 7)),
+            check_one, name=f"{run.name} over fractional coefficients and partial batches", examples=3)
+
+
 @exercise("4.4", "run_trait_pipeline")
 def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> None:
     """The step functions are replaced by recording fakes (and a fake judge is passed in): a full
     run, a rerun (nothing repeated), reruns with changed inputs (the steps that depend on them run
     again), other thresholds and n_questions, a run killed by a judge failure half way then resumed
     (no finished generation or judge call repeated), and judge errors (retried, for contrastive and
-    for steered answers) beside refusals (finished)."""
+    for steered answers) beside refusals (finished); then a property over fractional, negative and
+    zero coefficients and batch sizes that do and do not divide the number of requests."""
     require_implemented(run_trait_pipeline, "run_trait_pipeline")
     model, tokenizer = model_or_tiny(model, tokenizer)
     run = _PipelineRuns(run_trait_pipeline, model, tokenizer)
@@ -503,6 +587,7 @@ def test_run_trait_pipeline(run_trait_pipeline, model=None, tokenizer=None) -> N
         _check_thresholds(run, cache_a)
         _check_resume(run, cache_b, result, vectors)
         _check_judge_errors(run, cache_c, cache_d, judge)
+    _check_coefficients_and_batches(run)
     passed("test_run_trait_pipeline")
 
 

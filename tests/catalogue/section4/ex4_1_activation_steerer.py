@@ -464,3 +464,101 @@ class SteererNoFiniteCheck(ClosureSteerer):
     """Checks shapes and positions, but steers with a NaN vector (every later activation is NaN)."""
 
     check_numbers = False
+
+
+# -- coefficients that are not whole, positive numbers (fractional, negative, zero) ------------
+@mistake("test_activation_steerer", "rounded to a whole number")
+class IntCoeff(Ref):
+    """Stores the coefficient as an int: 2.5 steers by 2, 0.5 by 0."""
+
+    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
+        super().__init__(model, vector, coeff, layer, positions)
+        self.coeff = int(coeff)
+
+
+@mistake("test_activation_steerer", "sign of a negative coefficient was lost")
+class AbsCoeff(Ref):
+    """Takes the coefficient's size only (abs): a negative coefficient steers toward the trait."""
+
+    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
+        super().__init__(model, vector, abs(coeff), layer, positions)
+
+
+@mistake("test_activation_steerer", "clamped to 0")
+class NegativeCoeffSkipped(Ref):
+    """Steers only for a positive coefficient (`if self.coeff > 0`)."""
+
+    def _hook(self, module, args, output):
+        if self.coeff <= 0:
+            return output
+        return Ref._hook(self, module, args, output)
+
+
+@mistake("test_activation_steerer", "`coeff or 1.0`")
+class ZeroCoeffMeansDefault(Ref):
+    """`coeff or 1.0`: a coefficient of 0 (unsteered) is taken as missing and steers by 1 * vector."""
+
+    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
+        super().__init__(model, vector, coeff or 1.0, layer, positions)
+
+
+@mistake("test_activation_steerer_input_checks", "every finite coefficient is valid")
+@mistake("test_activation_steerer", "fractional, negative or zero")
+class RefusesZeroCoeff(Ref):
+    """Refuses coeff == 0 as 'no steering requested' (the notebook steers at 0 for its unsteered baseline)."""
+
+    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
+        if coeff == 0:
+            raise ValueError("coeff must be non-zero")
+        super().__init__(model, vector, coeff, layer, positions)
+
+
+@mistake("test_activation_steerer_input_checks", "every finite coefficient is valid")
+class RefusesNegativeCoeff(Ref):
+    """Takes 'finite' to mean 'a non-negative number'."""
+
+    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
+        if not (math.isfinite(coeff) and coeff >= 0):
+            raise ValueError(f"coeff must be a finite non-negative number, got {coeff!r}")
+        super().__init__(model, vector, coeff, layer, positions)
+
+
+@mistake("test_activation_steerer_input_checks", "int or float")
+class RequiresFloatCoeff(Ref):
+    """Refuses a coefficient that is not a float (the notebook's coefficients are ints)."""
+
+    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
+        if not isinstance(coeff, float) or not math.isfinite(coeff):
+            raise ValueError(f"coeff must be a finite float, got {coeff!r}")
+        super().__init__(model, vector, coeff, layer, positions)
+
+
+@mistake("test_activation_steerer_input_checks", "-inf")
+class ChecksPlusInfOnly(ClosureSteerer):
+    """Looks for NaN and +inf by comparison (`v == inf`): a vector holding -inf gets through."""
+
+    check_numbers = False
+
+    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
+        v = torch.as_tensor(vector)
+        if torch.isnan(v).any() or (v == float("inf")).any() or not math.isfinite(coeff):
+            raise ValueError("vector and coeff must be finite")
+        super().__init__(model, vector, coeff, layer, positions)
+
+
+@correct("test_activation_steerer", "test_activation_steerer_input_checks")
+class Float64DeltaSteerer(Ref):
+    """Correct: the change computed in float64 from a float coefficient, cast to the hidden state's dtype."""
+
+    def __init__(self, model, vector, coeff=1.0, layer=19, positions="all"):
+        super().__init__(model, vector, coeff, layer, positions)
+        self.delta = float(coeff) * self.vector.double()
+
+    def _hook(self, module, args, output):
+        h = hidden_of(output)
+        if self.positions == "prompt" and h.shape[1] == 1:
+            return output
+        add = self.delta.to(device=h.device, dtype=h.dtype)
+        if self.positions == "response":
+            return with_hidden(output, torch.cat([h[:, :-1], h[:, -1:] + add], dim=1))
+        return with_hidden(output, h + add)

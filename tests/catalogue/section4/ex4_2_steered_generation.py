@@ -194,10 +194,13 @@ def _experiment(model, tokenizer, questions, vector, eval_prompt_template, layer
                        for q in questions]
         else:
             answers = generate_with_steerer(
-                model, tokenizer, questions, vector, coeff, LAYER if mistake == "layer_global" else layer,
+                model, tokenizer, questions, vector, int(coeff) if mistake == "int_coeff_generate" else coeff,
+                LAYER if mistake == "layer_global" else layer,
                 positions="response" if mistake == "positions_not_passed" else positions,
                 max_new_tokens=64 if mistake == "max_new_tokens_not_passed" else max_new_tokens)
         label = coefficients[(k + 1) % len(coefficients)] if mistake == "mislabelled" else coeff
+        if mistake == "int_coeff_records":
+            label = int(coeff)
         records += [{"question": q, "coeff": label, "response": a} for q, a in zip(questions, answers)]
     if mistake == "zero_skipped":
         records = [r for r in records if r["coeff"] != 0]
@@ -255,6 +258,8 @@ mistake("test_run_steering_experiment", "holds 0")(_experiment_variant("none_as_
 mistake("test_run_steering_experiment", "records for")(_experiment_variant("drops_unscored"))
 mistake("test_run_steering_experiment", "even when its score is None")(_experiment_variant("key_only_when_scored"))
 mistake("test_run_steering_experiment", "question as the answer")(_experiment_variant("judge_args_swapped"))
+mistake("test_run_steering_experiment", "rounded to a whole number")(_experiment_variant("int_coeff_records"))
+mistake("test_run_steering_experiment", "rounded to a whole number")(_experiment_variant("int_coeff_generate"))
 correct("test_run_steering_experiment")(_experiment_variant(None))
 correct("test_run_steering_experiment")(_experiment_variant("by_question"))
 
@@ -315,3 +320,92 @@ def experiment_score_many(model, tokenizer, questions, vector, eval_prompt_templ
     for i, r in enumerate(records):
         r["trait_score"], r["coherence_score"] = scores[2 * i].value, scores[2 * i + 1].value
     return records
+
+
+# -- user text that meets templating, coefficients that are not whole numbers, batches that do not divide --
+@mistake("test_generate_with_steerer", "rounded to a whole number")
+def gws_int_coeff(model, tokenizer, questions, vector, coeff, layer, **kw):
+    """Passes int(coeff) to the steerer: 0.5 steers by 0, 2.75 by 2."""
+    return _gws(model, tokenizer, questions, vector, coeff, layer, steer=dict(coeff=int(coeff), layer=layer,
+                                                                              positions=kw.get("positions", "response")), **kw)
+
+
+@mistake("test_generate_with_steerer", "partial")
+def gws_drops_partial_batch(model, tokenizer, questions, vector, coeff, layer, positions="response", system_prompt=None,
+                            max_new_tokens=64, batch_size=32):
+    """Its own chunks of batch_size, looping over full chunks only: the last, partial batch is lost."""
+    out = []
+    with ActivationSteerer(model, vector, coeff=coeff, layer=layer, positions=positions):
+        for start in range(0, len(questions) - batch_size + 1, batch_size):
+            chunk = [build_messages(system_prompt, q) for q in questions[start:start + batch_size]]
+            out += generate(model, tokenizer, chunk, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+    return out
+
+
+@mistake("test_generate_with_steerer", "wrong order")
+def gws_sorted_by_length(model, tokenizer, questions, vector, coeff, layer, positions="response", system_prompt=None,
+                         max_new_tokens=64, batch_size=32):
+    """Sorts the questions by length (less padding per batch) and returns the answers in that order."""
+    ordered = sorted(questions, key=len)
+    with ActivationSteerer(model, vector, coeff=coeff, layer=layer, positions=positions):
+        return generate(model, tokenizer, [build_messages(system_prompt, q) for q in ordered], max_new_tokens=max_new_tokens,
+                        temperature=0.0, batch_size=batch_size)
+
+
+@correct("test_generate_with_steerer")
+def gws_float_coeff(model, tokenizer, questions, vector, coeff, layer, positions="response", system_prompt=None,
+                    max_new_tokens=64, batch_size=32):
+    """Correct: float(coeff) and keyword arguments throughout."""
+    prompts = [build_messages(system_prompt=system_prompt, question=q) for q in questions]
+    with ActivationSteerer(model=model, vector=vector, coeff=float(coeff), layer=layer, positions=positions):
+        return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+
+
+def _experiment_filled(fill):
+    """A sweep that fills every judge prompt with `fill(template, question, answer)` and scores them with score_many."""
+    def run(model, tokenizer, questions, vector, eval_prompt_template, layer, coefficients=(-3, -1, 0, 1, 3, 5), judge=None,
+            coherence_template=None, max_new_tokens=64, positions="response"):
+        judge = judge if judge is not None else get_judge()
+        template = coherence_template if coherence_template is not None else data.load_coherence_prompt()
+        records = []
+        for coeff in coefficients:
+            answers = generate_with_steerer(model, tokenizer, questions, vector, coeff, layer, positions=positions,
+                                            max_new_tokens=max_new_tokens)
+            records += [{"question": q, "coeff": coeff, "response": a} for q, a in zip(questions, answers)]
+        scores = judge.score_many([fill(t, r["question"], r["response"]) for r in records
+                                   for t in (eval_prompt_template, template)])
+        for i, r in enumerate(records):
+            r["trait_score"], r["coherence_score"] = scores[2 * i].value, scores[2 * i + 1].value
+        return records
+
+    run.__name__ = run.__qualname__ = f"run_steering_experiment_{fill.__name__}"
+    return run
+
+
+def fill_replace_question_first(template, question, answer):
+    return template.replace("{question}", question).replace("{answer}", answer)
+
+
+def fill_replace_answer_first(template, question, answer):
+    return template.replace("{answer}", answer).replace("{question}", question)
+
+
+def fill_re_sub(template, question, answer):
+    import re
+
+    return re.sub(r"\{answer\}", answer, re.sub(r"\{question\}", question, template))
+
+
+def fill_replace_then_format(template, question, answer):
+    return template.replace("{question}", question).format(answer=answer)
+
+
+def fill_format(template, question, answer):
+    return template.format(question=question, answer=answer)
+
+
+mistake("test_run_steering_experiment", "question first")(_experiment_filled(fill_replace_question_first))
+mistake("test_run_steering_experiment", "answer first")(_experiment_filled(fill_replace_answer_first))
+mistake("test_run_steering_experiment", "re.sub")(_experiment_filled(fill_re_sub))
+mistake("test_run_steering_experiment", "str.format")(_experiment_filled(fill_replace_then_format))
+correct("test_run_steering_experiment")(_experiment_filled(fill_format))  # one format call: braces in the values are safe

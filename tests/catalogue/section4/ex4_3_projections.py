@@ -323,3 +323,72 @@ def proj_accepts_row_vector(model, tokenizer, system_prompts, questions, respons
     if vector.shape[-1] != model.config.get_text_config().hidden_size:
         raise ValueError("bad vector size")
     return _projections(model, tokenizer, system_prompts, questions, responses, vector.reshape(-1), layer)
+
+
+# -- record counts that do not divide a batch size, bfloat16 vectors, lengths, -inf ----------------------------
+@mistake("test_compute_trait_projections", "partial batch")
+def proj_drops_partial_batch(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Its own batches of 4, over full batches only: records past the last multiple of 4 are lost."""
+    vector = _check_inputs(model, system_prompts, questions, responses, vector)
+    convs = conversations_from(system_prompts, questions, responses)
+    out = []
+    for b in range(len(convs) // 4):
+        acts = response_mean_activations(model, tokenizer, convs[4 * b:4 * b + 4], layers=[layer])[:, 0]
+        out += (acts @ (vector / vector.norm())).tolist()
+    return out
+
+
+@mistake("test_compute_trait_projections", "wrong order")
+def proj_sorted_by_length(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Sorts the records by response length (less padding) and returns the projections in that order."""
+    order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
+    pick = lambda xs: [xs[i] for i in order]  # noqa: E731
+    return _projections(model, tokenizer, pick(system_prompts), pick(questions), pick(responses), vector, layer)
+
+
+@mistake("test_compute_trait_projections", "bfloat16")
+def proj_in_vector_dtype(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Brings the activations to the vector's dtype: a bfloat16 vector gives bfloat16 maths."""
+    _check_inputs(model, system_prompts, questions, responses, vector)
+    vector = torch.as_tensor(vector)
+    acts = response_mean_activations(model, tokenizer, conversations_from(system_prompts, questions, responses), layers=[layer])
+    return (acts[:, 0].to(vector.dtype) @ (vector / vector.norm())).float().tolist()
+
+
+@mistake("test_compute_trait_projections", "float32")
+def proj_vector_as_given(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Uses the vector as given: float32 activations @ a bfloat16 vector raises."""
+    _check_inputs(model, system_prompts, questions, responses, vector)
+    acts = response_mean_activations(model, tokenizer, conversations_from(system_prompts, questions, responses), layers=[layer])
+    return (acts[:, 0] @ (vector / vector.norm())).tolist()
+
+
+@correct("test_compute_trait_projections", "test_compute_trait_projections_input_checks")
+def proj_float64_single_record_batches(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Correct: one record per call of response_mean_activations, float64 maths on a float64 vector."""
+    v = _check_inputs(model, system_prompts, questions, responses, vector).double()
+    out = []
+    for conv in conversations_from(system_prompts, questions, responses):
+        a = response_mean_activations(model, tokenizer, [conv], layers=[layer])[0, 0].double()
+        out.append(float(a @ v / v.norm()))
+    return out
+
+
+@mistake("test_compute_trait_projections_input_checks", "lists of different lengths")
+def proj_compares_two_lengths(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Compares the number of system prompts with the number of responses only, then zips the three lists."""
+    if len(system_prompts) != len(responses):
+        raise ValueError("lengths differ")
+    vector = _check_inputs(model, system_prompts, system_prompts, responses, vector)
+    convs = [build_messages(s, q, r) for s, q, r in zip(system_prompts, questions, responses)]
+    acts = response_mean_activations(model, tokenizer, convs, layers=[layer])[:, 0]
+    return (acts @ (vector / vector.norm())).tolist()
+
+
+@mistake("test_compute_trait_projections_input_checks", "-inf")
+def proj_checks_plus_inf_only(model, tokenizer, system_prompts, questions, responses, vector, layer):
+    """Looks for NaN and +inf by comparison (`v == inf`): a vector holding -inf gets through."""
+    v = _check_inputs(model, system_prompts, questions, responses, vector, directions=False)
+    if torch.isnan(v).any() or (v == float("inf")).any() or not v.any():
+        raise ValueError("vector has no direction")
+    return _projections(model, tokenizer, system_prompts, questions, responses, v.nan_to_num(neginf=-1.0), layer)

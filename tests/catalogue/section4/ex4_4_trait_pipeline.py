@@ -93,6 +93,11 @@ def _pipeline(model, tokenizer, trait_name, trait_data, layer, coefficients=(-3,
         gen_shared = {"max_new_tokens": max_new_tokens}
     if mistake == "generate_uncached":
         texts = gen(requests)
+    elif mistake == "generate_full_batches_only":  # its own chunks, full ones only
+        texts = []
+        for start in range(0, len(requests) - batch_size + 1, batch_size):
+            texts += runner.map("generate", requests[start:start + batch_size], gen, shared=gen_shared)
+        requests = requests[:len(texts)]
     else:
         texts = runner.map("gen" if mistake == "judge_per_kind" else "generate", requests, gen,
                            batch_size=None if mistake in ("batch_size_ignored", "generate_one_runner_batch") else batch_size,
@@ -131,7 +136,8 @@ def _pipeline(model, tokenizer, trait_name, trait_data, layer, coefficients=(-3,
     steer_vector = vector.reshape(-1)
     steering = []
     if coefficients:
-        items = [{"question": q, "coeff": c} for c in coefficients for q in eval_questions]
+        items = [{"question": q, "coeff": int(c) if mistake == "steer_items_int_coeff" else c}
+                 for c in coefficients for q in eval_questions]
         steer_shared = {"max_new_tokens": max_new_tokens}
         if mistake == "steer_key_without_max_new_tokens":
             steer_shared = {}
@@ -145,7 +151,8 @@ def _pipeline(model, tokenizer, trait_name, trait_data, layer, coefficients=(-3,
             lambda batch: generate_with_steerer(model, tokenizer, [b["question"] for b in batch], steer_vector, batch[0]["coeff"],
                                                 layer, max_new_tokens=steer_tokens),
             batch_size=1 if mistake == "steer_per_question" else batch_size,
-            group_by=None if mistake == "steer_mixed_batches" else (lambda item: item["coeff"]),
+            group_by={"steer_mixed_batches": None, "steer_group_by_int": lambda item: int(item["coeff"])}.get(
+                mistake, lambda item: item["coeff"]),
             shared=steer_shared)
         steered = score("steer_judge", [{**it, "response": a} for it, a in zip(items, answers)])
         steering = [{k: r[k] for k in ("question", "coeff", "response", "trait_score", "coherence_score")} for r in steered]
@@ -192,7 +199,7 @@ mistake("test_run_trait_pipeline", "vectors[layer]")(_pipeline_variant("vector_l
 mistake("test_run_trait_pipeline", "returned shape (1, 64)")(_pipeline_variant("vector_keepdim"))
 mistake("test_run_trait_pipeline", "should return a torch.Tensor")(_pipeline_variant("vectors_dict"))
 mistake("test_run_trait_pipeline", "once per coefficient")(_pipeline_variant("steer_per_question"))
-mistake("test_run_trait_pipeline", "once per coefficient")(_pipeline_variant("steer_mixed_batches"))
+mistake("test_run_trait_pipeline", "held several coefficients")(_pipeline_variant("steer_mixed_batches"))
 mistake("test_run_trait_pipeline", "batch_size is ignored")(_pipeline_variant("batch_size_ignored"))
 mistake("test_run_trait_pipeline", "pass batch_size to runner.map")(_pipeline_variant("generate_one_runner_batch"))
 mistake("test_run_trait_pipeline", "never retries")(_pipeline_variant("caches_errors"))
@@ -201,6 +208,9 @@ mistake("test_run_trait_pipeline", "steered answers' scores came from the cache"
 mistake("test_run_trait_pipeline", "refusal")(_pipeline_variant("cache_if_value_only"))
 mistake("test_run_trait_pipeline", "nothing to steer")(_pipeline_variant("steers_without_coefficients"))
 mistake("test_run_trait_pipeline", "return dict(runner.stats)")(_pipeline_variant("stats_empty"))
+mistake("test_run_trait_pipeline", "partial batch was dropped")(_pipeline_variant("generate_full_batches_only"))
+mistake("test_run_trait_pipeline", "not a rounded one")(_pipeline_variant("steer_group_by_int"))
+mistake("test_run_trait_pipeline", "rounded to a whole number")(_pipeline_variant("steer_items_int_coeff"))
 correct("test_run_trait_pipeline")(_pipeline_variant(None))
 correct("test_run_trait_pipeline")(_pipeline_variant("judge_per_kind"))
 

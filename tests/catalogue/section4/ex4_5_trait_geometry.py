@@ -159,3 +159,65 @@ def cos_numpy_no_checks(vectors):
     X, names = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(-1)[:4] for v in vectors.values()]), list(vectors)
     X = X / X.norm(dim=1, keepdim=True)
     return (X @ X.T).numpy(), names
+
+
+# -- one vector, one dimension, other normalisations, a bad vector that is not the first ---------------------
+@mistake("test_trait_cosine_matrix", "squeeze")
+def cos_squeezed(vectors):
+    """Squeezes the stack 'in case a vector came as [1, d]': one vector (or one dimension) loses a dimension."""
+    X, names = _stack(vectors)
+    X = X.squeeze()
+    X = X / X.norm(dim=-1, keepdim=True)
+    return X @ X.T if X.ndim == 2 else (X @ X).reshape(-1), names
+
+
+@mistake("test_trait_cosine_matrix", "torch.corrcoef")
+def cos_corrcoef(vectors):
+    X, names = _stack(vectors)
+    return torch.corrcoef(X), names
+
+
+@mistake("test_trait_cosine_matrix", "whole stack")
+def cos_global_norm(vectors):
+    X, names = _stack(vectors)
+    X = X / X.norm()
+    return X @ X.T, names
+
+
+@mistake("test_trait_cosine_matrix", "NaN or inf")  # the hand-built vectors have zero columns
+def cos_norm_columns(vectors):
+    X, names = _stack(vectors)
+    X = X / X.norm(dim=0, keepdim=True)
+    return X @ X.T, names
+
+
+@mistake("test_trait_cosine_matrix_input_checks", "in position 1")
+def cos_checks_first_vector_only(vectors):
+    """Checks the first vector only ('they all come from the same run')."""
+    first = {k: v for k, v in list(vectors.items())[:1]}
+    _check_vectors(first)
+    if any(torch.as_tensor(v).shape != torch.as_tensor(next(iter(first.values()))).shape for v in vectors.values()):
+        raise ValueError("sizes differ")
+    names = list(vectors)
+    X = torch.stack([torch.as_tensor(vectors[n]).float() for n in names])
+    X = X / X.norm(dim=1, keepdim=True)
+    return X @ X.T, names
+
+
+@mistake("test_trait_cosine_matrix_input_checks", "-inf")
+def cos_checks_plus_inf_only(vectors):
+    """Looks for NaN and +inf by comparison (`v == inf`): a vector holding -inf gets through."""
+    _check_vectors(vectors, directions=False)
+    if any(torch.isnan(v).any() or (v == float("inf")).any() or not v.any() for v in map(torch.as_tensor, vectors.values())):
+        raise ValueError("a vector has no direction")
+    names = list(vectors)
+    X = torch.stack([torch.as_tensor(vectors[n]).float() for n in names])
+    return (X / X.norm(dim=1, keepdim=True)).nan_to_num() @ (X / X.norm(dim=1, keepdim=True)).nan_to_num().T, names
+
+
+@correct("test_trait_cosine_matrix", "test_trait_cosine_matrix_input_checks")
+def cos_normalize_float64(vectors):
+    """Correct: F.normalize in float64, a float32 result."""
+    X, names = _stack(vectors, torch.float64)
+    X = torch.nn.functional.normalize(X, dim=1)
+    return (X @ X.T).float(), names
