@@ -27,6 +27,7 @@ import csv
 import ctypes
 import io
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -58,6 +59,7 @@ class Result:
     reason: str = ""
     seconds: float = 0.0
     worker: str = ""
+    cpu_seconds: float = 0.0  # CPU time of nbgrader and the kernel (what one core must give one submission)
     autograded: dict[str, bytes] = field(default_factory=dict)
     tamper_rows: list[list[str]] = field(default_factory=list)
     gradebook: bytes | None = None  # the private SQLite gradebook after grading
@@ -105,6 +107,7 @@ def run(task: Task, seed: bytes | None = None) -> Result:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(COURSE_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         env.pop("PERSONA_COURSE_MODEL", None)
         log = ws / "nbgrader.log"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(log, "wb") as out:
             proc = subprocess.Popen(nbgrader_command(task), cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
@@ -116,14 +119,16 @@ def run(task: Task, seed: bytes | None = None) -> Result:
                 return Result(task.student, task.assignment, "timeout",
                               f"the task ran past its wall limit of {task.wall_limit:.0f} s and was killed",
                               time.monotonic() - t0, worker)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         if code != 0:
             return Result(task.student, task.assignment, "failed", f"nbgrader autograde exited with {code}: "
-                          + _last_errors(log.read_text(errors="replace")), time.monotonic() - t0, worker)
+                          + _last_errors(log.read_text(errors="replace")), time.monotonic() - t0, worker, cpu)
         folder = ws / "autograded" / task.student / task.assignment
         rows = []
         if (ws / "tamper_report.csv").exists():
             rows = list(csv.reader(io.StringIO((ws / "tamper_report.csv").read_text())))[1:]
-        return Result(task.student, task.assignment, "graded", "", time.monotonic() - t0, worker,
+        return Result(task.student, task.assignment, "graded", "", time.monotonic() - t0, worker, cpu,
                       read_tree(folder) if folder.exists() else {}, rows,
                       (ws / "gradebook.db").read_bytes() if task.db_url is None else None)
 
