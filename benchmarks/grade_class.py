@@ -16,7 +16,7 @@ Runs, each into a fresh copy of the class:
 - worker_kill: --kill-trials regrades (--force) of the parallel class, each with one worker killed
   mid-task: `lost` counts submissions without their serial scores afterwards, `doubled` those recorded
   more than once (gradebook rows or tamper-report rows).
-`submission_cost` splits one solutions submission of the first section into nbgrader's start-up and
+`submission_cost` splits one solutions submission of --cost-section (1) into nbgrader's start-up and
 kernel start, the setup cells (imports), the model-loading cell, the other cells (tests included) and
 nbgrader's work after the last cell.
 
@@ -98,9 +98,30 @@ def doubled(url: str, course: Path, pairs, reference: dict) -> int:
     return sum(1 for n in rows if n > 1) + extra_tamper
 
 
-def submission_cost(course: Path, section: str) -> dict:
-    """Where the time goes for one solutions submission (serial nbgrader, one process)."""
-    student = next(s for s, a in _pairs(course) if a == section and s.endswith("_perfect"))
+def drop_bytecode() -> None:
+    from grading import COURSE_PACKAGES
+
+    for package in COURSE_PACKAGES:
+        for cache in (ROOT / package).rglob("__pycache__"):
+            shutil.rmtree(cache)
+
+
+def submission_cost(folder: Path, section: str) -> dict:
+    """Where the time goes for one solutions submission (serial nbgrader, one process): as nbgrader
+    runs it in a checkout without the course's bytecode ("before"), and after grade_task.precompile
+    ("after", what every classroom task gets)."""
+    from grading.grade_task import precompile
+
+    course = synthetic.make_course(folder, [section])
+    synthetic.hand_in(course, "perfect", section, synthetic.notebooks(course, section)["perfect"])
+    drop_bytecode()
+    before = _one_cost(course, section)
+    precompile()
+    return {"section": section, "before_without_course_bytecode": before, "after_precompiled": _one_cost(course, section)}
+
+
+def _one_cost(course: Path, section: str) -> dict:
+    student = "perfect"
     start = datetime.now().astimezone()
     t = time.monotonic()
     before = os.times()
@@ -121,7 +142,7 @@ def submission_cost(course: Path, section: str) -> dict:
     setup = sum(d for _, d, c in cells if c.metadata.get("nbgrader", {}).get("grade_id") == "code-1")
     model = sum(d for _, d, c in cells if "load_course_model(" in c.source)
     tests = sum(d for _, d, c in cells if c.metadata.get("nbgrader", {}).get("grade") and "tests." in c.source)
-    return {"section": section, "wall_s": round(wall, 2),
+    return {"wall_s": round(wall, 2),
             "cpu_s": round(after.children_user + after.children_system - before.children_user - before.children_system, 2),
             "startup_and_kernel_start_s": round(first, 2), "setup_cell_s": round(setup, 2),
             "model_load_cells_s": round(model, 2), "graded_test_cells_s": round(tests, 2),
@@ -140,6 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--gradebook", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--kill-trials", type=int, default=1)
+    p.add_argument("--cost-section", type=int, default=1, help="the section whose per-submission cost is split")
     p.add_argument("--no-cost", action="store_true", help="skip the per-submission cost breakdown")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -157,7 +179,7 @@ def main(argv=None) -> int:
             shutil.copytree(ser, par)
         pairs = _pairs(ser)
         if not args.no_cost:
-            report["submission_cost"] = submission_cost(ser, sections[0])
+            report["submission_cost"] = submission_cost(tmp / "cost", synthetic.section_name(args.cost_section))
             print("submission cost:", report["submission_cost"], flush=True)
         print("serial ...", flush=True)
         s = serial(ser, pairs)

@@ -78,6 +78,30 @@ def write_tree(files: dict[str, bytes], folder: Path) -> None:
         dest.write_bytes(data)
 
 
+def precompile(root: Path = COURSE_ROOT) -> None:
+    """Write the course packages' bytecode (checked-hash .pyc files beside the sources), once per process.
+
+    The grading kernel cannot write them (the course is read-only in the sandbox, and the kernel runs
+    with PYTHONDONTWRITEBYTECODE), and it re-imports the course's packages from disk before each
+    graded cell, so without them every import compiles the sources again. Checked-hash .pyc files are
+    used only while they match their source byte for byte; the grader writes them from the course's
+    own files, outside the sandbox, where no student code runs."""
+    global _PRECOMPILED
+    if _PRECOMPILED:
+        return
+    import compileall
+    import py_compile
+
+    from grading import COURSE_PACKAGES
+
+    for package in COURSE_PACKAGES:
+        compileall.compile_dir(root / package, quiet=1, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    _PRECOMPILED = True
+
+
+_PRECOMPILED = False
+
+
 def _die_with_parent() -> None:
     os.setsid()  # its own process group: the wall limit kills the whole group
     with_libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -92,6 +116,7 @@ def run(task: Task, seed: bytes | None = None) -> Result:
     """Grade one submission in a private workspace; never raises for a grading failure."""
     t0 = time.monotonic()
     worker = socket.gethostname()
+    precompile()
     with tempfile.TemporaryDirectory(prefix=f"grade-{task.student}-") as tmp:
         ws = Path(tmp)
         db_url = task.db_url or f"sqlite:///{ws / 'gradebook.db'}"
