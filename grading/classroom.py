@@ -117,7 +117,8 @@ def write_summary(path: Path, url: str, pairs: list[tuple[str, str]], status: di
 
 def autograde(course: Path, assignment: str | None, *, db: str | None = None, scheduler: str | None = None,
               workers: int | None = None, jobqueue: str | None = None, jobs: int = 1, force: bool = False,
-              task_timeout: float = 1800.0, progress: bool = True, out=sys.stdout, client=None) -> dict:
+              task_timeout: float = 1800.0, progress: bool = True, out=sys.stdout, client=None,
+              jobqueue_options: dict | None = None) -> dict:
     """Grade the class; returns {"results": {(student, assignment): Result}, "skipped": [...], ...}.
 
     Raises GradebookError or SchedulerError before anything is written; `client`: an existing Dask
@@ -140,7 +141,7 @@ def autograde(course: Path, assignment: str | None, *, db: str | None = None, sc
     own_client = client is None and bool(todo)
     cluster = None
     if own_client:
-        client, cluster = connect(scheduler, workers, jobqueue, jobs)
+        client, cluster = connect(scheduler, workers, jobqueue, jobs, jobqueue_options=jobqueue_options)
     results: dict[tuple[str, str], Result] = {}
     try:
         gradebook.add_students(url, sorted({s for s, _ in todo}))
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
     where.add_argument("--jobqueue", choices=["slurm", "pbs"], help="submit the workers as batch jobs")
     p.add_argument("--jobs", type=int, default=1, help="batch jobs to start with --jobqueue (16 workers each)")
+    p.add_argument("--jobqueue-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dask-jobqueue option for the jobs, e.g. queue=short, account=abc, walltime=04:00:00")
     p.add_argument("--db", help="gradebook URL (default: the course's, else sqlite:///<course>/gradebook.db)")
     p.add_argument("--force", action="store_true", help="regrade submissions already graded")
     p.add_argument("--course", default=str(DEFAULT_COURSE), help="the nbgrader course folder")
@@ -205,9 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.assignment) == bool(args.all):
         parser.error("name one ASSIGNMENT or pass --all")
     try:
+        options = dict(o.split("=", 1) for o in args.jobqueue_option)
+    except ValueError:
+        parser.error("--jobqueue-option takes KEY=VALUE")
+    try:
         outcome = autograde(Path(args.course), None if args.all else args.assignment, db=args.db,
                             scheduler=args.scheduler, workers=args.workers, jobqueue=args.jobqueue, jobs=args.jobs,
-                            force=args.force, task_timeout=args.task_timeout, progress=not args.no_progress)
+                            force=args.force, task_timeout=args.task_timeout, progress=not args.no_progress,
+                            jobqueue_options=options)
     except (gradebook.GradebookError, SchedulerError) as err:
         print(f"error: {err} (nothing was written)", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@
 - `--scheduler ADDRESS`: any running Dask scheduler (`dask scheduler` + `dask worker ADDRESS
   --nthreads 1` on each machine; every worker needs this repository and its virtualenv);
 - `--jobqueue slurm|pbs`: dask-jobqueue submits batch jobs, each running `cores` single-threaded
-  workers; `jobqueue_cluster` builds it from `JOBQUEUE_DEFAULTS` and the caller's overrides
-  (queue, account, walltime, ...), with the course's virtualenv activated in the job script.
+  workers; `jobqueue_cluster` builds it from the site's dask-jobqueue configuration, `JOBQUEUE_DEFAULTS`
+  where that leaves a value unset, and the caller's options (`--jobqueue-option queue=short`, account,
+  walltime, memory, ...), with the course's virtualenv activated in the job script.
 
 `connect` raises SchedulerError (one clear message) when the scheduler cannot be reached.
 """
@@ -45,8 +46,12 @@ def jobqueue_cluster(kind: str, n_jobs: int = 1, **overrides):
     classes = {"slurm": SLURMCluster, "pbs": PBSCluster}
     if kind not in classes:
         raise ValueError(f"--jobqueue takes slurm or pbs, not {kind!r}")
+    import dask
+
     venv = Path(os.environ.get("VIRTUAL_ENV") or COURSE_ROOT / ".venv")
-    options = dict(JOBQUEUE_DEFAULTS)
+    # the course's defaults fill only what the site's dask-jobqueue config (jobqueue.yaml) leaves unset
+    options = {k: v for k, v in JOBQUEUE_DEFAULTS.items()
+               if k == "walltime" or dask.config.get(f"jobqueue.{kind}.{k.replace('_', '-')}", None) is None}
     options.update(overrides)
     options.setdefault("job_script_prologue", [f"cd {COURSE_ROOT}", f"source {venv / 'bin' / 'activate'}",
                                                "export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 CUDA_VISIBLE_DEVICES="])
@@ -67,7 +72,7 @@ def local_cluster(workers: int | None = None):
 
 
 def connect(scheduler: str | None = None, workers: int | None = None, jobqueue: str | None = None,
-            jobs: int = 1, timeout: float = 15):
+            jobs: int = 1, timeout: float = 15, jobqueue_options: dict | None = None):
     """(client, cluster or None): a Dask client on the chosen cluster; SchedulerError if unreachable."""
     from distributed import Client
 
@@ -76,7 +81,7 @@ def connect(scheduler: str | None = None, workers: int | None = None, jobqueue: 
         if scheduler:
             client = Client(scheduler, timeout=timeout)
         else:
-            cluster = jobqueue_cluster(jobqueue, jobs) if jobqueue else local_cluster(workers)
+            cluster = jobqueue_cluster(jobqueue, jobs, **(jobqueue_options or {})) if jobqueue else local_cluster(workers)
             client = Client(cluster, timeout=timeout)
     except (OSError, TimeoutError) as err:
         if cluster is not None:
