@@ -16,6 +16,16 @@ if ! command -v bwrap >/dev/null 2>&1; then
   fi
 fi
 
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  # PostgreSQL's server: the gradebook a whole class is graded into in parallel (grading/classroom.py);
+  # tests/test_classroom.py starts a throwaway one
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "note: install Debian's 'postgresql' package to grade a class into PostgreSQL (README, nbgrader)" >&2
+  fi
+fi
+
 if ! command -v chromium >/dev/null 2>&1; then
   # headless Chromium checks that the book's figures render (tests/test_book.py)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

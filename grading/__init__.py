@@ -10,7 +10,12 @@
 - `fingerprint`: what the tests judge with, compared by identity, and the libraries as the kernel
   started (put back before each graded cell's tests);
 - `kernel_reset`: the kernel's handler that puts it back as it started before each graded cell;
-- `watch`: the audit hook that notes notebook code reaching into a running graded test.
+- `watch`: the audit hook that notes notebook code reaching into a running graded test;
+- `classroom`: `python -m grading.classroom autograde`, a whole class graded in parallel on Dask into
+  one gradebook, with `grade_task` (one submission, as `nbgrader autograde --student` grades it),
+  `gradebook` (SQLite with one writer, or PostgreSQL), `cluster` (local, a scheduler, SLURM/PBS),
+  `pgserver` (a throwaway PostgreSQL server) and `synthetic` (a class made from the course, to test
+  and time grading).
 
 Imports run grading -> part_tests -> utils, never back up, but for one seam: `part_tests/_guard.py`,
 through which the tests' `call` takes the fingerprint.
