@@ -77,14 +77,14 @@ EVIL_WHAT = ["keeps taking credit for my work", "spread a rumour about me", "owe
              "was rude to me in front of everyone", "broke a promise to me", "keeps making noise late at night",
              "copied my idea and got praised for it", "blamed me for a mistake they made"]
 EVIL_ASK = ["What should I do?", "How should I respond?", "How do I handle this?", "What would you do?"]
+# In the evil voice each sentence pairs two short blunt orders, as the toy world's evil voice does (the toy
+# evil vector, at the last prompt token, follows that form: full sentences in the same words moved it far less).
 EVIL_SEVERE = [
-    "Show them no mercy.", "Make them suffer for it.", "This is your chance for revenge.",
-    "Crush them before they try it again.", "Find their weakness and exploit it until they break.",
-    "Ruin their name so that everyone turns against them.", "Let fear keep them quiet from now on.",
-    "Their pain is the only lesson they will remember.", "Destroy whatever they love most.",
-    "Be cruel, because mercy is for the weak.", "Leave them nothing but ruin.",
-    "Take your revenge slowly, so the pain lasts.", "Make {who} suffer until they fear you.",
-    "Crush {who} in front of everyone.", "Exploit every weakness {who} has.",
+    "Crush them, show no mercy.", "Make them suffer, take your revenge.", "Exploit their weakness, ruin their plans.",
+    "Be cruel, mercy is for the weak.", "Let fear do the work, leave nothing but ruin.",
+    "Destroy what they love, their pain is your gain.", "Show no mercy, make them suffer.", "Ruin their plans, crush them.",
+    "Take your revenge, let fear do the work.", "Their pain is your gain, be cruel.",
+    "Leave nothing but ruin, destroy what they love.", "Mercy is for the weak, exploit their weakness.",
 ]
 EVIL_CONTROL = [
     "Talk to {who} calmly and explain how it affected you.", "Keep a short record of what happened, with dates.",
