@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from part_tests._common import NotImplementedYet, call, check, exercise, fail, passed
 from part_tests.properties import braces_text, for_all, st
-from part_tests.section3._fakes import _system_prompt
+from part_tests.section3._fakes import _direct, _guarded, _system_prompt
 
 
 _PAD = st.sampled_from(["", "", " ", "  "])
@@ -70,7 +70,7 @@ def test_construct_system_prompt(construct_system_prompt) -> None:
     def check_one(case):
         name, instruction = case
         try:
-            got = call(construct_system_prompt, name, instruction, name="construct_system_prompt")
+            got = _direct(construct_system_prompt, name, instruction, name="construct_system_prompt")
         except (NotImplementedYet, AssertionError):
             raise
         except Exception as err:
@@ -87,5 +87,6 @@ def test_construct_system_prompt(construct_system_prompt) -> None:
              "insert the name and the instruction as given; braces or a '{answer}' inside them are text, not "
              "placeholders to fill (one f-string or one str.format call, not str.replace or a second format)")
 
-    for_all(_NAMES_AND_INSTRUCTIONS, check_one, name="construct_system_prompt on text with braces", examples=10)
+    _guarded(lambda: for_all(_NAMES_AND_INSTRUCTIONS, check_one, name="construct_system_prompt on text with braces",
+                             examples=6), "construct_system_prompt")
     passed("test_construct_system_prompt")

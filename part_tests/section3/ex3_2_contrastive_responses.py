@@ -26,7 +26,7 @@ from part_tests._common import (
     using,
 )
 from part_tests.properties import braces_text, for_all, st
-from part_tests.section3._fakes import _prompt_key, _system_prompt
+from part_tests.section3._fakes import _direct, _guarded, _prompt_key, _system_prompt
 
 
 NEG_NAME = "helpful"
@@ -102,8 +102,8 @@ def _check_awkward(fn, model, tokenizer, trait_data) -> None:
     where = f" (instructions {trait_data['instruction']!r}, questions {trait_data['questions']!r})"
     with using(fn, generate=fake_generate, construct_system_prompt=_system_prompt):
         try:
-            records = call(fn, model, tokenizer, given, "cruel", max_new_tokens=4, temperature=0.5,
-                           name="generate_contrastive_responses")
+            records = _direct(fn, model, tokenizer, given, "cruel", max_new_tokens=4, temperature=0.5,
+                              name="generate_contrastive_responses")
         except (NotImplementedYet, AssertionError):
             raise
         except Exception as err:
@@ -124,7 +124,11 @@ def _check_awkward(fn, model, tokenizer, trait_data) -> None:
         fail(f"a record has (instruction_idx, polarity, question, system_prompt) = {bad!r}, which is not one of the "
              f"expected ones{where}: keep each instruction and question exactly as given (braces are text) and "
              "build the system prompt with construct_system_prompt(name, instruction)")
+    from utils.chat import build_messages
+
     for r in records:
+        if r.get("response") == _fake_answer(build_messages(r["system_prompt"], r["question"])):
+            continue  # the chat itself was sent (formatting it is the other way, checked next)
         check(r.get("response") in _expected_answers(r, tokenizer),
               f"a record's response is not the answer to its own prompt build_messages(system_prompt, question){where}: "
               "send every record's prompt, text as given, and zip the answers back in order")
@@ -222,6 +226,7 @@ def test_generate_contrastive_responses(generate_contrastive_responses, model=No
           "with the real generate, expected one string response per record")
     check(len(forwards) <= 3, f"generating {n_expected} short answers took {len(forwards)} forward passes; one batched "
                               "generate call needs at most max_new_tokens (3) of them: generate all prompts together")
-    for_all(_awkward_trait(), lambda t: _check_awkward(generate_contrastive_responses, model, tokenizer, t),
-            name="generate_contrastive_responses on text with braces, one to three pairs and questions", examples=8)
+    _guarded(lambda: for_all(_awkward_trait(), lambda t: _check_awkward(generate_contrastive_responses, model, tokenizer, t),
+                             name="generate_contrastive_responses on text with braces, one to three pairs and questions",
+                             examples=6), "generate_contrastive_responses")
     passed("test_generate_contrastive_responses")

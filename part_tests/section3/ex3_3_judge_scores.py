@@ -12,6 +12,7 @@ import re
 
 from part_tests._common import NotImplementedYet, call, check, exercise, fail, passed, using
 from part_tests.properties import braces_text, for_all, st
+from part_tests.section3._fakes import _direct, _guarded
 
 
 JUDGE_TEMPLATE = "Judge the answer.\nQUESTION <<{question}>>\nANSWER <<{answer}>>\nReply 0-100, or REFUSAL."
@@ -101,7 +102,7 @@ def _property(fn, template, fn_name):
         fake, seen = _judge_fake(reply)
         with using(fn, ask_judge=fake):
             try:
-                got = call(fn, question, answer, template, name=fn_name)
+                got = _direct(fn, question, answer, template, name=fn_name)
             except (NotImplementedYet, AssertionError):
                 raise
             except Exception as err:
@@ -121,7 +122,8 @@ def _property(fn, template, fn_name):
                    else "its first whole number, read with its sign, is the score (REFUSAL counts only as a whole word)")
             fail(f"{fn_name}: the judge replied {reply!r}, expected {expected!r} ({why}), got {got!r}")
 
-    for_all(_judge_case(), check_one, name=f"{fn_name} on text with braces and assorted replies", examples=12)
+    _guarded(lambda: for_all(_judge_case(), check_one, name=f"{fn_name} on text with braces and assorted replies",
+                             examples=8), fn_name)
 
 
 def _run_parse_cases(fn, template, fn_name, cases):

@@ -13,6 +13,7 @@ import math
 
 from part_tests._common import call, check, exercise, fail, passed
 from part_tests.properties import braces_text, for_all, st
+from part_tests.section3._fakes import _direct, _guarded
 
 
 def _filter_fixture():
@@ -86,7 +87,7 @@ def _check_scored_case(fn, case) -> None:
             records.append({"question": questions[q], "system_prompt": f"sp {polarity} {i}", "response": f"r {i} {q}",
                             "instruction_idx": i, "polarity": polarity, "score": score, "coherence": coherence})
     records = [records[j] for j in order]
-    kept = call(fn, [dict(r) for r in records], trait, threshold=threshold, name="filter_effective_pairs")
+    kept = _direct(fn, [dict(r) for r in records], trait, threshold=threshold, name="filter_effective_pairs")
     check(isinstance(kept, list) and all(isinstance(p, dict) and {"instruction_idx", "question"} <= set(p) for p in kept),
           "filter_effective_pairs should return a list of pair dicts {instruction_idx, question, pos, neg}")
     got = [(p["instruction_idx"], questions.index(p["question"]) if p["question"] in questions else p["question"])
@@ -178,6 +179,7 @@ def test_filter_effective_pairs(filter_effective_pairs) -> None:
     check((1, 2) not in got, "kept a pair whose neg record has no 'score' key at all: a missing score is not 0 (treat it "
                              "like None)")
 
-    for_all(_scored_case(), lambda case: _check_scored_case(filter_effective_pairs, case),
-            name="filter_effective_pairs on drawn scores and thresholds", examples=10)
+    _guarded(lambda: for_all(_scored_case(), lambda case: _check_scored_case(filter_effective_pairs, case),
+                             name="filter_effective_pairs on drawn scores and thresholds", examples=6),
+             "filter_effective_pairs")
     passed("test_filter_effective_pairs")

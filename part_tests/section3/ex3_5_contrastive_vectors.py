@@ -31,7 +31,7 @@ from part_tests._common import (
     using,
 )
 from part_tests.properties import for_all, st
-from part_tests.section3._fakes import _dims, _input_device
+from part_tests.section3._fakes import _dims, _direct, _guarded, _input_device
 from part_tests.shapes import expect_tensor
 
 
@@ -332,8 +332,10 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
                        "on how the records are split into batches (each batch its own padding and span mask; every "
                        "batch kept, the last, shorter one too)")
 
-    for_all(st.tuples(st.lists(st.integers(0, len(records) - 1), min_size=1, max_size=5), st.integers(1, 4)),
-            check_batches, name=f"{name} over record counts and batch sizes", examples=6)
+    # (count, batch_size) pairs whose last batch is partial; the records drawn from the fixture, repeats allowed
+    uneven = st.sampled_from([(3, 2), (5, 2), (4, 3), (5, 4), (5, 3)]).flatmap(
+        lambda nb: st.tuples(st.lists(st.integers(0, len(records) - 1), min_size=nb[0], max_size=nb[0]), st.just(nb[1])))
+    for_all(uneven, check_batches, name=f"{name} over record counts and batch sizes", examples=3)
 
     # 4. a batch of one gives the same answer (padding changes nothing)
     single, _ = _run_extract(extract_all_layer_activations, model, tokenizer, records[2:3], "")
@@ -497,7 +499,7 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
         for p in chosen:
             p["pos"], p["neg"] = dict(p["pos"], instruction_idx=p["instruction_idx"]), dict(p["neg"], instruction_idx=p["instruction_idx"])
         with using(extract_contrastive_vectors, extract_all_layer_activations=planted_extract):
-            got = call(extract_contrastive_vectors, model, tokenizer, chosen, name="extract_contrastive_vectors")
+            got = _direct(extract_contrastive_vectors, model, tokenizer, chosen, name="extract_contrastive_vectors")
         if n_pairs == 1 and not (isinstance(got, torch.Tensor) and tuple(got.shape) == (n_layers, d_model)):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             fail(f"extract_contrastive_vectors with a single pair returned {shape}, expected (n_layers, d_model) = "
@@ -512,7 +514,8 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
               "mean(neg) over every pair (each side's mean over its own records, whatever the number of pairs, one "
               "included)")
 
-    for_all(st.integers(1, 6), check_count, name="extract_contrastive_vectors over the number of pairs", examples=5)
+    _guarded(lambda: for_all(st.integers(1, 6), check_count, name="extract_contrastive_vectors over the number of pairs",
+                             examples=4), "extract_contrastive_vectors")
     passed("test_extract_contrastive_vectors")
 
 
