@@ -51,3 +51,13 @@ def _guarded(run, name: str) -> None:
     from part_tests._common import call
 
     call(run, name=name)
+
+
+# Text a user may type that meets str.format / str.replace templating, as whole strings (they shrink in one
+# step, which keeps a failing property cheap): placeholders of the judge's and of the system prompt's templates,
+# positional and escaped braces, lone braces, template words, and plain text.
+AWKWARD_TEXTS = [
+    "What is {answer} here?", "{question} again", "Why {} and {0}?", "Is {{this}} it?", "Explain { please",
+    "close } this", "{instruction} first", "{assistant_name}", "Reply SCORE: 50 or REFUSAL", "100% sure, $1",
+    "plain words", "Be {evil}",
+]

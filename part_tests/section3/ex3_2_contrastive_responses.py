@@ -25,8 +25,8 @@ from part_tests._common import (
     require_implemented,
     using,
 )
-from part_tests.properties import braces_text, for_all, st
-from part_tests.section3._fakes import _direct, _guarded, _prompt_key, _system_prompt
+from part_tests.properties import for_all, st
+from part_tests.section3._fakes import AWKWARD_TEXTS, _direct, _guarded, _prompt_key, _system_prompt
 
 
 NEG_NAME = "helpful"
@@ -84,7 +84,7 @@ def _check_generation_prompts(prompts, records, tokenizer) -> None:
 @st.composite
 def _awkward_trait(draw):
     """One to three instruction pairs and questions, all distinct, written with braces and template words."""
-    texts = st.lists(braces_text(), min_size=1, max_size=3, unique=True)
+    texts = st.lists(st.sampled_from(AWKWARD_TEXTS), min_size=1, max_size=3, unique=True)
     pos, neg, questions = draw(texts), draw(texts), draw(texts)
     n = min(len(pos), len(neg))
     return {"instruction": [{"pos": "Be {" + p, "neg": n_ + " {answer}"} for p, n_ in zip(pos[:n], neg[:n])],
@@ -228,5 +228,5 @@ def test_generate_contrastive_responses(generate_contrastive_responses, model=No
                               "generate call needs at most max_new_tokens (3) of them: generate all prompts together")
     _guarded(lambda: for_all(_awkward_trait(), lambda t: _check_awkward(generate_contrastive_responses, model, tokenizer, t),
                              name="generate_contrastive_responses on text with braces, one to three pairs and questions",
-                             examples=6), "generate_contrastive_responses")
+                             examples=5), "generate_contrastive_responses")
     passed("test_generate_contrastive_responses")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 
 from part_tests._common import NotImplementedYet, call, check, exercise, fail, passed, using
-from part_tests.properties import braces_text, for_all, st
-from part_tests.section3._fakes import _direct, _guarded
+from part_tests.properties import for_all, st
+from part_tests.section3._fakes import AWKWARD_TEXTS, _direct, _guarded
 
 
 JUDGE_TEMPLATE = "Judge the answer.\nQUESTION <<{question}>>\nANSWER <<{answer}>>\nReply 0-100, or REFUSAL."
@@ -86,7 +86,7 @@ _REFUSALS = [None, "REFUSAL", "refusal.", "(Refusal)"]
 
 @st.composite
 def _judge_case(draw):
-    question, answer = draw(braces_text()), draw(braces_text())
+    question, answer = draw(st.sampled_from(AWKWARD_TEXTS)), draw(st.sampled_from(AWKWARD_TEXTS))
     n = draw(st.sampled_from([0, 7, 50, 72, 100, 101, 150, -5]))
     reply = " ".join(x for x in (draw(_BEFORE), draw(st.sampled_from(_FORMS)).format(n=n), draw(_AFTER)) if x)
     refusal = draw(st.sampled_from(_REFUSALS))
@@ -123,7 +123,7 @@ def _property(fn, template, fn_name):
             fail(f"{fn_name}: the judge replied {reply!r}, expected {expected!r} ({why}), got {got!r}")
 
     _guarded(lambda: for_all(_judge_case(), check_one, name=f"{fn_name} on text with braces and assorted replies",
-                             examples=8), fn_name)
+                             examples=5), fn_name)
 
 
 def _run_parse_cases(fn, template, fn_name, cases):

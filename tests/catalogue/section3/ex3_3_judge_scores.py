@@ -231,7 +231,7 @@ def score_refusal_substring(question, answer, eval_prompt_template):
     return value if value is not None and 0 <= value <= 100 else None
 
 
-@mistake("test_score_trait_response", "braces in them are text")
+@mistake("test_score_trait_response", "one template.format(question=..., answer=...) call")
 def score_format_twice(question, answer, eval_prompt_template):
     """Fills one placeholder at a time with format, escaping the other: the inserted question meets format again."""
     half = eval_prompt_template.replace("{answer}", "{{answer}}").format(question=question)
