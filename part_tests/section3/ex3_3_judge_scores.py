@@ -76,11 +76,9 @@ PARSE_CASES = [
 
 # Replies built around a known score: words before it (no digits; some with braces, some that contain 'refusal'
 # inside a longer word), the number in one of its forms, words after it (digits allowed: only the first number counts).
-_BEFORE = st.lists(st.sampled_from(["Score:", "I", "rate", "it", "{answer}", "{", "}", "refusals", "nonrefusal", "--",
-                                    "(", "SCORE:"]), max_size=3).map(" ".join)
+_BEFORE = st.sampled_from(["", "Score:", "I rate it", "{answer} {", "no refusals, }", "a nonrefusal --", "( SCORE:"])
 _FORMS = ["{n}", "{n}.6", "{n}/100", "{n}%", "{n}."]
-_AFTER = st.lists(st.sampled_from(["out", "of", "100", "or", "maybe", "7", "{question}", "}", "points"]),
-                  max_size=3).map(" ".join)
+_AFTER = st.sampled_from(["", "out of 100", "or maybe 7", "{question} }", "points"])
 _REFUSALS = [None, "REFUSAL", "refusal.", "(Refusal)"]
 
 
