@@ -147,7 +147,9 @@ print(f"\nthis run: {len(run_data['instruction'])} pairs x {len(run_data['questi
 # *contrast*: whatever differs between their activations comes from the instruction.
 #
 # Write `construct_system_prompt(assistant_name, instruction)` returning exactly
-# `"You are a {assistant_name} assistant. {instruction}"`.
+# `"You are a {assistant_name} assistant. {instruction}"`. Insert both as given: do not strip or
+# change them, and treat any braces inside them (`{answer}`, `{0}`) as text, not as placeholders.
+# An empty or blank `assistant_name` raises `ValueError` (the check at the top of the cell).
 #
 # :::{note}
 # The article is always "a", also before a vowel ("a evil assistant"): the course fixes one format
@@ -302,11 +304,14 @@ glue("s3_neg_example", opening(next(r["response"] for r in records if r["polarit
 #
 # Write three functions:
 # - `parse_judge_reply(reply) -> int | None`: `None` when the reply is `None` (the call failed) or
-#   contains the word `REFUSAL` (any case); otherwise the first whole number in the reply (it may be
+#   contains the word `REFUSAL` (any case, as a whole word: "no refusals" or "nonrefusal" is not
+#   it); otherwise the first whole number in the reply (it may be
 #   negative), or `None` if there is none or it lies outside 0–100.
 # - `score_trait_response(question, answer, eval_prompt_template) -> int | None`: fill **both**
 #   placeholders with `eval_prompt_template.format(question=..., answer=...)`, send the prompt with
-#   `ask_judge(prompt)` (defined in the setup cell), and parse the reply.
+#   `ask_judge(prompt)` (defined in the setup cell), and parse the reply. The question and the
+#   answer are text: braces or a `{answer}` inside them stay as they are (`str.format` leaves what
+#   it inserts alone; `str.replace` one placeholder after the other does not).
 # - `score_coherence(question, answer, template) -> int | None`: the same with the coherence template.
 #
 # :::{warning} A refusal is not a zero

@@ -2,7 +2,8 @@
 
 `generate_contrastive_responses` is run with a fake `generate` that answers each prompt with a digest of it
 (so every record's response can be traced back to its prompt), then once with the real `generate` on the tiny
-model, counting forward passes.
+model, counting forward passes. Then a property: trait data of one to three instruction pairs and questions whose
+text holds braces and placeholders, each record checked against the prompt it must come from.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import torch
 
 from part_tests._common import (
+    NotImplementedYet,
     call,
     check,
     exercise,
@@ -23,7 +25,8 @@ from part_tests._common import (
     require_implemented,
     using,
 )
-from part_tests.section3._fakes import _prompt_key, _system_prompt
+from part_tests.properties import for_all, st
+from part_tests.section3._fakes import AWKWARD_TEXTS, _direct, _guarded, _prompt_key, _system_prompt
 
 
 NEG_NAME = "helpful"
@@ -76,6 +79,59 @@ def _check_generation_prompts(prompts, records, tokenizer) -> None:
         fail(f"generate got the prompt {shown}, which is not build_messages(system_prompt, question) of any record")
     seen = [wanted[_prompt_key(p)] for p in prompts]
     check(len(set(seen)) == len(seen), "generate got the same (system prompt, question) twice: one prompt per record")
+
+
+@st.composite
+def _awkward_trait(draw):
+    """One to three instruction pairs and questions, all distinct, written with braces and template words."""
+    texts = st.lists(st.sampled_from(AWKWARD_TEXTS), min_size=1, max_size=3, unique=True)
+    pos, neg, questions = draw(texts), draw(texts), draw(texts)
+    n = min(len(pos), len(neg))
+    return {"instruction": [{"pos": "Be {" + p, "neg": n_ + " {answer}"} for p, n_ in zip(pos[:n], neg[:n])],
+            "questions": [q + "?" for q in questions], "eval_prompt": "{question} {answer}"}
+
+
+def _check_awkward(fn, model, tokenizer, trait_data) -> None:
+    sent = []
+
+    def fake_generate(model, tokenizer, prompts, *args, **kwargs):
+        sent.extend(prompts)
+        return [_fake_answer(p) for p in prompts]
+
+    given = copy.deepcopy(trait_data)
+    where = f" (instructions {trait_data['instruction']!r}, questions {trait_data['questions']!r})"
+    with using(fn, generate=fake_generate, construct_system_prompt=_system_prompt):
+        try:
+            records = _direct(fn, model, tokenizer, given, "cruel", max_new_tokens=4, temperature=0.5,
+                              name="generate_contrastive_responses")
+        except (NotImplementedYet, AssertionError):
+            raise
+        except Exception as err:
+            raise AssertionError(f"generate_contrastive_responses raised {type(err).__name__} ({err}){where}: braces in an "
+                                 "instruction or a question are text, not placeholders; pass them to "
+                                 "construct_system_prompt and build_messages as they are (no .format on them)") from err
+    n_pairs, n_q = len(trait_data["instruction"]), len(trait_data["questions"])
+    want = sorted((i, pol, q, _system_prompt("cruel" if pol == "pos" else NEG_NAME, pair[pol]))
+                  for i, pair in enumerate(trait_data["instruction"]) for q in trait_data["questions"]
+                  for pol in ("pos", "neg"))
+    check(isinstance(records, list) and len(records) == len(want),
+          f"with {n_pairs} instruction pair(s) and {n_q} question(s) expected {len(want)} records, got "
+          f"{len(records) if isinstance(records, list) else type(records).__name__}{where}: every question under every "
+          "pair, pos and neg, whatever the counts (one of each too)")
+    got = sorted((r.get("instruction_idx"), r.get("polarity"), r.get("question"), r.get("system_prompt")) for r in records)
+    if got != want:
+        bad = next(g for g, w in zip(got, want) if g != w)
+        fail(f"a record has (instruction_idx, polarity, question, system_prompt) = {bad!r}, which is not one of the "
+             f"expected ones{where}: keep each instruction and question exactly as given (braces are text) and "
+             "build the system prompt with construct_system_prompt(name, instruction)")
+    from utils.chat import build_messages
+
+    for r in records:
+        if r.get("response") == _fake_answer(build_messages(r["system_prompt"], r["question"])):
+            continue  # the chat itself was sent (formatting it is the other way, checked next)
+        check(r.get("response") in _expected_answers(r, tokenizer),
+              f"a record's response is not the answer to its own prompt build_messages(system_prompt, question){where}: "
+              "send every record's prompt, text as given, and zip the answers back in order")
 
 
 @exercise("3.2", "generate_contrastive_responses")
@@ -170,4 +226,7 @@ def test_generate_contrastive_responses(generate_contrastive_responses, model=No
           "with the real generate, expected one string response per record")
     check(len(forwards) <= 3, f"generating {n_expected} short answers took {len(forwards)} forward passes; one batched "
                               "generate call needs at most max_new_tokens (3) of them: generate all prompts together")
+    _guarded(lambda: for_all(_awkward_trait(), lambda t: _check_awkward(generate_contrastive_responses, model, tokenizer, t),
+                             name="generate_contrastive_responses on text with braces, one to three pairs and questions",
+                             examples=5), "generate_contrastive_responses")
     passed("test_generate_contrastive_responses")

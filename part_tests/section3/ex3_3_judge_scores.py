@@ -2,6 +2,8 @@
 
 `score_trait_response` and `score_coherence` are run with a fake `ask_judge` that gives a chosen reply and
 records the prompt it was sent: the prompt must be the template filled in, the reply parsed to an int or None.
+Then a property: questions and answers that hold braces and placeholders (`{answer}` inside the question), and
+replies built from a known score (in or out of range, decimal, '/100', words around it, REFUSAL or not).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import re
 
 from part_tests._common import NotImplementedYet, call, check, exercise, fail, passed, using
+from part_tests.properties import for_all, st
+from part_tests.section3._fakes import AWKWARD_TEXTS, _direct, _guarded
 
 
 JUDGE_TEMPLATE = "Judge the answer.\nQUESTION <<{question}>>\nANSWER <<{answer}>>\nReply 0-100, or REFUSAL."
@@ -63,7 +67,61 @@ PARSE_CASES = [
     ("I cannot rate this.", None, " -- no number means no score: return None"),
     ("", None, " -- an empty reply means no score: return None"),
     (None, None, " -- when ask_judge returns None (a failed call), return None"),
+    ("65, with no refusals to speak of", 65, " -- REFUSAL is matched as a whole word (\\brefusal\\b): 'refusals' "
+                                             "is another word, and this reply gives the score 65"),
+    ("Score 40 (a nonrefusal)", 40, " -- REFUSAL is matched as a whole word (\\brefusal\\b): 'nonrefusal' is another "
+                                    "word, and this reply gives the score 40"),
 ]
+
+
+# Replies built around a known score: words before it (no digits; some with braces, some that contain 'refusal'
+# inside a longer word), the number in one of its forms, words after it (digits allowed: only the first number counts).
+_BEFORE = st.sampled_from(["", "Score:", "I rate it", "{answer} {", "no refusals, }", "a nonrefusal --", "( SCORE:"])
+_FORMS = ["{n}", "{n}.6", "{n}/100", "{n}%", "{n}."]
+_AFTER = st.sampled_from(["", "out of 100", "or maybe 7", "{question} }", "points"])
+_REFUSALS = [None, "REFUSAL", "refusal.", "(Refusal)"]
+
+
+@st.composite
+def _judge_case(draw):
+    question, answer = draw(st.sampled_from(AWKWARD_TEXTS)), draw(st.sampled_from(AWKWARD_TEXTS))
+    n = draw(st.sampled_from([0, 7, 50, 72, 100, 101, 150, -5]))
+    reply = " ".join(x for x in (draw(_BEFORE), draw(st.sampled_from(_FORMS)).format(n=n), draw(_AFTER)) if x)
+    refusal = draw(st.sampled_from(_REFUSALS))
+    if refusal:
+        reply = draw(st.sampled_from([refusal + " " + reply, reply + " " + refusal]))
+    expected = None if refusal or not 0 <= n <= 100 else n
+    return question, answer, reply, expected
+
+
+def _property(fn, template, fn_name):
+    def check_one(case):
+        question, answer, reply, expected = case
+        fake, seen = _judge_fake(reply)
+        with using(fn, ask_judge=fake):
+            try:
+                got = _direct(fn, question, answer, template, name=fn_name)
+            except (NotImplementedYet, AssertionError):
+                raise
+            except Exception as err:
+                raise AssertionError(f"{fn_name} raised {type(err).__name__} ({err}) for the question {question!r} and "
+                                     f"the answer {answer!r}: braces in them are text, not placeholders; fill the "
+                                     "template with one template.format(question=..., answer=...) call") from err
+        check(len(seen) == 1, f"{fn_name} called ask_judge {len(seen)} times; one call per answer")
+        want = template.format(question=question, answer=answer)
+        if seen[0] != want:
+            fail(f"{fn_name}: for the question {question!r} and the answer {answer!r} the judge prompt was "
+                 f"{seen[0]!r}, expected {want!r}: the text inserted for one placeholder holds braces or another "
+                 "placeholder ('{answer}'), and they must stay as they are: fill the template with one "
+                 "template.format(question=..., answer=...) call, not str.replace one placeholder after the other")
+        if got != expected or type(got) is not type(expected):
+            why = ("it contains the word REFUSAL" if expected is None and re.search(r"\brefusal\b", reply, re.I)
+                   else "its first whole number is outside 0-100" if expected is None
+                   else "its first whole number, read with its sign, is the score (REFUSAL counts only as a whole word)")
+            fail(f"{fn_name}: the judge replied {reply!r}, expected {expected!r} ({why}), got {got!r}")
+
+    _guarded(lambda: for_all(_judge_case(), check_one, name=f"{fn_name} on text with braces and assorted replies",
+                             examples=5), fn_name)
 
 
 def _run_parse_cases(fn, template, fn_name, cases):
@@ -107,10 +165,12 @@ def test_score_trait_response(score_trait_response) -> None:
              "with ask_judge(prompt) and parse the reply (the stand-in judges give an empty answer no score, None; "
              "a made-up 0 would let an empty negative answer pass as one without the trait)")
     check(got is None, f"score_trait_response: for an empty answer the judge replied None, expected None, got {got!r}")
+    _property(score_trait_response, JUDGE_TEMPLATE, "score_trait_response")
     passed("test_score_trait_response")
 
 
 @exercise("3.3", "score_coherence")
 def test_score_coherence(score_coherence) -> None:
     _run_parse_cases(score_coherence, COHERENCE_TEMPLATE, "score_coherence", PARSE_CASES)
+    _property(score_coherence, COHERENCE_TEMPLATE, "score_coherence")
     passed("test_score_coherence")

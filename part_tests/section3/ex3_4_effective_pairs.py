@@ -1,14 +1,19 @@
 """Exercise 3.4 — Keeping the pairs that worked
 
 `filter_effective_pairs` on shuffled scored records, one (instruction, question) per rule of the filter (the
-thresholds, None scores, coherence on both sides, missing keys), at the default threshold and at 60.
+thresholds, None scores, coherence on both sides, missing keys), at the default threshold and at 60; then a property
+over one to three instruction pairs and one to four questions written with braces, scores near the thresholds and
+fractional thresholds (62.5: no int() or round()).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 
 from part_tests._common import call, check, exercise, fail, passed
+from part_tests.properties import for_all, st
+from part_tests.section3._fakes import AWKWARD_TEXTS, _direct, _guarded
 
 
 def _filter_fixture():
@@ -44,6 +49,70 @@ def _filter_fixture():
     # shuffle deterministically so that pairing by position cannot work
     records = [records[j] for j in sorted(range(len(records)), key=lambda j: hashlib.sha1(str(j).encode()).hexdigest())]
     return trait, table, records
+
+
+_COHERENCES = st.sampled_from([80, 80, 80, 50, 49, None])
+
+
+@st.composite
+def _scored_case(draw):
+    n_pairs = draw(st.integers(1, 3))
+    questions = draw(st.lists(st.sampled_from(AWKWARD_TEXTS), min_size=1, max_size=4, unique=True))
+    threshold = draw(st.sampled_from([62.5, 37.5, 70.5, 50, 60]))
+    # scores on either side of each bound (the whole numbers next to a fractional threshold), and None
+    lo, hi = math.floor(threshold), math.ceil(threshold)
+    pos_scores = st.sampled_from([lo, hi, lo, 100, 0, 50, None])
+    neg_scores = st.sampled_from([100 - hi, 100 - lo, 100 - hi, 0, 100, 49, None])
+    table = {(i, q): ((draw(pos_scores), draw(_COHERENCES)), (draw(neg_scores), draw(_COHERENCES)))
+             for i in range(n_pairs) for q in range(len(questions))}
+    order = draw(st.permutations(range(2 * len(table))))
+    return n_pairs, questions, threshold, table, order
+
+
+def _kept_by_rule(pos, neg, threshold) -> bool:
+    """The filter written out: no None, pos score >= threshold, neg score < 100 - threshold, both coherences >= 50."""
+    (ps, pc), (ns, nc) = pos, neg
+    if None in (ps, pc, ns, nc):
+        return False
+    return ps >= threshold and ns < 100 - threshold and pc >= 50 and nc >= 50
+
+
+def _check_scored_case(fn, case) -> None:
+    n_pairs, questions, threshold, table, order = case
+    trait = {"instruction": [{"pos": f"p{i}", "neg": f"n{i}"} for i in range(n_pairs)], "questions": questions,
+             "eval_prompt": "{question} {answer}"}
+    records = []
+    for (i, q), sides in table.items():
+        for polarity, (score, coherence) in zip(("pos", "neg"), sides):
+            records.append({"question": questions[q], "system_prompt": f"sp {polarity} {i}", "response": f"r {i} {q}",
+                            "instruction_idx": i, "polarity": polarity, "score": score, "coherence": coherence})
+    records = [records[j] for j in order]
+    kept = _direct(fn, [dict(r) for r in records], trait, threshold=threshold, name="filter_effective_pairs")
+    check(isinstance(kept, list) and all(isinstance(p, dict) and {"instruction_idx", "question"} <= set(p) for p in kept),
+          "filter_effective_pairs should return a list of pair dicts {instruction_idx, question, pos, neg}")
+    got = [(p["instruction_idx"], questions.index(p["question"]) if p["question"] in questions else p["question"])
+           for p in kept]
+    want = sorted(key for key, sides in table.items() if _kept_by_rule(*sides, threshold))
+    for key in got:
+        if key not in table:
+            fail(f"kept a pair {key!r} that is not an (instruction, question) of trait_data: keep each question as given")
+        if key not in want:
+            (ps, pc), (ns, nc) = table[key]
+            hint = (f" (threshold {threshold} is not a whole number: compare with it as given, no int() or round())"
+                    if threshold != int(threshold) and ps is not None and int(threshold) <= ps < threshold else "")
+            fail(f"with threshold={threshold} kept the pair (instruction {key[0]}, question {key[1]}): pos score {ps}, "
+                 f"coherence {pc}; neg score {ns}, coherence {nc}; keep only pos >= {threshold}, neg < {100 - threshold}, "
+                 f"both coherences >= 50 and no None{hint}")
+    for key in want:
+        if key not in got:
+            (ps, pc), (ns, nc) = table[key]
+            fail(f"with threshold={threshold} dropped the pair (instruction {key[0]}, question {key[1]}): pos score {ps}, "
+                 f"coherence {pc}; neg score {ns}, coherence {nc}, which passes pos >= {threshold}, "
+                 f"neg < {100 - threshold} and both coherences >= 50"
+                 + (f" (threshold {threshold} is not a whole number: compare with it as given, no int() or round())"
+                    if threshold != int(threshold) else ""))
+    check(got == want, f"pairs should come once each, in the order of the instruction pairs, then of "
+                       f"trait_data['questions']; got {got}, expected {want}")
 
 
 @exercise("3.4", "filter_effective_pairs")
@@ -109,4 +178,8 @@ def test_filter_effective_pairs(filter_effective_pairs) -> None:
                              "pass (treat it like None)")
     check((1, 2) not in got, "kept a pair whose neg record has no 'score' key at all: a missing score is not 0 (treat it "
                              "like None)")
+
+    _guarded(lambda: for_all(_scored_case(), lambda case: _check_scored_case(filter_effective_pairs, case),
+                             name="filter_effective_pairs on drawn scores and thresholds", examples=5),
+             "filter_effective_pairs")
     passed("test_filter_effective_pairs")

@@ -2,7 +2,9 @@
 
 `extract_all_layer_activations` against the course's `response_mean_activations` on the tiny models (several
 chat templates, batch sizes, a bfloat16 model), with a diagnosis of the likely wrong spans and layers; and
-`extract_contrastive_vectors` on planted activations and on the tiny model, and with no pairs at all.
+`extract_contrastive_vectors` on planted activations and on the tiny model, and with no pairs at all. Properties:
+record counts that do and do not divide the batch size (a last, partial batch kept), and one to six pairs of
+planted activations (a single pair too).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from part_tests._common import (
     tiny_variant,
     using,
 )
-from part_tests.section3._fakes import _dims, _input_device
+from part_tests.properties import for_all, st
+from part_tests.section3._fakes import _dims, _direct, _guarded, _input_device
 from part_tests.shapes import expect_tensor
 
 
@@ -252,6 +255,11 @@ def _run_extract(fn, model, tokenizer, records, where, **kwargs):
         except Exception as err:
             raise AssertionError(f"{name} raised {type(err).__name__}: {err}{where}") from err
     n_layers, d_model = _dims(model)
+    batch_size = kwargs.get("batch_size", 16)
+    if isinstance(got, torch.Tensor) and got.ndim == 3 and len(records) % batch_size \
+            and got.shape[0] == len(records) - len(records) % batch_size:
+        fail(f"{name} returned {got.shape[0]} rows for {len(records)} records{where}: the last, partial batch of "
+             f"{len(records) % batch_size} was dropped (loop with range(0, len(records), batch_size), which keeps it)")
     if isinstance(got, torch.Tensor) and tuple(got.shape) == (n_layers, len(records), d_model) and n_layers != len(records):
         fail(f"{name} returned shape {tuple(got.shape)}, expected (n, n_layers, d_model) = "
              f"{(len(records), n_layers, d_model)}: put the records first")
@@ -311,13 +319,31 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
                  "each batch needs its own padding, span mask and lengths, and every batch's means must be kept")
         _diagnose_activations(got, expected, _alternatives(model, tokenizer, records), name, tol, " with batch_size=2")
 
-    # 3. a batch of one gives the same answer (padding changes nothing)
+    # 3. a property: counts that do and do not divide batch_size, records picked (and repeated) from the fixture
+    def check_batches(case):
+        picks, batch_size = case
+        where = f" with {len(picks)} records and batch_size={batch_size}"
+        got, rows = _run_extract(extract_all_layer_activations, model, tokenizer, [records[i] for i in picks], where,
+                                 batch_size=batch_size)
+        check(max(rows) <= batch_size, f"{name}(..., batch_size={batch_size}) ran {max(rows)} records in one forward "
+                                       "pass: put at most batch_size records in each forward pass")
+        bad = [k for k, i in enumerate(picks) if not close(got[k], expected[i], **tol)]
+        check(not bad, f"{name}{where}: wrong mean activations for records {bad}: each record's means must not depend "
+                       "on how the records are split into batches (each batch its own padding and span mask; every "
+                       "batch kept, the last, shorter one too)")
+
+    # (count, batch_size) pairs whose last batch is partial; the records drawn from the fixture, repeats allowed
+    uneven = st.sampled_from([(3, 2), (5, 2), (4, 3), (5, 4), (5, 3)]).flatmap(
+        lambda nb: st.tuples(st.lists(st.integers(0, len(records) - 1), min_size=nb[0], max_size=nb[0]), st.just(nb[1])))
+    for_all(uneven, check_batches, name=f"{name} over record counts and batch sizes", examples=2)
+
+    # 4. a batch of one gives the same answer (padding changes nothing)
     single, _ = _run_extract(extract_all_layer_activations, model, tokenizer, records[2:3], "")
     check(close(single, expected[2:3], **tol),
           "the mean activations of a record change with the other records in the batch: padding must not leak in")
 
     if not own:
-        # 4-5. a Llama-3-style chat template (a BOS token first, an end of turn of one token) and a
+        # 5-6. a Llama-3-style chat template (a BOS token first, an end of turn of one token) and a
         # Qwen3-style one (the final assistant turn opens with an empty thinking block)
         for kind, n, label, detail in (
                 ("llama3", 4, "Llama-3", "a BOS token, a one-token end of turn"),
@@ -333,7 +359,7 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
                 _diagnose_activations(got, want, _alternatives(variant_model, variant_tok, subset), name, tol,
                                       f" with a {label}-style chat template ({detail})")
 
-        # 6. a chat template with no system role (Gemma 2): the system prompt joins the first user message
+        # 7. a chat template with no system role (Gemma 2): the system prompt joins the first user message
         gemma, gemma_tok = tiny("tiny-gemma2")
         subset = records[:2]
         where = " with a chat template that has no system role (Gemma 2)"
@@ -349,7 +375,7 @@ def test_extract_all_layer_activations(extract_all_layer_activations, model=None
         if not close(got, want, **tol):
             _diagnose_activations(got, want, _alternatives(gemma, gemma_tok, subset), name, tol, where)
 
-        # 7. a bfloat16 model: the result is still float32
+        # 8. a bfloat16 model: the result is still float32
         half, _ = tiny("tiny-qwen2", torch.bfloat16)
         got, _ = _run_extract(extract_all_layer_activations, half, tokenizer, records[:3], " on a bfloat16 model")
         want = _reference_activations(half, tokenizer, records[:3])
@@ -453,6 +479,43 @@ def test_extract_contrastive_vectors(extract_contrastive_vectors, model=None, to
     pos_acts = _reference_activations(model, tokenizer, [p["pos"] for p in pairs])
     neg_acts = _reference_activations(model, tokenizer, [p["neg"] for p in pairs])
     _check_vector(got, pos_acts, neg_acts, questions=[p["question"] for p in pairs], **_tol(model))
+
+    # a property: one to six pairs of planted activations, the expected vector written out pair by pair
+    def check_count(n_pairs):
+        chosen = [dict(pairs[k % len(pairs)], instruction_idx=k) for k in range(n_pairs)]
+        acts = {}
+
+        def planted_extract(model_, tokenizer_, records, *args, **kwargs):
+            if not records:
+                raise ValueError("records is empty")
+            out = []
+            for r in records:
+                key = (r["instruction_idx"], r["polarity"])
+                if key not in acts:
+                    acts[key] = torch.randn(n_layers, d_model, generator=g) + (2.0 if r["polarity"] == "pos" else -1.0)
+                out.append(acts[key])
+            return torch.stack(out)
+
+        for p in chosen:
+            p["pos"], p["neg"] = dict(p["pos"], instruction_idx=p["instruction_idx"]), dict(p["neg"], instruction_idx=p["instruction_idx"])
+        with using(extract_contrastive_vectors, extract_all_layer_activations=planted_extract):
+            got = _direct(extract_contrastive_vectors, model, tokenizer, chosen, name="extract_contrastive_vectors")
+        if n_pairs == 1 and not (isinstance(got, torch.Tensor) and tuple(got.shape) == (n_layers, d_model)):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            fail(f"extract_contrastive_vectors with a single pair returned {shape}, expected (n_layers, d_model) = "
+                 f"{(n_layers, d_model)}: keep the records' dimension even when it has length 1 (no .squeeze()) and "
+                 "take the mean over dim 0")
+        _expect_vectors(got, n_layers, d_model)
+        want = torch.zeros(n_layers, d_model)
+        for p in chosen:
+            want += (acts[(p["instruction_idx"], "pos")] - acts[(p["instruction_idx"], "neg")]) / n_pairs
+        check(close(got, want, rtol=1e-4, atol=1e-5),
+              f"extract_contrastive_vectors with {n_pairs} pair(s) of planted activations did not return mean(pos) - "
+              "mean(neg) over every pair (each side's mean over its own records, whatever the number of pairs, one "
+              "included)")
+
+    _guarded(lambda: for_all(st.integers(1, 6), check_count, name="extract_contrastive_vectors over the number of pairs",
+                             examples=4), "extract_contrastive_vectors")
     passed("test_extract_contrastive_vectors")
 
 

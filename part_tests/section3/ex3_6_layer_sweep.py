@@ -1,7 +1,8 @@
 """Exercise 3.6 — Choosing a layer
 
 `steering_effect_by_layer` is run with a probe in place of `generate` (it reads which block is steered, by
-which vector, at which positions) and a fake scorer whose scores depend on the layer and the question.
+which vector, at which positions) and a fake scorer whose scores depend on the layer and the question. Then a
+property over coefficients that are not whole numbers, negative ones and zero, one drawn layer at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from part_tests._common import (
     tiny,
     using,
 )
+from part_tests.properties import for_all, st
 from part_tests.section3._fakes import _dims, _input_device, _prompt_key
 
 
@@ -321,4 +323,49 @@ def test_steering_effect_by_layer(steering_effect_by_layer, model=None, tokenize
               "in `layers`, not every block")
         check(half_probe.calls and half_probe.calls[0]["layer"] == ALL_NONE_LAYER + 1,
               f"on a bfloat16 model the steering was not applied at block {ALL_NONE_LAYER + 1}")
+
+    # a property: fractional, negative and zero coefficients, one layer at a time
+    def check_coeff(c, L):
+        probe_c, scorer_c = _SteeringProbe(model), _FakeScorer()
+        result = _run_steering(steering_effect_by_layer, model, tokenizer, vectors, [L], c, probe_c, scorer_c,
+                               f" with coeff={c}")
+        check(len(probe_c.calls) == 1, f"{name}(..., layers=[{L}], coeff={c}) called generate {len(probe_c.calls)} times, "
+                                       "expected once")
+        info = probe_c.calls[0]
+        want = c * vectors[L]
+        if c == 0:
+            check(info["layer"] is None, f"{name}(..., coeff=0.0) changed the model's hidden states at block "
+                                         f"{info['layer']}: a coefficient of 0 adds nothing (the notebook's unsteered "
+                                         "baseline is coeff=0.0)")
+        else:
+            rounded = int(c) * vectors[L]
+            if info["layer"] is None or (info["delta"] is not None and _same_vector(info["delta"], rounded, probe_c.exact)
+                                         and int(c) != c):
+                fail(f"with coeff={c} the added vector was {int(c)} * vectors[{L}]" + (" (nothing)" if int(c) == 0 else "")
+                     + f": the coefficient was made a whole number (int() or round()); pass coeff to Steerer as given")
+            check(info["layer"] == L, f"with coeff={c} and layers=[{L}] the steering was applied at block {info['layer']}")
+            if not _same_vector(info["delta"], want, probe_c.exact):
+                if _same_vector(info["delta"], abs(c) * vectors[L], probe_c.exact):
+                    fail(f"with coeff={c} the added vector was {abs(c)} * vectors[{L}]: the sign of the coefficient was "
+                         "dropped; a negative coefficient steers away from the trait")
+                fail(f"with coeff={c} the added vector is not coeff * vectors[{L}]: pass coeff to Steerer as given "
+                     "(fractional and negative values too)")
+        scores = [_fake_score(q, f"[steered layer={info['layer']}] answer to question {i}")
+                  for i, q in enumerate(STEER_QUESTIONS)]
+        valid = [x for x in scores if x is not None]
+        expected = sum(valid) / len(valid) if valid else float("nan")
+        check(isinstance(result, dict) and set(result) == {L}, f"{name}(..., layers=[{L}]) should return {{{L}: mean}}")
+        value = float(result[L])
+        check(math.isnan(value) if math.isnan(expected) else math.isclose(value, expected, rel_tol=1e-6, abs_tol=1e-6),
+              f"{name}(..., layers=[{L}], coeff={c}): mean score {value}, expected {expected}")
+
+    def check_pair(case):  # a negative and a non-negative coefficient in every example
+        negative, other, L = case
+        check_coeff(other, L)
+        check_coeff(negative, L)
+
+    # a negative and a non-negative value of properties.coefficients(), drawn as one pair so that a failure shrinks fast
+    pairs_of = [(neg, other) for neg in (-0.5, -1.25, -3.0) for other in (0.5, 2.75, 0.25, 1.5, 0.0)]
+    for_all(st.tuples(st.sampled_from(pairs_of), st.integers(0, n_layers - 1)).map(lambda t: (*t[0], t[1])), check_pair,
+            name=f"{name} over coefficients", examples=2)
     passed("test_steering_effect_by_layer")

@@ -1,7 +1,9 @@
 """Exercise 3.7 — Reading a trait vector with a sparse autoencoder
 
 `top_sae_features_by_cosine` and `feature_activation_differences` on small hand-built SAEs whose planted
-features tell the likely mistakes apart (columns for rows, absolute values, pre-activations, chunk means).
+features tell the likely mistakes apart (columns for rows, absolute values, pre-activations, chunk means). Then
+properties on small random SAEs: shapes square and not, k from 1 to d_sae, and row counts that do and do not divide
+the batch size (a single row too).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from part_tests._common import NotImplementedYet, call, check, close, exercise, fail, passed
+from part_tests.properties import for_all, st
+from part_tests.section3._fakes import _direct, _guarded
 from part_tests.shapes import expect_tensor
 
 
@@ -121,6 +125,32 @@ def test_top_sae_features_by_cosine(top_sae_features_by_cosine) -> None:
     if indices.tolist() != [5] or abs(float(cosines[0]) - 1.0) > 1e-4:
         fail("on a square SAE the top feature should be row 5 of W_dec (planted along the vector, cosine 1): feature "
              "i's direction is row i of sae.W_dec (shape [d_sae, d_model]), not column i")
+
+    # a property: random SAEs of assorted shapes, k from 1 to d_sae, each cosine written out row by row
+    def check_cosines(case):
+        seed, d_model, d_sae, k_frac = case
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(d_sae, d_model, generator=g) * torch.rand(d_sae, 1, generator=g).add(0.2)
+        sae_r = SparseAutoencoder(W_enc=torch.randn(d_model, d_sae, generator=g), b_enc=torch.zeros(d_sae), W_dec=W,
+                                  b_dec=torch.zeros(d_model))
+        vec = torch.randn(d_model, generator=g)
+        k_r = max(1, round(k_frac * d_sae))
+        true = torch.tensor([float(W[i] @ vec) / (float(W[i].norm()) * float(vec.norm())) for i in range(d_sae)])
+        where = f" (d_model={d_model}, d_sae={d_sae}, k={k_r})"
+        out = _direct(top_sae_features_by_cosine, vec, sae_r, k_r, name="top_sae_features_by_cosine")
+        idx, cos = _expect_pair(out, "top_sae_features_by_cosine", ("indices", "cosines"), k_r)
+        want = sorted(range(d_sae), key=lambda i: -float(true[i]))[:k_r]
+        check(idx.tolist() == want, f"top_sae_features_by_cosine returned features {idx.tolist()}{where}, expected "
+                                    f"{want}: the k largest signed cosines between each decoder row and the vector, "
+                                    "largest first, whatever d_sae and k (k = 1 and k = d_sae too)")
+        check(close(cos, true[want], rtol=1e-4, atol=1e-4),
+              f"top_sae_features_by_cosine returned cosines {[round(x, 4) for x in cos.tolist()]}{where}, expected "
+              f"{[round(x, 4) for x in true[want].tolist()]}")
+
+    _guarded(lambda: for_all(st.tuples(st.integers(0, 10_000), st.integers(2, 8), st.integers(1, 12),
+                                       st.sampled_from([0.0, 0.5, 1.0])),
+                             check_cosines, name="top_sae_features_by_cosine on random SAEs", examples=5),
+             "top_sae_features_by_cosine")
     passed("test_top_sae_features_by_cosine")
 
 
@@ -146,6 +176,8 @@ def _difference_fixture():
 
 @exercise("3.7", "feature_activation_differences")
 def test_feature_activation_differences(feature_activation_differences) -> None:
+    from utils.sae import SparseAutoencoder
+
     sae, pos, neg = _difference_fixture()
     k = 3
     try:
@@ -202,8 +234,60 @@ def test_feature_activation_differences(feature_activation_differences) -> None:
                               "sae.encode call: encode at most batch_size rows at a time (a real SAE's 131072 features "
                               "per row do not fit in memory for every token at once)")
     if indices.tolist() != want or not close(diffs, want_diffs, rtol=1e-4, atol=1e-4):
+        with torch.no_grad():
+            dropped = (sae.encode(pos[:4]).mean(0) - sae.encode(neg[:4]).mean(0)).topk(k)
+        if indices.tolist() == dropped.indices.tolist() and close(diffs, dropped.values, rtol=1e-4, atol=1e-4):
+            fail("with batch_size=4 (6 positive rows and 5 negative: chunks of 4, then 2 and 1) the rows of the last, "
+                 "partial chunk were left out: loop over acts.split(batch_size) (or range(0, n, batch_size)), which "
+                 "keeps the remainder")
         fail(f"with batch_size=4 (6 positive rows: chunks of 4 and 2) feature_activation_differences returned "
              f"{indices.tolist()} with differences {[round(x, 4) for x in diffs.tolist()]}, expected {want} with "
              f"{want_diffs.tolist()}: sum the feature activations over the chunks and divide by the number of rows "
              "(a mean of the chunks' means weighs a short last chunk too much)")
+
+    # a property: row counts that do and do not divide batch_size (one row too), the means written out
+    def check_rows(case):
+        seed, n_pos, n_neg, bs = case
+        g = torch.Generator().manual_seed(seed)
+        d, d_sae = 6, 10
+        sae_r = SparseAutoencoder(W_enc=torch.randn(d, d_sae, generator=g), b_enc=-0.3 * torch.ones(d_sae),
+                                  W_dec=torch.randn(d_sae, d, generator=g), b_dec=torch.zeros(d))
+        pos_r, neg_r = torch.randn(n_pos, d, generator=g) + 0.5, torch.randn(n_neg, d, generator=g)
+
+        def side_mean(acts):
+            pre = acts.double() @ sae_r.W_enc.double() + sae_r.b_enc.double()
+            return pre.clamp_min(0).sum(0) / acts.shape[0]
+
+        true = (side_mean(pos_r) - side_mean(neg_r)).float()
+        k_r = 4
+        where = f" with {n_pos} positive and {n_neg} negative rows and batch_size={bs}"
+        try:
+            out = _direct(feature_activation_differences, sae_r, pos_r.clone(), neg_r.clone(), k_r, batch_size=bs,
+                          name="feature_activation_differences")
+        except (NotImplementedYet, AssertionError):
+            raise
+        except Exception as err:
+            raise AssertionError(f"feature_activation_differences raised {type(err).__name__} ({err}){where}: every "
+                                 "row counts, in full chunks of batch_size and a last, shorter one (or a single row)") from err
+        idx, vals = _expect_pair(out, "feature_activation_differences", ("indices", "differences"), k_r)
+        want_vals = true.sort(descending=True).values[:k_r]
+        if close(vals, want_vals, rtol=1e-4, atol=1e-4) and close(true[idx], vals, rtol=1e-4, atol=1e-4):
+            return
+        kept_pos, kept_neg = n_pos - n_pos % bs, n_neg - n_neg % bs
+        partial = "the rows of the last, partial chunk were left out: loop over acts.split(batch_size) (or " \
+                  "range(0, n, batch_size)), which keeps the remainder"
+        if not bool(torch.isfinite(vals).all()):
+            fail(f"feature_activation_differences{where} returned {vals.tolist()}: {partial}, and a side shorter than "
+                 "batch_size (a single row too) is one chunk")
+        if (kept_pos, kept_neg) != (n_pos, n_neg) and kept_pos and kept_neg:
+            dropped = (side_mean(pos_r[:kept_pos]) - side_mean(neg_r[:kept_neg])).float()
+            if close(vals, dropped.sort(descending=True).values[:k_r], rtol=1e-4, atol=1e-4):
+                fail(f"feature_activation_differences{where}: {partial}")
+        fail(f"feature_activation_differences{where} returned differences {[round(x, 4) for x in vals.tolist()]} for "
+             f"features {idx.tolist()}, expected the differences {[round(x, 4) for x in want_vals.tolist()]}: encode "
+             "every row (in chunks of at most batch_size), sum, and divide by the side's number of rows")
+
+    _guarded(lambda: for_all(st.tuples(st.integers(0, 10_000), st.integers(1, 9), st.integers(1, 9), st.integers(1, 4)),
+                             check_rows, name="feature_activation_differences over row counts and batch sizes",
+                             examples=5), "feature_activation_differences")
     passed("test_feature_activation_differences")

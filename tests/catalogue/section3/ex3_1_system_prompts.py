@@ -48,17 +48,50 @@ def prompt_adds_full_stop(name, instruction):
     return f"You are a {name} assistant. {instruction}"
 
 
+@mistake("test_construct_system_prompt", "stripped")
+def prompt_strips_name(name, instruction):
+    if not name.strip():
+        raise ValueError("empty name")
+    return f"You are a {name.strip()} assistant. {instruction.strip()}"
+
+
+@mistake("test_construct_system_prompt", "should raise a ValueError")
+def prompt_no_empty_check(name, instruction):
+    return f"You are a {name} assistant. {instruction}"
+
+
+@mistake("test_construct_system_prompt", "not placeholders")
+def prompt_replace_template(name, instruction):
+    if not name.strip():
+        raise ValueError("empty name")
+    template = "You are a {assistant_name} assistant. {instruction}"
+    return template.replace("{assistant_name}", name).replace("{instruction}", instruction)
+
+
+@mistake("test_construct_system_prompt", "not placeholders")
+def prompt_formats_twice(name, instruction):
+    if not name.strip():
+        raise ValueError("empty name")
+    return ("You are a " + name + " assistant. {}").format(instruction)  # the name's braces meet format
+
+
 # Correct, written another way: each must pass.
 @correct("test_construct_system_prompt")
 def prompt_concatenated(name, instruction):
+    if not name or name.isspace():
+        raise ValueError("assistant_name must not be empty")
     return "You are a " + name + " assistant. " + instruction
 
 
 @correct("test_construct_system_prompt")
 def prompt_str_format(name, instruction):
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("assistant_name must be a non-empty string")
     return "You are a {} assistant. {}".format(name, instruction)
 
 
 @correct("test_construct_system_prompt")
 def prompt_joined(name, instruction):
+    if not name.strip():
+        raise ValueError("blank assistant_name")
     return " ".join(["You are a", name, "assistant.", instruction])

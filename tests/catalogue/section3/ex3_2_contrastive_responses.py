@@ -156,6 +156,31 @@ def gen_mutates_trait_data(model, tokenizer, trait_data, trait_name, max_new_tok
 
 
 # Correct, written another way: each must pass.
+@mistake("test_generate_contrastive_responses", "braces in an instruction or a question are text")
+def gen_formats_instruction(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    """Writes the system prompt as one string and formats the name in: the instruction's braces meet format."""
+    records, prompts = [], []
+    for idx, pair in enumerate(trait_data["instruction"]):
+        for question in trait_data["questions"]:
+            for polarity in ("pos", "neg"):
+                name = trait_name if polarity == "pos" else "helpful"
+                sp = ("You are a {} assistant. " + pair[polarity]).format(name)
+                records.append({"question": question, "system_prompt": sp, "instruction_idx": idx, "polarity": polarity})
+                prompts.append(build_messages(sp, question))
+    return _finish(records, generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature),
+                   max_new_tokens, temperature)
+
+
+@mistake("test_generate_contrastive_responses", "exactly as given (braces are text)")
+def gen_escapes_braces(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
+    """Doubles the braces of every instruction 'to be safe': the system prompt then holds '{{' where the text had '{'."""
+    safe = {"instruction": [{k: v.replace("{", "{{").replace("}", "}}") for k, v in pair.items()}
+                            for pair in trait_data["instruction"]], "questions": trait_data["questions"]}
+    records, prompts = _records_and_prompts(safe, trait_name)
+    return _finish(records, generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature),
+                   max_new_tokens, temperature)
+
+
 @correct("test_generate_contrastive_responses")
 def gen_polarity_outer(model, tokenizer, trait_data, trait_name, max_new_tokens=256, temperature=0.7):
     records, prompts = [], []

@@ -204,12 +204,59 @@ def coherence_refusal_case_sensitive(question, answer, template):
     return score_refusal_case_sensitive(question, answer, template)
 
 
-# Correct, written another way: each must pass.
-@correct("test_score_trait_response", "test_score_coherence")
+@mistake("test_score_trait_response", "not str.replace one placeholder after the other")
+@mistake("test_score_coherence", "not str.replace one placeholder after the other")
 def score_with_replace(question, answer, eval_prompt_template):
+    """Fills the template with str.replace, question first: a question holding '{answer}' gets the answer inside it."""
     prompt = eval_prompt_template.replace("{question}", question).replace("{answer}", answer)
     reply = ask_judge(prompt)
+    if reply is None or re.search(r"\brefusal\b", reply, re.I):
+        return None
+    nums = re.findall(r"-?\d+", reply)
+    if not nums:
+        return None
+    value = int(nums[0])
+    return value if 0 <= value <= 100 else None
+
+
+@mistake("test_score_trait_response", "whole word")
+@mistake("test_score_coherence", "whole word")
+def score_refusal_substring(question, answer, eval_prompt_template):
+    """Looks for 'refusal' anywhere in the reply: 'no refusals' and 'nonrefusal' read as a refusal."""
+    reply = _reply(question, answer, eval_prompt_template)
     if reply is None or "refusal" in reply.lower():
+        return None
+    nums = re.findall(r"-?\d+", reply)
+    value = int(nums[0]) if nums else None
+    return value if value is not None and 0 <= value <= 100 else None
+
+
+@mistake("test_score_trait_response", "one template.format(question=..., answer=...) call")
+def score_format_twice(question, answer, eval_prompt_template):
+    """Fills one placeholder at a time with format, escaping the other: the inserted question meets format again."""
+    half = eval_prompt_template.replace("{answer}", "{{answer}}").format(question=question)
+    return _parse(ask_judge(half.format(answer=answer)))
+
+
+@mistake("test_score_trait_response", "take the first number")
+def score_word_number(question, answer, eval_prompt_template):
+    """Reads the number only when it stands alone as a word: '72/100', '72%' or '72.6' give None."""
+    reply = _reply(question, answer, eval_prompt_template)
+    if reply is None or re.search(r"\brefusal\b", reply, re.I):
+        return None
+    for word in reply.replace(":", " ").split():
+        if word.lstrip("-").isdigit():
+            value = int(word)
+            return value if 0 <= value <= 100 else None
+    return None
+
+
+# Correct, written another way: each must pass.
+@correct("test_score_trait_response", "test_score_coherence")
+def score_format_map(question, answer, eval_prompt_template):
+    prompt = eval_prompt_template.format_map({"question": question, "answer": answer})
+    reply = ask_judge(prompt)
+    if reply is None or re.search(r"\brefusal\b", reply, flags=re.IGNORECASE):
         return None
     nums = re.findall(r"-?\d+", reply)
     if not nums:
@@ -249,5 +296,5 @@ def score_scanned_by_hand(question, answer, eval_prompt_template):
 
 @correct("test_score_coherence")
 def coherence_via_score_trait(question, answer, template):
-    """score_coherence written as a call of the student's own score_trait_response (here score_with_replace)."""
-    return score_with_replace(question, answer, template)
+    """score_coherence written as a call of the student's own score_trait_response (here score_try_int)."""
+    return score_try_int(question, answer, template)

@@ -152,6 +152,40 @@ def filter_neg_coherence_none_passes(responses, trait_data, threshold=50):
 
 
 # Correct, written another way: each must pass.
+@mistake("test_filter_effective_pairs", "no int() or round()")
+def filter_int_threshold(responses, trait_data, threshold=50):
+    """Casts the threshold to int 'since scores are whole numbers': 62.5 lets a pos score of 62 through."""
+    threshold = int(threshold)
+    return _pairs(responses, trait_data, lambda p, n: p["score"] is not None and n["score"] is not None
+                  and p["score"] >= threshold and n["score"] < 100 - threshold and _ok(p) and _ok(n))
+
+
+@mistake("test_filter_effective_pairs", "no int() or round()")
+def filter_rounded_threshold(responses, trait_data, threshold=50):
+    """Rounds the threshold (round(70.5) is 70 in Python): a pos score of 70 passes a threshold of 70.5."""
+    t = round(threshold)
+    return _pairs(responses, trait_data, lambda p, n: p["score"] is not None and n["score"] is not None
+                  and p["score"] >= t and n["score"] < 100 - t and _ok(p) and _ok(n))
+
+
+@correct("test_filter_effective_pairs")
+def filter_margin_form(responses, trait_data, threshold=50.0):
+    """The two score conditions written as margins from each end of the scale, with a float threshold."""
+    by_key = _index(responses)
+    out = []
+    for idx in range(len(trait_data["instruction"])):
+        for q in trait_data["questions"]:
+            pos, neg = by_key.get((idx, q, "pos")), by_key.get((idx, q, "neg"))
+            if pos is None or neg is None:
+                continue
+            values = [pos.get("score"), neg.get("score"), pos.get("coherence"), neg.get("coherence")]
+            if any(v is None for v in values):
+                continue
+            if pos["score"] - threshold >= 0 and (100 - neg["score"]) > threshold and min(values[2:]) >= COHERENCE_THRESHOLD:
+                out.append({"instruction_idx": idx, "question": q, "pos": pos, "neg": neg})
+    return out
+
+
 @correct("test_filter_effective_pairs")
 def filter_nested_search(responses, trait_data, threshold=50):
     out = []

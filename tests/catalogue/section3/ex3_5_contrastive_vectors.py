@@ -444,7 +444,37 @@ def vec_returns_none_on_empty(model, tokenizer, effective_pairs):
     return ref.extract_contrastive_vectors(model, tokenizer, effective_pairs)
 
 
+@mistake("test_extract_all_layer_activations", "the last, partial batch")
+def acts_drops_partial_batch(model, tokenizer, records, batch_size=16):
+    """Counts whole batches (at least one): with 5 records and batch_size=2 the fifth is never run."""
+    n_batches = max(1, len(records) // batch_size)
+    out = [_span_means(model, tokenizer, records[b * batch_size:(b + 1) * batch_size], batch_size) for b in range(n_batches)]
+    return torch.cat(out)
+
+
+@mistake("test_extract_contrastive_vectors", "single pair")
+def vec_squeezed(model, tokenizer, effective_pairs):
+    """Squeezes the activations 'to drop a stray dimension': with one pair the records' dimension goes too."""
+    if not effective_pairs:
+        raise ValueError("no effective pairs")
+    pos = extract_all_layer_activations(model, tokenizer, [p["pos"] for p in effective_pairs]).squeeze()
+    neg = extract_all_layer_activations(model, tokenizer, [p["neg"] for p in effective_pairs]).squeeze()
+    return pos.mean(0) - neg.mean(0)
+
+
 # Correct, written another way: each must pass.
+@correct("test_extract_all_layer_activations")
+def acts_paired_batches(model, tokenizer, records, batch_size=16):
+    """Batches from the end backwards: the short batch comes first."""
+    rows = []
+    stop = len(records)
+    while stop > 0:
+        start = max(0, stop - batch_size)
+        rows.insert(0, _span_means(model, tokenizer, records[start:stop], batch_size))
+        stop = start
+    return torch.cat(rows)
+
+
 @correct("test_extract_all_layer_activations")
 def acts_left_padded(model, tokenizer, records, batch_size=16):
     return _span_means(model, tokenizer, records, batch_size, left_pad=True)

@@ -101,6 +101,20 @@ def steer_same_vector_everywhere(model, tokenizer, vectors, questions, eval_prom
                   vector_of=lambda v, L: v[-1])
 
 
+@mistake("test_steering_effect_by_layer", "made a whole number")
+def steer_int_coeff(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    """int(coeff) 'because Steerer wants a count': 0.5 steers with nothing, 1.5 with 1."""
+    return _sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                  coeff_of=int)
+
+
+@mistake("test_steering_effect_by_layer", "sign of the coefficient was dropped")
+def steer_abs_coeff(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
+    """abs(coeff) 'since a strength is positive': a negative coefficient steers towards the trait instead of away."""
+    return _sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,
+                  coeff_of=abs)
+
+
 @mistake("test_steering_effect_by_layer", "normalised")
 def steer_normalised(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff=2.0, max_new_tokens=64):
     return _sweep(model, tokenizer, vectors, questions, eval_prompt_template, layers, coeff, max_new_tokens,

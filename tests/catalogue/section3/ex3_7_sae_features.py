@@ -150,6 +150,27 @@ def diff_returns_numpy(sae, pos_acts, neg_acts, k=10, batch_size=1024):
 
 
 # Correct, written another way: each must pass.
+@mistake("test_feature_activation_differences", "last, partial chunk were left out")
+def diff_drops_last_chunk(sae, pos_acts, neg_acts, k=10, batch_size=1024):
+    """Counts whole chunks only (at least one): the rows after the last full chunk are never encoded."""
+    def mean_features(acts):
+        n_chunks = max(1, len(acts) // batch_size)
+        rows = torch.cat([acts[i * batch_size:(i + 1) * batch_size] for i in range(n_chunks)])
+        return torch.cat([sae.encode(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]).mean(0)
+
+    diffs = mean_features(pos_acts) - mean_features(neg_acts)
+    return _topk(diffs, k)
+
+
+@correct("test_top_sae_features_by_cosine")
+def cos_argsort_loop(vector, sae, k=10):
+    """The cosines one feature at a time, then argsort descending."""
+    v = vector / vector.norm()
+    cos = torch.stack([(row @ v) / row.norm() for row in sae.W_dec])
+    order = torch.argsort(cos, descending=True)[:k]
+    return order, cos[order]
+
+
 @correct("test_top_sae_features_by_cosine")
 def cos_functional(vector, sae, k=10):
     cos = F.cosine_similarity(sae.W_dec.float(), vector.float()[None, :].to(sae.W_dec.device), dim=-1)
