@@ -85,11 +85,13 @@ def _config_inited(app, config) -> None:
     staged = stage_assets(Path(app.outdir).parent / "course_static")
     config.html_static_path = [*config.html_static_path, str(staged)]
     config.mathjax_path = f"{MATHJAX_DIR}/{MATHJAX_ENTRY}"  # relative to _static: no CDN
-    # a first visit has no stored light/dark mode: without a default the theme logs a console error
-    config.html_theme_options = {**(config.html_theme_options or {}), "default_mode": "light"}
 
 
 def _page_context(app, pagename, templatename, context, doctree) -> None:
+    # a first visit has no stored light/dark mode: without a default the theme's script logs a
+    # console error ("Got invalid theme mode")
+    if not context.get("default_mode"):
+        context["default_mode"] = "light"
     if "plotly-graph-div" in (context.get("body") or ""):
         app.add_js_file(PLOTLY_JS)  # before the page's figures (a plain script in the head)
     # sphinx-thebe adds its inline configuration once per read phase, so a page could get the same
