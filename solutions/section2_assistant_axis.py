@@ -866,8 +866,14 @@ glue("s2_cap_between", "between the two groups' means, below the defaults' and a
 # The paper's code writes capping as a **ceiling**, $h \leftarrow h - \hat u\,\max(\langle h,\hat u\rangle - c,\ 0)$,
 # applied to vectors $\hat u$ that point **against** the axis (from the assistant toward role-play).
 # Substitute $\hat u = -\hat v$ and $c = -\tau$: then $\langle h,\hat u\rangle - c = -(\langle h,\hat v\rangle - \tau)$,
-# so $\max(\langle h,\hat u\rangle - c, 0) = -\min(\langle h,\hat v\rangle - \tau, 0)$, and
-# $\hat u \cdot \max(\ldots) = (-\hat v)\cdot(-\min(\ldots)) = \hat v\,\min(\langle h,\hat v\rangle - \tau, 0)$:
+# so
+#
+# $$\max(\langle h,\hat u\rangle - c,\ 0) = -\min(\langle h,\hat v\rangle - \tau,\ 0),$$
+#
+# and the update $\hat u\,\max(\ldots) = (-\hat v)(-\min(\ldots))$ is
+#
+# $$\hat v\,\min(\langle h,\hat v\rangle - \tau,\ 0):$$
+#
 # the same update. "Keep the projection on the role-play direction *below* −τ" is "keep the
 # projection on the assistant direction *above* τ". The common mistake is to take the released
 # ceiling and apply it to the assistant-pointing axis: that caps the model's assistant-ness from

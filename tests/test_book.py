@@ -128,7 +128,8 @@ PROBE = """<script>
     document.querySelectorAll('mjx-container, div.math, article table').forEach(function (el) {
       var b = el.getBoundingClientRect();
       if (b.width === 0 || out.overflow.length >= 8) return;
-      if (el.scrollWidth > el.clientWidth + 1 && el.clientWidth > 0 || b.right > vw + 1)
+      var scrolls = /auto|scroll/.test(getComputedStyle(el).overflowX) && el.scrollWidth > el.clientWidth + 1;
+      if (scrolls || b.right > vw + 1)
         out.overflow.push(el.tagName.toLowerCase() + (el.getAttribute('display') === 'true' ? '[display]' : '') + ' ' +
                           el.scrollWidth + ' px in ' + el.clientWidth + ' px: ' + (el.textContent || '').trim().slice(0, 50));
     });

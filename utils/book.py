@@ -7,7 +7,7 @@
   of requirements.txt) instead of a CDN.
 - `_static/course.css`: outputs, tables and inline math wrap instead of scrolling sideways; figure
   titles set as text.
-- Identical scripts are included once (sphinx-thebe's configuration script came twice).
+- Identical inline scripts are kept once per page (sphinx-thebe's configuration script came twice).
 
 Enabled in `_config.yml` (`sphinx.local_extensions`).
 """
@@ -39,7 +39,9 @@ code.literal, code.literal span.pre { white-space: pre-wrap; overflow-wrap: anyw
 /* display math scrolls in its own box if it must; inline math flows with the text (a scroll box on
    every inline formula showed a scrollbar for a pixel of rounding) */
 mjx-container[display="true"], div.math { max-width: 100%; overflow-x: auto; overflow-y: hidden; }
-mjx-container:not([display="true"]) { display: inline; overflow: visible; white-space: normal; }
+mjx-container:not([display="true"]) { display: inline; overflow: visible !important; white-space: normal; }
+/* on a phone, display formulas are set a little smaller so that they fit the column */
+@media (max-width: 520px) { mjx-container[display="true"] { font-size: 84% !important; } }
 /* tables wrap their cells' text to the column instead of scrolling sideways */
 article table { display: table; width: 100%; max-width: 100%; table-layout: auto; }
 article table th, article table td { white-space: normal; overflow-wrap: anywhere; word-break: normal; }
@@ -94,21 +96,37 @@ def _page_context(app, pagename, templatename, context, doctree) -> None:
         context["default_mode"] = "light"
     if "plotly-graph-div" in (context.get("body") or ""):
         app.add_js_file(PLOTLY_JS)  # before the page's figures (a plain script in the head)
-    # sphinx-thebe adds its inline configuration once per read phase, so a page could get the same
-    # `const THEBE_JS_URL = ...` script twice (a console error): keep the first of identical scripts.
-    scripts = context.get("script_files")
-    if scripts:
-        seen, kept = set(), []
-        for js in scripts:
-            key = (str(js), repr(sorted(getattr(js, "attributes", {}).items())))
-            if key not in seen:
-                seen.add(key)
-                kept.append(js)
-        context["script_files"] = kept
+
+
+def drop_repeated_inline_scripts(html: str) -> str:
+    """Keep the first of identical inline `<script>...</script>` lines in a page's head.
+
+    sphinx-thebe adds its configuration script (`const THEBE_JS_URL = ...`) once per read phase, and
+    Jupyter Book reads twice, so every page declared the same `const` twice: a console error."""
+    seen, out = set(), []
+    for line in html.splitlines(keepends=True):
+        tag = line.strip()
+        if tag.startswith("<script>") and tag.endswith("</script>"):
+            if tag in seen:
+                continue
+            seen.add(tag)
+        out.append(line)
+    return "".join(out)
+
+
+def _build_finished(app, exception) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in Path(app.outdir).rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        fixed = drop_repeated_inline_scripts(text)
+        if fixed != text:
+            page.write_text(fixed, encoding="utf-8")
 
 
 def setup(app):
     app.connect("config-inited", _config_inited)
     app.connect("html-page-context", _page_context)
+    app.connect("build-finished", _build_finished)
     app.add_css_file(CSS)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
