@@ -40,9 +40,9 @@ REPLY = "course_reset_reply"
 _WATCHED = ("builtins", "sys", "importlib", "inspect", "functools", "types", "math", "re", "json", "hashlib",
             "warnings", "contextlib", "traceback", "io", "threading", "copy", "operator", "itertools", "collections",
             "IPython", "ipykernel", "jupyter_client", "traitlets", "comm", "numpy", "torch", "sklearn",
-            "transformers", "tokenizers", "jaxtyping", "hypothesis", *COURSE_PACKAGES)
+            "transformers", "tokenizers", "jaxtyping", *COURSE_PACKAGES)
 # Modules that may appear after start-up: one without a module spec under these names is a fake.
-_NO_FAKES = ("torch", "numpy", "transformers", "sklearn", "tokenizers", "jaxtyping", "hypothesis", *COURSE_PACKAGES,
+_NO_FAKES = ("torch", "numpy", "transformers", "sklearn", "tokenizers", "jaxtyping", *COURSE_PACKAGES,
              "safetensors", "huggingface_hub", "IPython", "ipykernel", "importlib", "builtins", "sys", "math", "re",
              "json", "inspect", "functools", "hashlib")
 # The core the tests compute and report with: any change there is put back. Elsewhere (and for the

@@ -56,7 +56,6 @@ def startup_lines(root: Path = COURSE_ROOT) -> str:
     return ("--IPKernelApp.exec_lines=import os as _os, sys as _sys; "
             f"_sys.path[:] = [{str(root)!r}] + [p for p in _sys.path if p not in ('', '.', _os.getcwd(), {str(root)!r})] "
             "+ [_os.getcwd()]; del _os, _sys; "
-            "import hypothesis as _h; del _h; "  # the tests' property-based inputs: recorded with the other libraries
             "import grading.fingerprint as _g; _g.record_pristine(); del _g; "
             "import grading.watch as _w; _w.install(); del _w; "
             "import grading.kernel_reset as _r; _r.install(); del _r")

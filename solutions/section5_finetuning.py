@@ -277,7 +277,7 @@ print(repr(tokenizer.decode(row_labels[row_labels != -100])))
 # :::
 
 # %% tags=["exercise"]
-def train_step(model, batch: dict[str, Tensor], optimizer, vector: Float[Tensor, "d_model"] | None = None,
+def train_step(model, batch: dict[str, Int[Tensor, "batch seq"]], optimizer, vector: Float[Tensor, "d_model"] | None = None,
                layer: int | None = None, coeff: float = 0.0) -> float:
     """One optimizer step on `batch`; with `vector`, block `layer` is steered by coeff * vector during the forward."""
     ### BEGIN SOLUTION

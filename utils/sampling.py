@@ -108,7 +108,7 @@ class SeededSampler:
     the step counted from the prompt) and leaves only the chosen token open, so that greedy
     decoding emits exactly that sample."""
 
-    def __init__(self, prompt_len: int, temperature: float, top_p: float, top_k: int | None, seeds: torch.Tensor):
+    def __init__(self, prompt_len: int, temperature: float, top_p: float, top_k: int | None, seeds: Int[Tensor, "batch"]):
         self.prompt_len, self.temperature, self.top_p, self.top_k, self.seeds = prompt_len, temperature, top_p, top_k, seeds
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
