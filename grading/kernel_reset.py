@@ -354,6 +354,9 @@ def install() -> bool:
             sys.path = path_list
             sys.path_importer_cache.clear()
             put_back.append("sys.path")
+        for cb in _list(gc.callbacks):  # hypothesis's GC timer (the tests' property inputs) is a library's, kept
+            if str(getattr(cb, "__module__", "") or "").startswith("hypothesis.") and not any(cb is r for r in gc_callbacks):
+                gc_callbacks.append(cb)
         if _len(gc.callbacks) != _len(gc_callbacks) or any(a is not b for a, b in zip(gc.callbacks, gc_callbacks)):
             gc.callbacks[:] = gc_callbacks
             put_back.append("gc.callbacks")
